@@ -1,0 +1,91 @@
+"""Per-chunk inputs: token sequences and the model's activations (or validated NPZ contents)."""
+
+import dagster as dg
+import numpy as np
+
+from latent_atlas.chunks import DenseChunk, load_npz_chunk, validate_chunk
+from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
+from latent_atlas.device import batch_size_for_budget
+from latent_atlas.manifests import read_manifest
+from latent_atlas.models import extract_activations
+from orchestration.partitions import chunks
+from resources import CorpusResource, ModelResource, TorchDeviceResource
+
+ACTIVATION_CHECKS = [
+    dg.AssetCheckSpec("finite_and_shaped", asset="activations", partitions_def=chunks,
+                      description="Activations are finite, [n_seq, seq_len, d] with the declared d"),
+    dg.AssetCheckSpec("mask_token_alignment", asset="activations", partitions_def=chunks,
+                      description="Mask and token ids match the activations, and some tokens are attended"),
+]
+
+
+def _npz_chunk(plan, corpus: CorpusResource) -> DenseChunk:
+    return load_npz_chunk(plan.path, corpus.npz_keys(), corpus.expected_dim or None)
+
+
+@dg.asset(partitions_def=chunks, io_manager_key="parquet_io_manager", group_name="inputs",
+          kinds={"parquet"})
+def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, model: ModelResource):
+    """Fixed-length token sequences of one chunk, with doc id, category and window per sequence."""
+    plan = read_manifest(context.partition_key)
+    if isinstance(plan, ChunkPlan):
+        tokens = tokenize_documents(plan.documents, model.tokenizer(), plan.sequence_length)
+        source = f"{len(plan.documents)} documents"
+    else:
+        npz = _npz_chunk(plan, corpus)
+        n_seq = npz.n_sequences
+        stem = plan.key
+        tokens = TokenChunk(
+            np.asarray(npz.token_ids, np.int32), np.asarray(npz.attention_mask, bool),
+            np.asarray(npz.attention_mask, bool), [f"{stem}:{i}" for i in range(n_seq)], [""] * n_seq, [0] * n_seq,
+        )
+        source = plan.path
+    return dg.MaterializeResult(
+        value=tokens,
+        metadata={"sequences": len(tokens.doc_ids), "tokens": int(tokens.analysis_mask.sum()), "source": source},
+    )
+
+
+@dg.asset(partitions_def=chunks, io_manager_key="tensor_io_manager", group_name="inputs",
+          check_specs=ACTIVATION_CHECKS, kinds={"torch"})
+def activations(
+    context: dg.AssetExecutionContext,
+    token_chunks,
+    corpus: CorpusResource,
+    model: ModelResource,
+    device: TorchDeviceResource,
+):
+    """Residual-stream activations (fp16) with token ids and the analysis mask (padding and
+    special tokens masked out); for an NPZ chunk, its validated contents."""
+    plan = read_manifest(context.partition_key)
+    if isinstance(plan, ChunkPlan):
+        tokens = TokenChunk.from_table(token_chunks)
+        loaded = model.load(device.torch_device(), device.torch_dtype())
+        layer = model.layer_of(loaded)
+        batch = batch_size_for_budget(device.memory_budget_mb, plan.sequence_length, loaded.hidden_size, layer)
+        acts = extract_activations(loaded, tokens.token_ids, tokens.model_mask, layer, batch)
+        chunk = DenseChunk(acts, tokens.analysis_mask, tokens.token_ids,
+                           meta={"model": loaded.name, "layer": layer, "key": plan.key})
+        expected_dim = loaded.hidden_size
+    else:
+        chunk = _npz_chunk(plan, corpus)
+        chunk = DenseChunk(chunk.activations, chunk.attention_mask, chunk.token_ids,
+                           meta={"source": plan.path, "key": plan.key})
+        expected_dim = corpus.expected_dim or chunk.dim
+    return dg.MaterializeResult(
+        value=chunk,
+        metadata={"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta},
+        check_results=activation_check_results(chunk, expected_dim, context.partition_key),
+    )
+
+
+def activation_check_results(chunk: DenseChunk, expected_dim: int, key: str) -> list[dg.AssetCheckResult]:
+    finite = np.isfinite(chunk.activations).all()
+    shaped = chunk.activations.ndim == 3 and chunk.dim == expected_dim
+    aligned = chunk.attention_mask.shape == chunk.token_ids.shape == chunk.activations.shape[:2]
+    return [
+        dg.AssetCheckResult(check_name="finite_and_shaped", passed=bool(finite and shaped),
+                            metadata={"shape": str(chunk.activations.shape), "expected_dim": expected_dim}),
+        dg.AssetCheckResult(check_name="mask_token_alignment", passed=bool(aligned and chunk.n_tokens > 0),
+                            metadata={"attended_tokens": chunk.n_tokens}),
+    ]

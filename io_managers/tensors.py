@@ -1,0 +1,64 @@
+"""Dense tensors: chunk directories of memory-mapped .npy arrays, and model-like arrays as .npz.
+
+.npy memory-mapped reads measured fastest (docs/benchmarks.md): a loaded chunk is a view of the
+page cache, decoded by nobody.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from io_managers.storage import input_paths, output_path, wants_single_partition
+from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.paths import atlas_home
+
+
+class TensorIOManager(dg.ConfigurableIOManager):
+    """DenseChunk outputs become chunk directories; other outputs must have `save(path)` and a
+    classmethod `load(path)` (whitening, centroids) and are stored as .npz with their class name.
+
+    A fan-in over chunk partitions loads as {partition key: Path}, never the arrays.
+    """
+
+    base_dir: str = ""
+
+    def _base(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else atlas_home() / "tensors"
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        key = context.partition_key if context.has_asset_partitions else None
+        if isinstance(obj, DenseChunk):
+            path = write_chunk(output_path(self._base(), context, "", key), obj.activations, obj.attention_mask, obj.token_ids, obj.meta)
+            context.add_output_metadata(
+                {"path": dg.MetadataValue.path(str(path)), "shape": str(obj.activations.shape),
+                 "attended_tokens": obj.n_tokens}
+            )
+            return
+        path = output_path(self._base(), context, ".npz", key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        obj.save(tmp)
+        tmp.replace(path)
+        kind = f"{type(obj).__module__}:{type(obj).__qualname__}"
+        path.with_suffix(".json").write_text(json.dumps({"class": kind}))
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def load_input(self, context: dg.InputContext):
+        if context.has_asset_partitions and not wants_single_partition(context):
+            chunk_dirs = input_paths(self._base(), context, "")
+            return chunk_dirs or input_paths(self._base(), context, ".npz")
+        key = context.asset_partition_key if context.has_asset_partitions else None
+        chunk_dir = output_path(self._base(), context, "", key)
+        if chunk_dir.is_dir():
+            return read_chunk(chunk_dir)
+        return load_artifact(output_path(self._base(), context, ".npz", key))
+
+
+def load_artifact(path: Path):
+    """Load an .npz artifact with the class recorded beside it (our own classes; no pickle)."""
+    module, _, name = json.loads(path.with_suffix(".json").read_text())["class"].partition(":")
+    return getattr(importlib.import_module(module), name).load(path)

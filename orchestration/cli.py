@@ -1,0 +1,94 @@
+"""`latent-atlas`: run the demo, show status, write synthetic chunks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.home:
+        os.environ["ATLAS_HOME"] = str(Path(args.home).resolve())
+    from latent_atlas.paths import atlas_home
+
+    home = atlas_home()
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import register_partitions, run_stages
+    from resources import CorpusResource, ModelResource
+
+    per_category = 0 if args.full else args.documents_per_category
+    corpus = CorpusResource(documents_per_category=per_category, sequences_per_chunk=args.sequences_per_chunk)
+    model = ModelResource(name=args.model, layer=args.layer)
+    defs = build_definitions(corpus=corpus, model=model)
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    print(f"latent-atlas demo: {args.model} on BBC News "
+          f"({'all articles' if args.full else f'{per_category} articles per category'}), ATLAS_HOME={home}")
+    keys = corpus.register(model.tokenizer(), model.name)
+    register_partitions(instance, keys)
+    print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
+    report = run_stages(defs, instance, keys)
+    _print_summary(instance, home, report, time.perf_counter() - started)
+    return 1 if report.failed else 0
+
+
+def _print_summary(instance, home: Path, report, seconds: float) -> None:
+    from orchestration.status import summary_lines
+
+    print("\n".join(summary_lines(instance, home, report.keys)))
+    print(f"done in {seconds:.0f} s; failed chunks: {len(report.failed)}")
+    print(f"browse: DAGSTER_HOME={home / 'dagster'} .venv/bin/dagster dev -w workspace.yaml")
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.home:
+        os.environ["ATLAS_HOME"] = str(Path(args.home).resolve())
+    from latent_atlas.paths import atlas_home
+
+    home = atlas_home()
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    import dagster as dg
+
+    from orchestration.partitions import chunks
+    from orchestration.status import summary_lines
+
+    instance = dg.DagsterInstance.get()
+    print("\n".join(summary_lines(instance, home, instance.get_dynamic_partitions(chunks.name))))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latent-atlas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (SmolLM2 on BBC News)")
+    demo.add_argument("--full", action="store_true", help="all 2,225 articles instead of a sample per category")
+    demo.add_argument("--documents-per-category", type=int, default=40, help="articles per category (default 40)")
+    demo.add_argument("--sequences-per-chunk", type=int, default=128, help="sequences per chunk partition")
+    demo.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default) or minilm-l6")
+    demo.add_argument("--layer", type=int, default=0, help="residual stream layer (0 = middle)")
+    demo.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
+    demo.set_defaults(func=_demo)
+    status = sub.add_parser("status", help="partitions and what is materialized")
+    status.add_argument("--home", default="")
+    status.set_defaults(func=_status)
+    synthetic = sub.add_parser("synthetic", help="write seed-format NPZ chunks from a known mixture",
+                               add_help=False)
+    synthetic.set_defaults(func=None)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "synthetic":
+        from latent_atlas.synthetic import main as synthetic_main
+
+        return synthetic_main(rest)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The whole project on one screen: assets, checks, resources, IO managers, jobs, sensors, schedules."""
+
+import os
+
+import dagster as dg
+
+from assets import inputs, whitening
+from io_managers import ParquetIOManager, TensorIOManager
+from latent_atlas.paths import atlas_home
+from orchestration.jobs import chunk_job, refit_job
+from orchestration.schedules import nightly_refit
+from orchestration.sensors import incoming_chunks
+from resources import ComputeBackendResource, CorpusResource, ModelResource, TorchDeviceResource
+
+os.environ.setdefault("DAGSTER_HOME", str(atlas_home() / "dagster"))
+os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+
+
+def build_definitions(
+    corpus: CorpusResource = CorpusResource(),
+    model: ModelResource = ModelResource(),
+    device: TorchDeviceResource = TorchDeviceResource(),
+    compute: ComputeBackendResource = ComputeBackendResource(),
+) -> dg.Definitions:
+    """Definitions with the given resources (the defaults are the embedded demo: SmolLM2 on BBC News)."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([inputs, whitening]),
+        jobs=[chunk_job, refit_job],
+        sensors=[incoming_chunks],
+        schedules=[nightly_refit],
+        resources={
+            "corpus": corpus,
+            "model": model,
+            "device": device,
+            "compute": compute,
+            "parquet_io_manager": ParquetIOManager(),
+            "tensor_io_manager": TensorIOManager(),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,6 @@
+from resources.compute import ComputeBackendResource
+from resources.corpus import CorpusResource
+from resources.device import TorchDeviceResource
+from resources.model import ModelResource
+
+__all__ = ["ComputeBackendResource", "CorpusResource", "ModelResource", "TorchDeviceResource"]

@@ -1,0 +1,37 @@
+"""Which data the chunks come from: a text corpus or a directory of seed-format NPZ files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from latent_atlas.chunks import NpzKeys
+from latent_atlas.manifests import corpus_documents, register_npz, register_text
+
+
+class CorpusResource(dg.ConfigurableResource):
+    """Source of chunk partitions."""
+
+    source: str = Field(default="bbc", description="'bbc' (built-in BBC News), 'files' (.txt/.jsonl/.parquet), or 'npz'")
+    path: str = Field(default="", description="File or directory for 'files' and 'npz'")
+    name: str = Field(default="bbc", description="Corpus name; text chunk keys are '<name>-00000', ...")
+    documents_per_category: int = Field(default=0, description="BBC only: first N articles per category (0 = all)")
+    sequence_length: int = Field(default=128, description="Tokens per sequence")
+    sequences_per_chunk: int = Field(default=256, description="Sequences per chunk partition (text sources)")
+    npz_activations_key: str = Field(default="activations", description="NPZ array holding activations")
+    npz_attention_mask_key: str = Field(default="attention_mask", description="NPZ array holding the mask")
+    npz_token_ids_key: str = Field(default="token_ids", description="NPZ array holding token ids")
+    expected_dim: int = Field(default=0, description="NPZ only: reject files of another dimension (0 = any)")
+    already_whitened: bool = Field(default=False, description="Inputs are whitened already: whitening is the identity")
+
+    def npz_keys(self) -> NpzKeys:
+        return NpzKeys(self.npz_activations_key, self.npz_attention_mask_key, self.npz_token_ids_key)
+
+    def register(self, tokenizer, model_name: str) -> list[str]:
+        """Write chunk manifests for this source; returns the partition keys."""
+        if self.source == "npz":
+            return register_npz(sorted(Path(self.path).glob("*.npz")), self.npz_keys().__dict__)
+        docs = corpus_documents(self.source, self.path, self.documents_per_category or None)
+        return register_text(docs, tokenizer, self.name, self.sequence_length, self.sequences_per_chunk, model_name)

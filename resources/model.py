@@ -1,0 +1,33 @@
+"""The language model whose activations we read, loaded offline and once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import dagster as dg
+import torch
+from pydantic import Field
+
+from latent_atlas.models import SMOLLM2, LoadedModel, load_model
+from latent_atlas.paths import model_cache_dir
+
+
+@lru_cache(maxsize=2)
+def _load(name: str, device: str, dtype: str) -> LoadedModel:
+    return load_model(name, model_cache_dir(), torch.device(device), getattr(torch, dtype))
+
+
+class ModelResource(dg.ConfigurableResource):
+    """A Hugging Face model from an installed package (see latent_atlas.models)."""
+
+    name: str = Field(default=SMOLLM2, description="'smollm2-135m' (default), 'minilm-l6' (fast), or a local model dir")
+    layer: int = Field(default=0, description="Residual stream after this block (1..n_layers); 0 = a middle layer")
+
+    def load(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+        return _load(self.name, str(device), str(dtype).removeprefix("torch."))
+
+    def tokenizer(self):
+        return _load(self.name, "cpu", "float32").tokenizer
+
+    def layer_of(self, loaded: LoadedModel) -> int:
+        return self.layer or loaded.default_layer
