@@ -1,0 +1,187 @@
+"""Cluster analysis results on disk, and `ClusterAnalyzer` to read them.
+
+Layout of a results directory (written to a temp directory, then renamed):
+
+    summary.json                  n_clusters, n_tokens, chunk_ids, shrinkage, caller's extras
+    cluster_stats.parquet         one row per cluster (`statistics.cluster_stats`)
+    exemplars.parquet             one row per exemplar with context (`exemplars.fill_context`)
+    intervention_vectors.parquet  one row per cluster: auroc, d_prime, diff_means_auroc,
+                                  within_variance, most correlated clusters
+    intervention_vectors.npz      vectors [k, d], diff_means [k, d], centers [k, d] (if given),
+                                  cross_correlation [k, k], coactivation [k, k]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from latent_atlas.chunks import replace_dir
+from latent_atlas.exemplars import Decode, fill_context, select_exemplars
+from latent_atlas.intervention import InterventionVectors, intervention_vectors
+from latent_atlas.memberships import SparseMemberships
+from latent_atlas.statistics import ChunkStatistics, cluster_stats
+from latent_atlas.tables import write_table
+
+# 256-colour backgrounds from faint to strong, indexed by membership.
+_SHADES = (236, 22, 28, 34, 40, 46)
+
+
+def write_results(results_path: str | Path, stats_table: pa.Table, exemplars: pa.Table,
+                  vectors: InterventionVectors, centers: np.ndarray | None = None,
+                  coactivation: np.ndarray | None = None, summary: dict | None = None) -> Path:
+    """Write a results directory atomically (a reader never sees half of it)."""
+    path = Path(results_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        k = vectors.vectors.shape[0]
+        top = np.argsort(-(vectors.cross_correlation - 2 * np.eye(k)), axis=1, kind="stable")[:, : min(5, k - 1)]
+        write_table(stats_table, tmp / "cluster_stats.parquet")
+        write_table(exemplars, tmp / "exemplars.parquet")
+        write_table(pa.table({
+            "cluster": np.arange(k, dtype=np.int32), "auroc": vectors.auroc, "d_prime": vectors.d_prime,
+            "diff_means_auroc": vectors.diff_means_auroc, "within_variance": vectors.within_variance,
+            "correlated_clusters": pa.array(list(top), pa.list_(pa.int64())),
+            "correlation_values": pa.array(list(np.take_along_axis(vectors.cross_correlation, top, 1)),
+                                           pa.list_(pa.float64())),
+        }), tmp / "intervention_vectors.parquet", {"shrinkage": vectors.shrinkage})
+        arrays = {"vectors": vectors.vectors, "diff_means": vectors.diff_means,
+                  "cross_correlation": vectors.cross_correlation}
+        if centers is not None:
+            arrays["centers"] = np.asarray(centers, np.float32)
+        if coactivation is not None:
+            arrays["coactivation"] = coactivation
+        np.savez(tmp / "intervention_vectors.npz", **arrays)
+        meta = {"n_clusters": int(k), "shrinkage": vectors.shrinkage, **(summary or {})}
+        (tmp / "summary.json").write_text(json.dumps(meta, indent=2))
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def build_results(results_path: str | Path, stats: ChunkStatistics, open_chunk: Callable[[str], tuple[np.ndarray, SparseMemberships]],
+                  decode: Decode, centers: np.ndarray | None = None, window: int = 10) -> Path:
+    """Merged statistics -> cluster_stats, exemplars with context, intervention vectors, on disk."""
+    vectors = intervention_vectors(stats.moments, stats.fit_sample, stats.heldout, centers)
+    table = cluster_stats(stats, centers, decode)
+    exemplars = fill_context(select_exemplars(stats.candidates), open_chunk, decode, window)
+    summary = {"n_tokens": stats.n_tokens, "chunk_ids": sorted(stats.chunk_ids),
+               "heldout_tokens": int(stats.heldout.priority.size), "window": window}
+    return write_results(results_path, table, exemplars, vectors, centers, stats.coactivation, summary)
+
+
+class ClusterAnalyzer:
+    """Read-only view of a results directory written by `write_results`."""
+
+    def __init__(self, results_path: str | Path):
+        self.path = Path(results_path)
+        missing = [n for n in ("summary.json", "cluster_stats.parquet", "exemplars.parquet",
+                               "intervention_vectors.parquet", "intervention_vectors.npz") if not (self.path / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.path}: not a results directory, missing {missing}")
+        self.summary_ = json.loads((self.path / "summary.json").read_text())
+        self.stats_ = pq.read_table(self.path / "cluster_stats.parquet").to_pylist()
+        self.intervention_ = pq.read_table(self.path / "intervention_vectors.parquet").to_pylist()
+        self.exemplars_ = pq.read_table(self.path / "exemplars.parquet")
+        with np.load(self.path / "intervention_vectors.npz", allow_pickle=False) as npz:
+            self.arrays_ = {key: npz[key] for key in npz.files}
+        self._cluster_col = self.exemplars_.column("cluster").to_numpy()
+        self._kind_col = self.exemplars_.column("kind").to_numpy(zero_copy_only=False)
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.stats_)
+
+    def _check(self, cluster_id: int) -> int:
+        if not 0 <= int(cluster_id) < self.n_clusters:
+            raise IndexError(f"cluster_id {cluster_id} out of range: {self.path} has {self.n_clusters} clusters")
+        return int(cluster_id)
+
+    def exemplars(self, cluster_id: int, kind: str = "top_k") -> list[dict]:
+        """Exemplars of one kind ("top_k", "random_k", "quantile"), in order (band, then rank)."""
+        c = self._check(cluster_id)
+        rows = self.exemplars_.filter(pa.array((self._cluster_col == c) & (self._kind_col == kind))).to_pylist()
+        return sorted(rows, key=lambda r: (r["band"], r["rank"]))
+
+    def vector(self, cluster_id: int, kind: str = "vectors") -> np.ndarray:
+        """Unit intervention vector [d] ("vectors"), or "diff_means" / "centers"."""
+        return self.arrays_[kind][self._check(cluster_id)]
+
+    def get_cluster_summary(self, cluster_id: int, n_examples: int = 5) -> dict:
+        """JSON-able summary: statistics, intervention stats, exemplars with their chunk ids."""
+        c = self._check(cluster_id)
+        stats = dict(self.stats_[c])
+        brief = lambda r: {key: r[key] for key in ("chunk_id", "sequence", "position", "membership", "token")}  # noqa: E731
+        top = self.exemplars(c, "top_k")
+        chunks = sorted({r["chunk_id"] for kind in ("top_k", "random_k", "quantile") for r in self.exemplars(c, kind)})
+        iv = self.intervention_[c]
+        return {
+            "cluster_id": c,
+            "statistics": stats,
+            "intervention_stats": {"separation_strength": iv["auroc"], "d_prime": iv["d_prime"],
+                                   "diff_means_auroc": iv["diff_means_auroc"],
+                                   "within_cluster_variance": iv["within_variance"],
+                                   "cross_cluster_correlation": dict(zip(map(str, iv["correlated_clusters"]),
+                                                                         iv["correlation_values"]))},
+            "exemplars": {"top_k": [brief(r) for r in top[:n_examples]],
+                          "random_k": [brief(r) for r in self.exemplars(c, "random_k")[:n_examples]]},
+            "chunk_ids": chunks,
+        }
+
+    def visualize_cluster_context(self, cluster_id: int, example_idx: int = 0, kind: str = "top_k",
+                                  color: bool | None = None) -> str:
+        """Terminal rendering of one exemplar: background shade by this cluster's membership
+        (ANSI), or without colour the exemplar token as [[token]] and other members as [token]."""
+        rows = self.exemplars(cluster_id, kind)
+        if not 0 <= example_idx < len(rows):
+            raise IndexError(f"example_idx {example_idx}: cluster {cluster_id} has {len(rows)} {kind} exemplars")
+        r = rows[example_idx]
+        if color is None:
+            color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        centre = r["position"] - r["context_start"]
+        parts = []
+        for i, (tok, m) in enumerate(zip(r["context_tokens"], r["context_memberships"])):
+            tok = tok.replace("\n", "\u23ce")
+            if color and m > 0:
+                shade = _SHADES[min(len(_SHADES) - 1, int(np.ceil(m * (len(_SHADES) - 1))))]
+                style = "1;4;" if i == centre else ""
+                parts.append(f"\x1b[{style}48;5;{shade}m{tok}\x1b[0m")
+            elif i == centre:
+                parts.append(f"[[{tok}]]")
+            else:
+                parts.append(f"[{tok}]" if m >= 0.2 else tok)
+        others = ", ".join(f"{c} ({v:.2f})" for c, v in zip(r["active_clusters"], r["active_values"]) if c != r["cluster"])
+        head = (f"cluster {r['cluster']} | {kind} #{example_idx} | chunk {r['chunk_id']} seq {r['sequence']} "
+                f"pos {r['position']} | membership {r['membership']:.3f}")
+        return f"{head}\n{''.join(parts)}\nalso active: {others or 'none'}"
+
+    def __str__(self) -> str:
+        s, k = self.summary_, self.n_clusters
+        auroc = np.array([row["auroc"] for row in self.intervention_], dtype=float)
+        lines = [f"ClusterAnalyzer({self.path})",
+                 f"{k} clusters, {s.get('n_tokens', '?')} tokens from {len(s.get('chunk_ids', []))} chunks; "
+                 f"Ledoit-Wolf shrinkage {s.get('shrinkage', float('nan')):.3f}; held-out AUROC median "
+                 f"{np.nanmedian(auroc):.3f} (min {np.nanmin(auroc):.3f})",
+                 "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6}  top tokens"]
+        for row in sorted(self.stats_, key=lambda r: -r["total_usage"])[:15]:
+            tokens = " ".join(repr(t) for t in row["top_tokens"][:6])
+            lines.append(f"{row['cluster']:>7} {100 * row['usage_fraction']:>7.2f} {row['density']:>8.4f} "
+                         f"{row['max_membership']:>6.3f} {auroc[row['cluster']]:>6.3f}  {tokens}")
+        if k > 15:
+            lines.append(f"... {k - 15} more clusters (sorted by usage)")
+        return "\n".join(lines)
+
+    __repr__ = __str__
