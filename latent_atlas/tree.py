@@ -1,0 +1,336 @@
+"""Cluster tree by recursive embedding and clustering (Spotify style): UMAP, then HDBSCAN, per node.
+
+Every node re-embeds its own members with a fresh UMAP, so structure hidden in a global embedding
+shows up when zooming in. A child is split further only when its silhouette (mean silhouette of
+its members in the split that made it, on that split's embedding, noise excluded) is BELOW
+`silhouette_threshold`: a poorly separated cluster is heterogeneous and worth splitting, a well
+separated one is kept whole. HDBSCAN noise stays at the level it was found (the parent's `noise`)
+and is never recursed into.
+
+Node ids are paths: the root is "root", its children "0", "1", ..., their children "0.0", "0.1".
+The root has depth 0; a child of a depth-d node has depth d + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = "root"
+
+
+@dataclass
+class TreeConfig:
+    """How the tree is built. Defaults follow the Spotify-style plan (seed 002)."""
+
+    max_depth: int = 3
+    """Deepest node depth (root is 0); max_depth=2 gives two levels of clusters."""
+    base_pct: float = 0.05
+    """HDBSCAN min_cluster_size at the root, as a fraction of the node's size."""
+    decay: float = 0.7
+    """min_cluster_size = max(min_cluster_size_floor, int(n * base_pct * decay**depth))."""
+    min_cluster_size_floor: int = 10
+    """Lower bound of min_cluster_size, so deep nodes don't split into specks."""
+    hdbscan_min_samples: int | None = 10
+    """HDBSCAN min_samples (density smoothing), kept constant across depths; None = min_cluster_size."""
+    cluster_selection_method: str = "eom"
+    """HDBSCAN cluster selection: "eom" (fewer, larger clusters) or "leaf" (finer)."""
+    silhouette_threshold: float = 0.3
+    """Recurse into a cluster only when its silhouette is below this (poorly separated = heterogeneous)."""
+    min_split_size: int = 50
+    """Clusters smaller than this are leaves."""
+    umap_n_components: int = 10
+    """Dimensions of each node's UMAP embedding."""
+    umap_n_neighbors: int = 15
+    """UMAP n_neighbors (local vs global structure); a node needs more members than this to split."""
+    umap_min_dist: float = 0.0
+    """UMAP min_dist; 0 packs clusters tightly, which suits density clustering."""
+    umap_n_epochs: int | None = None
+    """UMAP optimisation epochs; None lets UMAP choose (200 for large, 500 for small inputs)."""
+    soft_cluster_min_fraction: float = 0.5
+    """A soft cluster is mapped to a node when at least this fraction of its members fall in it."""
+    seed: int = 0
+    """random_state of every UMAP: deterministic (and single-threaded)."""
+
+
+@dataclass
+class TreeNode:
+    """One cluster of the tree (or the root)."""
+
+    id: str
+    parent: str | None
+    depth: int
+    size: int
+    silhouette: float  # mean silhouette of the members in the parent's split; NaN for the root
+    centroid: np.ndarray  # [d] mean of unit-normalized members, re-normalized, original space
+    members: np.ndarray  # [size] indices into the sample
+    noise: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # members HDBSCAN left as noise
+    children: list[str] = field(default_factory=list)
+    soft_clusters: dict[int, float] = field(default_factory=dict)  # soft cluster -> fraction of it in this node
+
+    @property
+    def noise_count(self) -> int:
+        return len(self.noise)
+
+
+@dataclass
+class ClusterTree:
+    """The tree: nodes by id, the config that built it."""
+
+    nodes: dict[str, TreeNode]
+    config: TreeConfig
+
+    def children(self, node_id: str) -> list[TreeNode]:
+        return [self.nodes[c] for c in self.nodes[node_id].children]
+
+    def leaves(self) -> list[TreeNode]:
+        return [n for n in self.nodes.values() if not n.children]
+
+    def sample_leaf_ids(self, n: int) -> list[str | None]:
+        """Leaf id of each of the n sample points; None for points left as noise at some level."""
+        out: list[str | None] = [None] * n
+        for leaf in self.leaves():
+            for i in leaf.members:
+                out[i] = leaf.id
+        return out
+
+    def assign_paths(self, x: np.ndarray) -> list[list[str]]:
+        """Path of node ids for each vector of x [m, d]: from the root, the child whose centroid is
+        nearest by cosine at each depth, down to a leaf (the root is not in the path)."""
+        unit = _unit_rows(np.asarray(x, dtype=np.float32))
+        paths: list[list[str]] = [[] for _ in range(len(unit))]
+        frontier = {ROOT: np.arange(len(unit))}
+        while frontier:
+            deeper = {}
+            for node_id, idx in frontier.items():
+                kids = self.nodes[node_id].children
+                if not kids or not len(idx):
+                    continue
+                centroids = np.stack([self.nodes[k].centroid for k in kids])  # [c, d]
+                best = np.argmax(unit[idx] @ centroids.T, axis=1)
+                for c, kid in enumerate(kids):
+                    deeper[kid] = idx[best == c]
+                    for i in deeper[kid]:
+                        paths[i].append(kid)
+            frontier = deeper
+        return paths
+
+    def assign_document_paths(self, x: np.ndarray, doc_ids: np.ndarray, method: str = "mean") -> dict:
+        """Path per document from token vectors x [m, d] with doc_ids [m].
+
+        "mean": path of the mean-pooled unit token vectors. "majority": descend from the root
+        taking, at each depth, the most common child among the document's tokens still on the path.
+        """
+        doc_ids = np.asarray(doc_ids)
+        docs, inverse = np.unique(doc_ids, return_inverse=True)
+        if method == "mean":
+            unit = _unit_rows(np.asarray(x, dtype=np.float32))
+            pooled = np.zeros((len(docs), unit.shape[1]), np.float64)
+            np.add.at(pooled, inverse, unit)
+            return dict(zip(docs.tolist(), self.assign_paths(pooled)))
+        if method != "majority":
+            raise ValueError(f"method must be 'mean' or 'majority', got {method!r}")
+        token_paths = self.assign_paths(x)
+        out = {}
+        for d, doc in enumerate(docs.tolist()):
+            paths = [token_paths[i] for i in np.flatnonzero(inverse == d)]
+            chosen: list[str] = []
+            while paths and len(paths[0]) > len(chosen):
+                level = [p[len(chosen)] for p in paths]
+                ids, counts = np.unique(level, return_counts=True)
+                chosen.append(str(ids[np.argmax(counts)]))
+                paths = [p for p in paths if p[len(chosen) - 1] == chosen[-1]]
+            out[doc] = chosen
+        return out
+
+    def render(self) -> str:
+        """The tree as indented text: id, depth, size, silhouette, noise and mapped soft clusters."""
+        lines = []
+
+        def visit(node_id: str, indent: str) -> None:
+            n = self.nodes[node_id]
+            sil = "-" if np.isnan(n.silhouette) else f"{n.silhouette:.2f}"
+            soft = ", ".join(f"{c}:{f:.2f}" for c, f in sorted(n.soft_clusters.items())[:8])
+            lines.append(f"{indent}{n.id}  depth={n.depth} size={n.size} silhouette={sil} "
+                         f"noise={n.noise_count}" + (f"  soft=[{soft}]" if soft else ""))
+            for kid in n.children:
+                visit(kid, indent + "  ")
+
+        visit(ROOT, "")
+        return "\n".join(lines)
+
+    def save(self, json_path: str | Path) -> Path:
+        """Nodes to JSON, arrays (centroids, members, noise) to an .npz beside it; no pickle."""
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        ids = list(self.nodes)
+        arrays = {"centroids": np.stack([self.nodes[i].centroid for i in ids])}
+        for key in ("members", "noise"):
+            parts = [getattr(self.nodes[i], key).astype(np.int64) for i in ids]
+            arrays[key] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            arrays[f"{key}_offsets"] = np.cumsum([0] + [len(p) for p in parts])
+        meta = {"config": asdict(self.config), "nodes": [
+            {"id": n.id, "parent": n.parent, "depth": n.depth, "size": n.size,
+             "silhouette": None if np.isnan(n.silhouette) else n.silhouette, "children": n.children,
+             "soft_clusters": {str(c): f for c, f in n.soft_clusters.items()}} for n in self.nodes.values()]}
+        npz_path = json_path.with_suffix(".npz")
+        _atomic(npz_path, lambda p: np.savez(p, **arrays), ".npz")
+        _atomic(json_path, lambda p: p.write_text(json.dumps(meta, indent=1)), "")  # json last: marks complete
+        return json_path
+
+    @classmethod
+    def load(cls, json_path: str | Path) -> ClusterTree:
+        json_path = Path(json_path)
+        meta = json.loads(json_path.read_text())
+        with np.load(json_path.with_suffix(".npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        nodes = {}
+        for i, m in enumerate(meta["nodes"]):
+            span = {k: arrays[k][arrays[f"{k}_offsets"][i]:arrays[f"{k}_offsets"][i + 1]] for k in ("members", "noise")}
+            nodes[m["id"]] = TreeNode(
+                m["id"], m["parent"], m["depth"], m["size"],
+                float("nan") if m["silhouette"] is None else m["silhouette"], arrays["centroids"][i],
+                span["members"], span["noise"], m["children"], {int(c): f for c, f in m["soft_clusters"].items()})
+        return cls(nodes, TreeConfig(**meta["config"]))
+
+
+def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: np.ndarray | None = None,
+               cache_dir: str | Path | None = None, data_version: str | None = None) -> ClusterTree:
+    """Recursive UMAP + HDBSCAN tree of a sample x [n, d] (token, sequence or document vectors).
+
+    soft_clusters: hard labels [n] or memberships [n, k] of the soft clustering on the same sample,
+    mapped onto nodes. With cache_dir, the tree is cached under a hash of the config and
+    data_version (or of x's bytes) and loaded from there on the next call.
+    """
+    config = config or TreeConfig()
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty [n, d] array, got shape {x.shape}")
+    if soft_clusters is not None and len(soft_clusters) != len(x):
+        raise ValueError(f"soft_clusters must have one row per vector of x ({len(x)}), got {len(soft_clusters)}")
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"tree-{cache_key(x, config, soft_clusters, data_version)}.json"
+        if cache_path.exists():
+            return ClusterTree.load(cache_path)
+    unit = _unit_rows(x.astype(np.float32))
+    soft = _soft_mass(soft_clusters)
+    root = _make_node(ROOT, None, 0, np.arange(len(x)), float("nan"), unit, soft, config)
+    nodes = {ROOT: root}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.id != ROOT and not (node.silhouette < config.silhouette_threshold):
+            continue
+        if node.depth >= config.max_depth or node.size < _min_split_size(config):
+            continue
+        labels, silhouettes = split_node(x[node.members], node.depth, config)  # [size], {label: sil}
+        if len(silhouettes) < 2:
+            continue  # HDBSCAN found one cluster (or only noise): a leaf
+        node.noise = node.members[labels < 0]
+        # largest child first, so "0" is the biggest at every level
+        order = sorted(silhouettes, key=lambda c: -int((labels == c).sum()))
+        for rank, c in enumerate(order):
+            child_id = str(rank) if node.id == ROOT else f"{node.id}.{rank}"
+            child = _make_node(child_id, node.id, node.depth + 1, node.members[labels == c],
+                               silhouettes[c], unit, soft, config)
+            nodes[child_id] = child
+            node.children.append(child_id)
+        stack.extend(reversed([nodes[c] for c in node.children]))
+    tree = ClusterTree(dict(sorted(nodes.items(), key=lambda kv: _sort_key(kv[0]))), config)
+    if cache_path is not None:
+        tree.save(cache_path)
+    return tree
+
+
+def split_node(x: np.ndarray, depth: int, config: TreeConfig) -> tuple[np.ndarray, dict[int, float]]:
+    """Re-embed one node's members x [m, d] with UMAP and cluster with HDBSCAN.
+
+    Returns HDBSCAN labels [m] (-1 = noise) and each cluster's mean silhouette on the embedding,
+    noise excluded; fewer than two clusters gives an empty dict.
+    """
+    import warnings
+
+    import hdbscan  # imported here: UMAP/numba take seconds to load, path assignment needs neither
+    import umap
+    from sklearn.metrics import silhouette_samples
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # random_state forces 1 thread: wanted
+        embedding = umap.UMAP(n_components=config.umap_n_components, n_neighbors=config.umap_n_neighbors,
+                              min_dist=config.umap_min_dist, metric="cosine", n_epochs=config.umap_n_epochs,
+                              random_state=config.seed).fit_transform(x)
+    min_cluster_size = max(config.min_cluster_size_floor, int(len(x) * config.base_pct * config.decay**depth))
+    labels = hdbscan.HDBSCAN(min_cluster_size=max(min_cluster_size, 2), min_samples=config.hdbscan_min_samples,
+                             cluster_selection_method=config.cluster_selection_method).fit_predict(embedding)
+    kept = labels >= 0
+    clusters = np.unique(labels[kept])
+    if len(clusters) < 2:
+        return labels, {}
+    per_point = silhouette_samples(embedding[kept], labels[kept])
+    return labels, {int(c): float(per_point[labels[kept] == c].mean()) for c in clusters}
+
+
+def cache_key(x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | None, data_version: str | None) -> str:
+    """Hash of the config and the data version (or of x's bytes when no version is given)."""
+    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    if data_version is not None:
+        h.update(f"version:{data_version}".encode())
+    else:
+        h.update(f"{x.shape}{x.dtype}".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+    if soft_clusters is not None:
+        h.update(np.ascontiguousarray(soft_clusters).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _min_split_size(config: TreeConfig) -> int:
+    # UMAP needs more points than neighbours, and spectral init more than n_components + 1
+    return max(config.min_split_size, config.umap_n_neighbors + 2, config.umap_n_components + 2)
+
+
+def _make_node(node_id, parent, depth, members, silhouette, unit, soft, config) -> TreeNode:
+    centroid = unit[members].mean(0)
+    centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+    mapped = {}
+    if soft is not None:
+        mass, total = soft
+        frac = np.asarray(mass[members].sum(0)).ravel() / np.maximum(total, 1e-12)  # [k]
+        mapped = {int(c): round(float(frac[c]), 4) for c in np.flatnonzero(frac >= config.soft_cluster_min_fraction)}
+    return TreeNode(node_id, parent, depth, len(members), float(silhouette), centroid, members, soft_clusters=mapped)
+
+
+def _soft_mass(soft_clusters):
+    """Membership mass per (point, cluster) and per cluster, from labels [n] or memberships [n, k]."""
+    if soft_clusters is None:
+        return None
+    soft = np.asarray(soft_clusters)
+    if soft.ndim == 1:
+        from scipy.sparse import csr_matrix
+
+        labels = soft.astype(np.int64)
+        mass = csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)))
+    else:
+        mass = soft.astype(np.float64)
+    return mass, np.asarray(mass.sum(0)).ravel()
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _sort_key(node_id: str) -> tuple:
+    return () if node_id == ROOT else tuple(int(p) for p in node_id.split("."))
+
+
+def _atomic(path: Path, write, suffix: str) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
