@@ -170,6 +170,13 @@ def load_npz_chunk(path: str | Path, keys: NpzKeys = NpzKeys(), expected_dim: in
     """Read and validate one seed-format NPZ file (never unpickles); errors name the file."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+    if magic != b"PK\x03\x04":  # np.load would take any other file for a pickle
+        raise ChunkError(path, "not an NPZ file (no zip header): truncated or corrupt")
+    try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in (keys.activations, keys.attention_mask, keys.token_ids) if k not in npz.files]
             if missing:

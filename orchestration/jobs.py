@@ -2,12 +2,9 @@
 
 import dagster as dg
 
-from orchestration.partitions import chunks
-
 chunk_job = dg.define_asset_job(
     "chunk_job",
     selection=dg.AssetSelection.assets("token_chunks", "activations"),
-    partitions_def=chunks,
     description="Tokens and activations of one chunk partition (requested by the incoming sensor).",
 )
 

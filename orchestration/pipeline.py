@@ -63,7 +63,11 @@ def run_stages(
 
 
 def _first_error(result) -> str:
+    """The root cause of the first failed step, e.g. 'ChunkError: <file>: <problem>'."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            return event.step_failure_data.error.message.strip().splitlines()[-1] if event.step_failure_data.error else "failed"
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return f"{error.cls_name}: {error.message.strip().splitlines()[-1].split(': ', 1)[-1]}"
     return "failed"

@@ -1,0 +1,96 @@
+"""Chunk storage round-trips and every kind of bad NPZ is refused with the file named."""
+
+import numpy as np
+import pytest
+
+from latent_atlas.chunks import NpzKeys, load_npz_chunk, read_chunk, write_chunk
+from latent_atlas.errors import ChunkError
+from tests.conftest import write_seed_npz
+
+
+def test_write_then_read_is_identical_and_memory_mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    acts = rng.standard_normal((4, 8, 16)).astype(np.float16)
+    mask = rng.random((4, 8)) > 0.3
+    ids = rng.integers(0, 50, (4, 8)).astype(np.int32)
+    write_chunk(tmp_path / "c", acts, mask, ids, {"layer": 3})
+    chunk = read_chunk(tmp_path / "c")
+    assert isinstance(chunk.activations, np.memmap)
+    np.testing.assert_array_equal(chunk.activations, acts)
+    np.testing.assert_array_equal(chunk.attention_mask, mask)
+    np.testing.assert_array_equal(chunk.token_ids, ids)
+    assert chunk.meta == {"layer": 3} and chunk.n_tokens == mask.sum()
+
+
+def test_rewrite_replaces_and_leaves_no_temp_directories(tmp_path):
+    for value in (1.0, 2.0):
+        write_chunk(tmp_path / "c", np.full((1, 2, 3), value), np.ones((1, 2), bool), np.zeros((1, 2), int))
+    assert read_chunk(tmp_path / "c").activations[0, 0, 0] == 2.0
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(ValueError):
+        write_chunk(tmp_path / "c", np.ones((1, 2, 3)), np.ones((1, 2), bool), np.array([["x", "y"]]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_valid_npz_loads(tmp_path):
+    chunk = load_npz_chunk(write_seed_npz(tmp_path / "ok.npz"), expected_dim=32)
+    assert chunk.activations.shape == (6, 16, 32) and chunk.attention_mask.dtype == bool
+
+
+def test_configurable_key_names(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "k.npz", acts=rng.standard_normal((2, 4, 8)), mask=np.ones((2, 4)), ids=np.ones((2, 4), int))
+    chunk = load_npz_chunk(tmp_path / "k.npz", NpzKeys("acts", "mask", "ids"))
+    assert chunk.n_tokens == 8
+
+
+def _truncated(tmp_path):
+    path = write_seed_npz(tmp_path / "bad.npz")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _pickled(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, activations=np.array([{"evil": 1}], dtype=object), attention_mask=np.ones((1, 1)), token_ids=np.ones((1, 1)))
+    return path
+
+
+def _nan(tmp_path):
+    acts = np.zeros((3, 4, 32), np.float16)
+    acts[2, 1, 5] = np.nan
+    return write_seed_npz(tmp_path / "bad.npz", n_seq=3, seq_len=4, activations=acts)
+
+
+def _inf(tmp_path):
+    acts = np.zeros((3, 4, 32), np.float16)
+    acts[0, 0, 0] = np.inf
+    return write_seed_npz(tmp_path / "bad.npz", n_seq=3, seq_len=4, activations=acts)
+
+
+BAD_INPUTS = {
+    "truncated": (_truncated, "truncated or corrupt"),
+    "pickled": (_pickled, "pickled"),
+    "nan": (_nan, "NaN/Inf (first at sequence 2, position 1)"),
+    "inf": (_inf, "NaN/Inf"),
+    "wrong_dim": (lambda p: write_seed_npz(p / "bad.npz", dim=16), "dimension 16, expected 32"),
+    "mask_shape": (lambda p: write_seed_npz(p / "bad.npz", attention_mask=np.ones((6, 15), bool)), "attention mask shape"),
+    "token_shape": (lambda p: write_seed_npz(p / "bad.npz", token_ids=np.ones((5, 16), np.int32)), "token ids shape"),
+    "empty": (lambda p: write_seed_npz(p / "bad.npz", attention_mask=np.zeros((6, 16), bool)), "empty"),
+    "no_sequences": (lambda p: write_seed_npz(p / "bad.npz", n_seq=0), "empty"),
+    "missing_key": (lambda p: np.savez(p / "bad.npz", activations=np.ones((1, 2, 32))) or p / "bad.npz", "missing arrays"),
+    "not_npz": (lambda p: (p / "bad.npz").write_text("hello") and p / "bad.npz", "truncated or corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_npz_names_file_and_problem(tmp_path, case):
+    make, expected = BAD_INPUTS[case]
+    path = make(tmp_path)
+    with pytest.raises(ChunkError) as err:
+        load_npz_chunk(path, expected_dim=32)
+    assert str(path) in str(err.value) and expected in str(err.value)

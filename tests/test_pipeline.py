@@ -1,0 +1,79 @@
+"""The asset graph materialized in process on a persistent Dagster instance, on real data."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import dagster as dg
+
+from latent_atlas.chunks import read_chunk
+from latent_atlas.whitening import Whitening, covariance_error
+from orchestration.definitions import build_definitions
+from orchestration.pipeline import register_partitions, run_stages
+from resources import CorpusResource, ModelResource
+from tests.conftest import write_seed_npz
+
+
+def test_text_corpus_end_to_end_with_minilm(atlas_home):
+    corpus = CorpusResource(documents_per_category=2, sequences_per_chunk=12)
+    model = ModelResource(name="minilm-l6")
+    defs = build_definitions(corpus=corpus, model=model)
+    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
+        keys = corpus.register(model.tokenizer(), model.name)
+        assert len(keys) >= 2 and keys[0] == "bbc-00000"
+        register_partitions(instance, keys)
+        report = run_stages(defs, instance, keys, log=lambda _: None)
+        assert report.failed == {}
+
+        tables = [pq.read_table(atlas_home / "tables" / "token_chunks" / f"{k}.parquet") for k in keys]
+        assert sum(t.num_rows for t in tables) > 0
+        assert set(tables[0].column("category").to_pylist()) <= {"business", "entertainment", "politics", "sports", "tech"}
+
+        chunk = read_chunk(atlas_home / "tensors" / "activations" / keys[0])
+        assert chunk.activations.shape[1:] == (128, 384) and chunk.meta["layer"] == 3
+        # analysis mask excludes [CLS]/[SEP]/padding
+        cls_id = model.tokenizer().cls_token_id
+        assert not chunk.attention_mask[chunk.token_ids == cls_id].any()
+
+        whitening = Whitening.load(atlas_home / "tensors" / "whitening.npz")
+        whitened = [read_chunk(atlas_home / "tensors" / "whitened_activations" / k) for k in keys]
+        vectors = np.concatenate([w.activations[w.attention_mask] for w in whitened]).astype(np.float32)
+        assert abs(covariance_error(vectors)["mean_diag"] - 1) < 0.05
+
+        checks = {(e.check_name, e.passed) for e in _check_events(instance)}
+        assert ("whitened_covariance_is_identity", True) in checks
+        assert ("finite_and_shaped", True) in checks and ("mask_token_alignment", True) in checks
+        assert not any(passed is False for _, passed in checks)
+
+
+def _check_events(instance):
+    return [
+        entry.dagster_event.event_specific_data
+        for run in instance.get_runs()
+        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+
+
+def test_bad_npz_chunk_fails_alone_and_leaves_nothing(atlas_home, tmp_path):
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    for i in range(2):
+        write_seed_npz(folder / f"good{i}.npz", seed=i)
+    acts = np.zeros((6, 16, 32), np.float16)
+    acts[1, 2, 3] = np.inf
+    write_seed_npz(folder / "bad.npz", activations=acts)
+    corpus = CorpusResource(source="npz", path=str(folder), already_whitened=True, expected_dim=32)
+    defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
+    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
+        keys = corpus.register(None, "")
+        assert keys == ["npz-bad", "npz-good0", "npz-good1"]
+        register_partitions(instance, keys)
+        report = run_stages(defs, instance, keys, log=lambda _: None)
+    assert list(report.failed) == ["npz-bad"]
+    assert "bad.npz" in report.failed["npz-bad"] and "NaN/Inf" in report.failed["npz-bad"]
+    leftovers = [p for p in atlas_home.rglob("*") if "bad" in p.name and p.parent.name != "manifests"]
+    assert leftovers == []
+    whitening = Whitening.load(atlas_home / "tensors" / "whitening.npz")
+    assert whitening.method == "identity"
+    good = read_chunk(atlas_home / "tensors" / "whitened_activations" / "npz-good0")
+    np.testing.assert_array_equal(good.activations[good.attention_mask],
+                                  read_chunk(atlas_home / "tensors" / "activations" / "npz-good0").activations[good.attention_mask])
