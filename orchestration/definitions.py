@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from assets import inputs, whitening
+import assets
 from io_managers import ParquetIOManager, TensorIOManager
 from latent_atlas.paths import atlas_home
 from orchestration.jobs import chunk_job, refit_job
@@ -24,7 +24,7 @@ def build_definitions(
 ) -> dg.Definitions:
     """Definitions with the given resources (the defaults are the embedded demo: SmolLM2 on BBC News)."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([inputs, whitening]),
+        assets=dg.load_assets_from_package_module(assets),
         jobs=[chunk_job, refit_job],
         sensors=[incoming_chunks],
         schedules=[nightly_refit],

@@ -13,12 +13,33 @@ import dagster as dg
 
 from orchestration.partitions import chunks
 
-# (asset names, per chunk?) in dependency order; later stages are appended as they exist.
-STAGES: list[tuple[tuple[str, ...], bool]] = [
-    (("token_chunks", "activations"), True),
-    (("whitening",), False),
-    (("whitened_activations",), True),
-]
+Stage = tuple[tuple[str, ...], bool]  # (asset names, per chunk?)
+
+
+def stages_of(defs: dg.Definitions) -> list[Stage]:
+    """Stages in dependency order, read off the asset graph.
+
+    Each stage is a maximal set of assets of one kind (per chunk or global) whose upstreams are
+    done: per-chunk chains such as token_chunks -> activations run together, one run per chunk.
+    """
+    graph = defs.resolve_asset_graph()
+    keys = set(graph.get_all_asset_keys())
+    per_chunk = {k: graph.get(k).partitions_def is not None for k in keys}
+    deps = {k: set(graph.get(k).parent_keys) & keys for k in keys}
+    done: set = set()
+    stages: list[Stage] = []
+    while len(done) < len(keys):
+        ready = [k for k in keys - done if deps[k] <= done]
+        kind = any(per_chunk[k] for k in ready)
+        stage = {k for k in ready if per_chunk[k] == kind}
+        grown = True
+        while grown:  # pull in same-kind descendants whose upstreams are now all available
+            more = {k for k in keys - done - stage if per_chunk[k] == kind and deps[k] <= done | stage}
+            grown = bool(more)
+            stage |= more
+        stages.append((tuple(sorted(k.to_user_string() for k in stage)), kind))
+        done |= stage
+    return stages
 
 
 @dataclass
@@ -38,12 +59,12 @@ def run_stages(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     keys: list[str],
-    stages: list[tuple[tuple[str, ...], bool]] = STAGES,
+    stages: list[Stage] | None = None,
     log: Callable[[str], None] = print,
 ) -> PipelineReport:
     """Materialize each stage; a chunk that fails is reported and skipped by later stages."""
     report = PipelineReport(keys)
-    for names, per_chunk in stages:
+    for names, per_chunk in stages or stages_of(defs):
         start = time.perf_counter()
         selection = dg.AssetSelection.assets(*names)
         for key in ([k for k in keys if k not in report.failed] if per_chunk else [None]):

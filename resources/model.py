@@ -29,5 +29,16 @@ class ModelResource(dg.ConfigurableResource):
     def tokenizer(self):
         return _load(self.name, "cpu", "float32").tokenizer
 
+    def decoder(self):
+        """ids -> display strings with this model's tokenizer."""
+        return decoder_for(self.tokenizer())
+
     def layer_of(self, loaded: LoadedModel) -> int:
         return self.layer or loaded.default_layer
+
+
+def decoder_for(tokenizer):
+    """ids -> one display string per token; without a tokenizer (NPZ corpora), '<id>'."""
+    if tokenizer is None:
+        return lambda ids: [f"<{int(i)}>" for i in ids]
+    return lambda ids: [tokenizer.decode([int(i)]) for i in ids]

@@ -1,0 +1,27 @@
+"""The Dagster code location loads, as `dagster dev` and `dg` load it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_load_with_every_asset_and_check():
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assets = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"token_chunks", "activations", "whitening", "whitened_activations"} <= assets
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"finite_and_shaped", "mask_token_alignment", "whitened_covariance_is_identity"} <= checks
+    assert defs.resolve_sensor_def("incoming_chunks") and defs.resolve_schedule_def("nightly_refit")
+    assert graph.get(dg.AssetKey("activations")).partitions_def.name == "chunks"
+
+
+def test_dg_check_defs(atlas_home):
+    dg_bin = Path(sys.executable).with_name("dg")
+    result = subprocess.run([str(dg_bin), "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
