@@ -8,16 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from orchestration.instance import use_atlas_home
+
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.home:
-        os.environ["ATLAS_HOME"] = str(Path(args.home).resolve())
-    from latent_atlas.paths import atlas_home
-
-    home = atlas_home()
-    os.environ["DAGSTER_HOME"] = str(home / "dagster")
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
-
+    home = use_atlas_home(args.home)
     import dagster as dg
 
     from orchestration.definitions import build_definitions
@@ -36,33 +31,33 @@ def _demo(args: argparse.Namespace) -> int:
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
     report = run_stages(defs, instance, keys)
-    _print_summary(instance, home, report, time.perf_counter() - started)
+    from orchestration.status import summary_lines
+
+    print("\n".join(summary_lines(defs, instance, home, report.keys)))
+    print(f"done in {time.perf_counter() - started:.0f} s; failed chunks: {len(report.failed)}")
+    print(f"browse: .venv/bin/latent-atlas ui --home {home}")
     return 1 if report.failed else 0
 
 
-def _print_summary(instance, home: Path, report, seconds: float) -> None:
-    from orchestration.status import summary_lines
-
-    print("\n".join(summary_lines(instance, home, report.keys)))
-    print(f"done in {seconds:.0f} s; failed chunks: {len(report.failed)}")
-    print(f"browse: DAGSTER_HOME={home / 'dagster'} .venv/bin/dagster dev -w workspace.yaml")
-
-
 def _status(args: argparse.Namespace) -> int:
-    if args.home:
-        os.environ["ATLAS_HOME"] = str(Path(args.home).resolve())
-    from latent_atlas.paths import atlas_home
-
-    home = atlas_home()
-    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    home = use_atlas_home(args.home)
     import dagster as dg
 
+    from orchestration.definitions import defs
     from orchestration.partitions import chunks
     from orchestration.status import summary_lines
 
     instance = dg.DagsterInstance.get()
-    print("\n".join(summary_lines(instance, home, instance.get_dynamic_partitions(chunks.name))))
+    print("\n".join(summary_lines(defs, instance, home, instance.get_dynamic_partitions(chunks.name))))
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """The Dagster UI on this ATLAS_HOME's instance (sensors and schedules run with it)."""
+    use_atlas_home(args.home)
+    root = Path(__file__).resolve().parents[1]
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", "-w", str(root / "workspace.yaml"), "-p", str(args.port)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="partitions and what is materialized")
     status.add_argument("--home", default="")
     status.set_defaults(func=_status)
+    ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this ATLAS_HOME")
+    ui.add_argument("--home", default="")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=_ui)
     synthetic = sub.add_parser("synthetic", help="write seed-format NPZ chunks from a known mixture",
                                add_help=False)
     synthetic.set_defaults(func=None)

@@ -1,19 +1,13 @@
 """The whole project on one screen: assets, checks, resources, IO managers, jobs, sensors, schedules."""
 
-import os
-
 import dagster as dg
 
 import assets
 from io_managers import ParquetIOManager, TensorIOManager
-from latent_atlas.paths import atlas_home
 from orchestration.jobs import chunk_job, refit_job
 from orchestration.schedules import nightly_refit
 from orchestration.sensors import incoming_chunks
 from resources import ComputeBackendResource, CorpusResource, ModelResource, TorchDeviceResource
-
-os.environ.setdefault("DAGSTER_HOME", str(atlas_home() / "dagster"))
-os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
 
 
 def build_definitions(
