@@ -1,0 +1,182 @@
+"""Benchmark of the streaming soft clustering against baselines measured in the same run.
+
+    OPENBLAS_CORETYPE=SkylakeX python benchmarks/clustering.py [--chunks 4] [--sequences 512]
+
+Data: synthetic chunk directories (fp16, d=2304, 512 directions, ~10% masked), k=512.
+Prints: membership pass vs bare GEMM, centroid-learning pass vs faiss / MiniBatchKMeans,
+peak RSS for 4x more chunks, kill-and-resume vs uninterrupted centroids.
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")  # faiss's bundled OpenBLAS at its best (DESIGN.md)
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from latent_atlas.chunks import read_chunk  # noqa: E402
+from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
+from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
+
+DIM, K = 2304, 512
+PARAMS = dict(n_clusters=K, n_epochs=1, max_points=100_000, seed=0)
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Best wall time of `repeat` runs, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def load_unit_rows(paths) -> np.ndarray:
+    """All attended rows [N, d] as unit float32, in memory: the baselines' best case."""
+    parts = []
+    for path in paths:
+        chunk = read_chunk(path)
+        parts.append(chunk.activations[np.asarray(chunk.attention_mask)].astype(np.float32))
+    X = np.concatenate(parts)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X
+
+
+def bare_gemm(X: np.ndarray, centers: np.ndarray, block: int) -> float:
+    """Time of X @ centers.T in fp32, blocked like the membership pass, into a reused buffer."""
+    x, ct = torch.from_numpy(X), torch.from_numpy(np.ascontiguousarray(centers.T))
+    out = torch.empty(block, ct.shape[1])
+
+    def run():
+        for start in range(0, x.shape[0], block):
+            rows = x[start:start + block]
+            torch.mm(rows, ct, out=out[: rows.shape[0]])
+
+    return min(timed(run, 3), timed(lambda: torch.mm(x, ct), 2))
+
+
+def membership_pass(paths, args) -> None:
+    model = SequentialSoftClustering(**PARAMS).fit_chunks(paths[:1])  # any centroids do for timing
+    X = load_unit_rows(paths)
+    gemm = bare_gemm(X, model.cluster_centers_, model.block_size)
+    transform = timed(lambda: [model.transform(p) for p in paths], 3)
+    print(f"\n[membership pass] N={X.shape[0]:,} vectors, d={DIM}, k={K}, top_m={model.top_m}")
+    print(f"  bare torch GEMM fp32 (in-memory fp32 rows):      {gemm:7.3f} s  {X.shape[0] / gemm:10,.0f} vec/s")
+    print(f"  transform over chunk dirs (fp16 memmap -> sparse): {transform:7.3f} s  {X.shape[0] / transform:10,.0f} vec/s")
+    print(f"  throughput ratio transform / GEMM = {gemm / transform:.2f}  (target >= 0.80)")
+
+
+def centroid_pass(paths, args) -> None:
+    import faiss
+    from sklearn.cluster import MiniBatchKMeans
+
+    X = load_unit_rows(paths)
+    n = X.shape[0]
+    ours = timed(lambda: SequentialSoftClustering(**PARAMS).fit_chunks(paths), 2)
+
+    def faiss_train(niter):
+        km = faiss.Kmeans(DIM, K, niter=niter, spherical=True, seed=1, max_points_per_centroid=n, verbose=False)
+        return timed(lambda: km.train(X), 1)
+
+    faiss_1, faiss_3 = faiss_train(1), faiss_train(3)
+    faiss_iter = min(faiss_1, (faiss_3 - faiss_1) / 2)
+
+    bounds = np.cumsum([0] + [read_chunk(p).n_tokens for p in paths])  # one partial_fit per chunk, like ours
+    mbk = MiniBatchKMeans(K, init="random", n_init=1, random_state=0, batch_size=int(bounds[1]))
+    mbk.partial_fit(X[: bounds[1]])  # initialization, not timed
+    sk = timed(lambda: [mbk.partial_fit(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], 1)
+
+    print(f"\n[centroid-learning pass] one pass over N={n:,} vectors, k={K} (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})")
+    print(f"  ours: fit_chunks, 1 epoch, all points, from fp16 chunk dirs: {ours:7.3f} s")
+    print(f"  faiss.Kmeans spherical, niter=1 train:  {faiss_1:7.3f} s;  niter=3: {faiss_3:7.3f} s;  per iteration {faiss_iter:7.3f} s")
+    print(f"  sklearn MiniBatchKMeans partial_fit per chunk, in-memory fp32: {sk:7.3f} s")
+    print(f"  speed-up vs faiss iteration = {faiss_iter / ours:.2f}x,  vs MiniBatchKMeans = {sk / ours:.2f}x  (target > 1 for both)")
+
+
+def rss_child(paths) -> None:
+    """Run in a child: learn + transform every chunk, print peak RSS in MB."""
+    model = SequentialSoftClustering(**PARAMS).fit_chunks(paths)
+    for path in paths:
+        model.transform(path)
+    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across fork+exec.
+    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mb": hwm_kb / 1024}))
+
+
+def peak_rss(paths) -> None:
+    def child(chunk_paths):
+        out = subprocess.run([sys.executable, __file__, "--rss-child", *map(str, chunk_paths)],
+                             check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+    one, four = child(paths[:1]), child(paths[:4])
+    print("\n[peak RSS] fit_chunks + transform of every chunk, fresh child processes (VmHWM)")
+    print(f"  1 chunk: {one:8.0f} MB;  4 chunks: {four:8.0f} MB;  ratio 4x/1x = {four / one:.3f}  (target <= 1.10)")
+
+
+def resume_child(paths, checkpoint_dir, out) -> None:
+    ckpt = None if checkpoint_dir == "-" else checkpoint_dir
+    model = SequentialSoftClustering(**{**PARAMS, "n_epochs": 2}, checkpoint_dir=ckpt).fit_chunks(paths)
+    np.save(out, model.cluster_centers_)
+
+
+def kill_and_resume(paths, tmp: Path) -> None:
+    def start(checkpoint_dir, out):
+        return subprocess.Popen([sys.executable, __file__, "--resume-child", str(checkpoint_dir), str(out), *map(str, paths)])
+
+    ckpt = tmp / "checkpoints"
+    run = start(ckpt, tmp / "resumed.npy")
+    while not list(ckpt.glob("checkpoint-0000003.npz")) and run.poll() is None:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    killed = run.wait() == -signal.SIGKILL
+    reached = max((int(p.stem.split("-")[1]) for p in ckpt.glob("checkpoint-*.npz")), default=0)
+    assert start(ckpt, tmp / "resumed.npy").wait() == 0
+    assert start("-", tmp / "straight.npy").wait() == 0
+    a, b = np.load(tmp / "resumed.npy"), np.load(tmp / "straight.npy")
+    print(f"\n[kill -9 and resume] 2 epochs x {len(paths)} chunks; killed={killed} after step {reached} of {2 * len(paths)}")
+    print(f"  identical centroids: {np.array_equal(a, b)};  max abs diff = {np.abs(a - b).max():.3g}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chunks", type=int, default=4)
+    parser.add_argument("--sequences", type=int, default=512, help="sequences of 128 tokens per chunk")
+    parser.add_argument("--only", choices=("memberships", "centroids", "rss", "resume"), help="run one section")
+    parser.add_argument("--rss-child", nargs="+")
+    parser.add_argument("--resume-child", nargs="+")
+    args = parser.parse_args()
+    if args.rss_child:
+        return rss_child(args.rss_child)
+    if args.resume_child:
+        return resume_child(args.resume_child[2:], *args.resume_child[:2])
+
+    with tempfile.TemporaryDirectory(prefix="bench-clustering-") as tmp:
+        start = time.perf_counter()
+        paths = write_synthetic_chunks(Path(tmp) / "data", n_chunks=args.chunks, n_sequences=args.sequences,
+                                       seq_len=128, dim=DIM, n_clusters=K, seed=0, format="dir")
+        n = sum(read_chunk(p).n_tokens for p in paths)
+        print(f"data: {len(paths)} chunk dirs, {n:,} attended vectors, d={DIM}, fp16 "
+              f"(written in {time.perf_counter() - start:.0f} s); torch threads={torch.get_num_threads()}")
+        sections = {"memberships": lambda: membership_pass(paths, args), "centroids": lambda: centroid_pass(paths, args),
+                    "rss": lambda: peak_rss(paths), "resume": lambda: kill_and_resume(paths, Path(tmp))}
+        for name, run in sections.items():
+            if args.only in (None, name):
+                run()
+
+
+if __name__ == "__main__":
+    main()

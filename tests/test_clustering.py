@@ -1,0 +1,204 @@
+"""SequentialSoftClustering on synthetic mixtures with known labels (d=2304, k=64)."""
+
+import os
+
+os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")  # faiss's OpenBLAS at its best; must precede the import
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from latent_atlas.backends import DaskBackend, LocalBackend
+from latent_atlas.chunks import load_npz_chunk
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.errors import ChunkError
+from latent_atlas.memberships import SparseMemberships
+from latent_atlas.synthetic import read_labels, write_synthetic_chunks
+
+DIM, K = 2304, 64
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    """4 seed-format NPZ chunks, ~11k attended tokens from 64 directions."""
+    out = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic_chunks(out, n_chunks=4, n_sequences=48, seq_len=64, dim=DIM, n_clusters=K, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokens(chunks):
+    """(rows [n, d] float32, true labels [n]) of every attended token."""
+    rows, labels = [], []
+    for path in chunks:
+        chunk = load_npz_chunk(path)
+        rows.append(chunk.activations[chunk.attention_mask].astype(np.float32))
+        labels.append(read_labels(path)[chunk.attention_mask])
+    return np.concatenate(rows), np.concatenate(labels)
+
+
+def model(**params):
+    defaults = dict(n_clusters=K, n_epochs=5, max_points=5000, seed=0)
+    return SequentialSoftClustering(**{**defaults, **params})
+
+
+def test_recovers_mixture_at_least_as_well_as_faiss(chunks, tokens):
+    X, labels = tokens
+    fitted = model(init="kmeans++").fit_chunks(chunks)
+    ari = adjusted_rand_score(labels, fitted.predict(X))
+
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    kmeans = faiss.Kmeans(DIM, K, spherical=True, seed=1234, niter=20)
+    kmeans.train(unit)
+    faiss_ari = adjusted_rand_score(labels, kmeans.index.search(unit, 1)[1][:, 0])
+
+    assert ari >= 0.95
+    assert ari >= faiss_ari, (ari, faiss_ari)
+    np.testing.assert_allclose(np.linalg.norm(fitted.cluster_centers_, axis=1), 1.0, atol=1e-5)
+    assert fitted.cluster_centers_.dtype == np.float32 and fitted.cluster_centers_.shape == (K, DIM)
+
+
+def test_random_init_on_the_sphere_also_recovers_mixture(chunks, tokens):
+    X, labels = tokens
+    fitted = model(init="random").fit_chunks(chunks)
+    assert adjusted_rand_score(labels, fitted.predict(X)) >= 0.95
+    last = fitted.history_[-1]
+    assert fitted.n_steps_ == len(fitted.history_) == 5 * len(chunks)
+    assert last["objective"] > fitted.history_[0]["objective"]
+    assert set(last) >= {"objective", "centroid_shift", "usage_entropy", "imbalance", "n_dead"}
+
+
+def test_fit_on_rows_in_memory(tokens):
+    X, labels = tokens
+    fitted = model(init="kmeans++", max_points=3000).fit(X)
+    assert adjusted_rand_score(labels, fitted.predict(X)) >= 0.95
+
+
+def test_memberships_of_a_chunk(chunks, tmp_path):
+    fitted = model(init="kmeans++", n_epochs=2).fit_chunks(chunks)
+    chunk = load_npz_chunk(chunks[0])
+    memberships = fitted.transform(chunk, block_sequences=7)  # blocks that do not divide the chunk
+
+    assert memberships.total_sequences == chunk.n_sequences
+    assert memberships.sequence_length == chunk.sequence_length
+    assert np.all(memberships.value > 0) and np.all(memberships.value <= 1)
+    order = np.lexsort((memberships.cluster, memberships.position, memberships.sequence))
+    assert np.array_equal(order, np.arange(len(memberships)))
+    np.testing.assert_array_equal(memberships.token_id, chunk.token_ids[memberships.sequence, memberships.position])
+    dense = memberships.dense(K)  # [n_seq, seq_len, k]
+    sums = dense.sum(axis=2)
+    assert np.all(sums <= 1 + 1e-5)
+    assert np.array_equal(sums > 0, chunk.attention_mask)  # every attended token, no padding
+    assert np.all((dense > 0).sum(axis=2) <= fitted.top_m)
+
+    # values are the exact softmax memberships (not renormalized over the kept clusters)
+    x = chunk.activations[chunk.attention_mask].astype(np.float64)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ fitted.cluster_centers_.T.astype(np.float64)
+    logits = cos / fitted.temperature
+    exact = np.exp(logits - logits.max(1, keepdims=True))
+    exact /= exact.sum(1, keepdims=True)
+    got = dense[chunk.attention_mask]
+    np.testing.assert_allclose(got[got > 0], exact[got > 0], rtol=1e-4, atol=1e-6)
+    assert np.array_equal(got.argmax(1), exact.argmax(1))
+
+    path = memberships.save(tmp_path / "memberships.parquet")
+    again = SparseMemberships.load(path)
+    assert np.array_equal(again.value, memberships.value) and again.total_sequences == chunk.n_sequences
+
+
+def test_same_seed_same_centroids(chunks):
+    a = model(n_epochs=2).fit_chunks(chunks).cluster_centers_
+    b = model(n_epochs=2).fit_chunks(chunks).cluster_centers_
+    c = model(n_epochs=2, seed=1).fit_chunks(chunks).cluster_centers_
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_dask_gives_identical_centroids(chunks):
+    from dask.distributed import Client, LocalCluster
+
+    params = dict(chunks_per_step=2, n_epochs=2)
+    local = model(**params).fit_chunks(chunks, backend=LocalBackend())
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        remote = model(**params).fit_chunks(chunks, backend=DaskBackend(client))
+    assert np.array_equal(local.cluster_centers_, remote.cluster_centers_)
+    assert local.history_ == remote.history_
+
+
+_RUN = """
+import sys, numpy as np
+from latent_atlas.clustering import SequentialSoftClustering
+paths, ckpt, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+ckpt = None if ckpt == "-" else ckpt
+m = SequentialSoftClustering(64, n_epochs=8, max_points=5000, seed=0, checkpoint_dir=ckpt).fit_chunks(paths)
+np.save(out, m.cluster_centers_)
+"""
+
+
+def _run(chunks, checkpoint_dir, out) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", _RUN, ",".join(map(str, chunks)), str(checkpoint_dir), str(out)]
+    return subprocess.Popen(args, env=env)
+
+
+def test_killed_run_resumes_to_identical_centroids(chunks, tmp_path):
+    total_steps = 8 * len(chunks)
+    checkpoints = tmp_path / "checkpoints"
+    run = _run(chunks, checkpoints, tmp_path / "resumed.npy")
+    deadline = time.monotonic() + 60
+    while not list(checkpoints.glob("checkpoint-0000005.npz")):  # the 5th step is on disk
+        assert run.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
+        time.sleep(0.005)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    reached = max(int(p.stem.split("-")[1]) for p in checkpoints.glob("checkpoint-*.npz"))
+    assert reached < total_steps  # really killed mid-run
+
+    assert _run(chunks, checkpoints, tmp_path / "resumed.npy").wait() == 0
+    assert _run(chunks, "-", tmp_path / "straight.npy").wait() == 0
+    assert np.array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "straight.npy"))
+
+
+def test_nan_chunk_is_refused_naming_the_file(chunks, tmp_path):
+    with np.load(chunks[0]) as npz:
+        arrays = dict(npz)
+    arrays["activations"][3, 5, 7] = np.nan
+    bad = tmp_path / "bad_chunk.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ChunkError, match="bad_chunk.npz"):
+        model().fit_chunks([chunks[1], bad])
+
+
+@pytest.mark.parametrize(
+    "params, name",
+    [({"n_clusters": 0}, "n_clusters"), ({"temperature": -1.0}, "temperature"), ({"init": "pca"}, "init"),
+     ({"threshold": 1.5}, "threshold"), ({"step_decay": 0.3}, "step_decay")],
+)
+def test_bad_arguments_are_named(params, name):
+    with pytest.raises(ValueError, match=name):
+        SequentialSoftClustering(**{"n_clusters": 8, **params})
+
+
+def test_save_load_and_partial_fit(chunks, tokens, tmp_path):
+    X, _ = tokens
+    fitted = model(n_epochs=1).fit_chunks(chunks)
+    loaded = SequentialSoftClustering.load(fitted.save(tmp_path / "model.npz"))
+    assert np.array_equal(loaded.cluster_centers_, fitted.cluster_centers_)
+    assert np.array_equal(loaded.predict(X[:500]), fitted.predict(X[:500]))
+    clusters, values = loaded.soft_memberships(X[:500])
+    assert clusters.shape == values.shape == (500, loaded.top_m)
+    assert np.all(values.sum(1) <= 1 + 1e-5) and np.all((values > 0) == (clusters >= 0))
+
+    steps = loaded.n_steps_
+    loaded.partial_fit(X[:2000])
+    assert loaded.n_steps_ == steps + 1
+    with pytest.raises(ValueError, match="features"):
+        loaded.predict(X[:10, :100])
