@@ -1,0 +1,122 @@
+"""Soft spherical clustering: centroids learned online over all chunks, memberships per chunk."""
+
+import base64
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from latent_atlas.chunks import DenseChunk
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.memberships import SparseMemberships
+from latent_atlas.paths import atlas_home
+from orchestration.partitions import chunks
+from resources import ComputeBackendResource, TorchDeviceResource
+
+
+class CentroidsConfig(dg.Config):
+    n_clusters: int = Field(default=64, description="Number of soft clusters k")
+    temperature: float = Field(default=0.05, description="Softmax temperature on cosine similarities")
+    top_m: int = Field(default=8, description="Memberships kept per token")
+    threshold: float = Field(default=0.01, description="Memberships below this are dropped")
+    max_points: int = Field(default=100_000, description="Attended positions sampled per chunk per step")
+    n_epochs: int = Field(default=3, description="Passes over the chunk stream")
+    init: str = Field(default="random", description="'random' on the unit sphere or 'kmeans++'")
+    seed: int = Field(default=0, description="Seeds initialization and sampling")
+    chunks_per_step: int = Field(default=1, description="Chunks reduced per M-step (same on any backend)")
+    max_dead_fraction: float = Field(default=0.05, description="Asset check: at most this fraction of dead clusters")
+
+
+def _plot_history(history: list[dict]) -> str:
+    """Convergence curves as a markdown image (embedded PNG) for the Dagster UI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("objective", "centroid_shift", "usage_entropy", "imbalance", "n_dead") if n in history[0]]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6))
+    for ax, name in zip(np.atleast_1d(axes), names):
+        ax.plot([h[name] for h in history])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return f"![convergence](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+@dg.asset(
+    io_manager_key="tensor_io_manager",
+    group_name="clustering",
+    ins={"whitened_activations": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
+                                            metadata={"allow_missing_partitions": True})},
+    check_specs=[
+        dg.AssetCheckSpec("centroids_unit_norm_and_finite", asset="centroids"),
+        dg.AssetCheckSpec("few_dead_clusters", asset="centroids"),
+    ],
+    kinds={"torch"},
+)
+def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], device: TorchDeviceResource,
+              compute: ComputeBackendResource):
+    """Soft spherical clustering learned online over every whitened chunk, with checkpoints after
+    every step (a killed run resumes where it stopped) and convergence history."""
+    if not whitened_activations:
+        raise ValueError("no materialized whitened_activations partitions to learn centroids from")
+    params = config.model_dump(exclude={"max_dead_fraction"})
+    paths = [str(p) for p in whitened_activations.values()]
+    # One checkpoint directory per (config, chunk list): a rerun of the same fit resumes, a new one starts fresh.
+    run_id = hashlib.sha256(json.dumps([params, paths]).encode()).hexdigest()[:16]
+    model = SequentialSoftClustering(
+        **params, device=str(device.torch_device()), checkpoint_dir=atlas_home() / "checkpoints" / "centroids" / run_id,
+    ).fit_chunks(paths, backend=compute.backend())
+    centers, last = model.cluster_centers_, model.history_[-1]
+    norms = np.linalg.norm(centers, axis=1)
+    dead_fraction = float(last["n_dead"]) / config.n_clusters
+    return dg.MaterializeResult(
+        value=model,
+        metadata={
+            "n_clusters": config.n_clusters, "dim": int(centers.shape[1]), "chunks": len(paths),
+            "steps": model.n_steps_,
+            **{f"final_{k}": float(v) for k, v in last.items() if isinstance(v, (int, float))},
+            "convergence": dg.MetadataValue.md(_plot_history(model.history_)),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="centroids_unit_norm_and_finite",
+                                passed=bool(np.isfinite(centers).all() and np.allclose(norms, 1, atol=1e-4)),
+                                metadata={"max_norm_error": float(np.abs(norms - 1).max())}),
+            dg.AssetCheckResult(check_name="few_dead_clusters", passed=dead_fraction <= config.max_dead_fraction,
+                                metadata={"dead_fraction": dead_fraction}),
+        ],
+    )
+
+
+@dg.asset(partitions_def=chunks, io_manager_key="parquet_io_manager", group_name="clustering",
+          check_specs=[dg.AssetCheckSpec("memberships_valid", asset="memberships", partitions_def=chunks,
+                                         description="Values in (0, 1], per-token sums <= 1, sorted rows")],
+          kinds={"parquet"})
+def memberships(whitened_activations: DenseChunk, centroids: SequentialSoftClustering):
+    """Sparse soft memberships of every attended token: (sequence, position, cluster, value, token id)."""
+    sparse = centroids.transform(whitened_activations)
+    return dg.MaterializeResult(
+        value=sparse,
+        metadata={"nonzero": len(sparse), "tokens": whitened_activations.n_tokens,
+                  "mean_clusters_per_token": len(sparse) / max(whitened_activations.n_tokens, 1)},
+        check_results=[dg.AssetCheckResult(check_name="memberships_valid", **membership_check(sparse))],
+    )
+
+
+def membership_check(sparse: SparseMemberships) -> dict:
+    values = sparse.value
+    token = sparse.sequence.astype(np.int64) * sparse.sequence_length + sparse.position
+    sums = np.bincount(token, weights=values) if len(values) else np.zeros(0)
+    order_ok = bool(np.all(np.diff(token * 1_000_000 + sparse.cluster) > 0)) if len(values) > 1 else True
+    in_range = bool(len(values) == 0 or (values.min() > 0 and values.max() <= 1))
+    return {"passed": in_range and bool(np.all(sums <= 1 + 1e-5)) and order_ok,
+            "metadata": {"min_value": float(values.min()) if len(values) else 0.0,
+                         "max_token_sum": float(sums.max()) if len(sums) else 0.0, "sorted": order_ok}}
