@@ -78,9 +78,14 @@ def build_results(results_path: str | Path, stats: ChunkStatistics, open_chunk: 
     vectors = intervention_vectors(stats.moments, stats.fit_sample, stats.heldout, centers)
     table = cluster_stats(stats, centers, decode)
     exemplars = fill_context(select_exemplars(stats.candidates), open_chunk, decode, window)
-    summary = {"n_tokens": stats.n_tokens, "chunk_ids": sorted(stats.chunk_ids),
-               "heldout_tokens": int(stats.heldout.priority.size), "window": window}
-    return write_results(results_path, table, exemplars, vectors, centers, stats.coactivation, summary)
+    return write_results(results_path, table, exemplars, vectors, centers, stats.coactivation,
+                         results_summary(stats, window))
+
+
+def results_summary(stats: ChunkStatistics, window: int) -> dict:
+    """What summary.json records about the merged statistics (beside n_clusters and shrinkage)."""
+    return {"n_tokens": stats.n_tokens, "chunk_ids": sorted(stats.chunk_ids),
+            "heldout_tokens": int(stats.heldout.priority.size), "window": window}
 
 
 class ClusterAnalyzer:

@@ -251,7 +251,8 @@ def fill_context(selected: dict[str, np.ndarray], open_chunk: Callable[[str], tu
                  decode: Decode, window: int = 10) -> pa.Table:
     """Exemplars with context read back from their chunks; each chunk is opened once.
 
-    open_chunk(chunk_id) -> (token_ids [n_seq, seq_len], memberships of that chunk).
+    open_chunk(chunk_id) -> (token_ids [n_seq, seq_len], memberships of that chunk); a negative
+    token id marks a position outside the text (padding), where a context stops.
     Adds: token, context_start, context_token_ids, context_tokens, context_memberships (this
     cluster's membership over the window) and active_clusters / active_values at the position."""
     n = selected["cluster"].size
@@ -270,7 +271,7 @@ def fill_context(selected: dict[str, np.ndarray], open_chunk: Callable[[str], tu
         spans = []
         for r, a, b in zip(rows, lo_rows, hi_rows):
             seq, pos, c = int(selected["sequence"][r]), int(selected["position"][r]), int(selected["cluster"][r])
-            start, stop = max(0, pos - window), min(token_ids.shape[1], pos + window + 1)
+            start, stop = context_span(token_ids[seq], pos, window)
             ids = np.asarray(token_ids[seq, start:stop], np.int64)
             here = slice(a, b)
             m_pos, m_c, m_v = mem.position[here], mem.cluster[here], mem.value[here]
@@ -300,6 +301,15 @@ def fill_context(selected: dict[str, np.ndarray], open_chunk: Callable[[str], tu
         active_values=pa.array(active_v, pa.list_(pa.float32())),
     )
     return pa.table(columns)
+
+
+def context_span(row: np.ndarray, pos: int, window: int) -> tuple[int, int]:
+    """[start, stop) of up to `window` tokens each side of `pos` in one sequence's token ids
+    [seq_len], not crossing a negative id (outside the text)."""
+    start, stop = max(0, pos - window), min(row.shape[0], pos + window + 1)
+    outside = np.flatnonzero(np.asarray(row[start:stop]) < 0) + start
+    before, after = outside[outside < pos], outside[outside > pos]
+    return (int(before[-1]) + 1 if before.size else start), (int(after[0]) if after.size else stop)
 
 
 def check_exemplars(table: pa.Table) -> tuple[bool, dict]:

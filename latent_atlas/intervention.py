@@ -14,10 +14,13 @@ Separation is measured on held-out tokens, split off by a seeded hash and never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+
+from latent_atlas.topk import read_npz, write_npz
 
 
 @dataclass
@@ -144,6 +147,17 @@ class InterventionVectors:
     within_variance: np.ndarray  # [k] held-out membership-weighted variance of projections
     cross_correlation: np.ndarray  # [k, k] cosine between intervention vectors
     shrinkage: float  # Ledoit-Wolf intensity used
+
+    _ARRAYS = ("vectors", "diff_means", "auroc", "d_prime", "diff_means_auroc", "within_variance", "cross_correlation")
+
+    def save(self, path: str | Path) -> Path:
+        """One .npz (no pickles), written to a temp file and renamed."""
+        return write_npz(path, {name: getattr(self, name) for name in self._ARRAYS}, {"shrinkage": self.shrinkage})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "InterventionVectors":
+        arrays, meta = read_npz(path)
+        return cls(**{name: arrays[name] for name in cls._ARRAYS}, shrinkage=float(meta["shrinkage"]))
 
 
 def intervention_vectors(moments: LdaMoments, fit_sample: VectorSample, heldout: VectorSample,

@@ -6,6 +6,7 @@ sequence_length) stored as a Parquet table sorted by (sequence, position, cluste
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from latent_atlas.tables import read_metadata, write_table
+from latent_atlas.tables import _META_KEY, read_metadata, write_table
 
 SCHEMA = pa.schema(
     [
@@ -79,7 +80,17 @@ class SparseMemberships:
 
     @classmethod
     def load(cls, path: str | Path) -> "SparseMemberships":
-        meta = read_metadata(path)
-        table = pq.read_table(path, schema=SCHEMA)
+        return cls.from_table(pq.read_table(path, schema=SCHEMA), read_metadata(path))
+
+    @classmethod
+    def from_table(cls, table: pa.Table, metadata: dict | None = None) -> "SparseMemberships":
+        """From a table as stored (e.g. loaded by an IO manager); `metadata` defaults to the
+        total_sequences / sequence_length kept in the table's schema metadata."""
+        if metadata is None:
+            raw = (table.schema.metadata or {}).get(_META_KEY)
+            if raw is None:
+                raise ValueError("memberships table has no latent_atlas schema metadata "
+                                 "(expected total_sequences and sequence_length)")
+            metadata = json.loads(raw)
         cols = {name: table.column(name).to_numpy() for name in SCHEMA.names}
-        return cls(**cols, total_sequences=meta["total_sequences"], sequence_length=meta["sequence_length"])
+        return cls(**cols, total_sequences=metadata["total_sequences"], sequence_length=metadata["sequence_length"])

@@ -99,7 +99,7 @@ class ChunkStatistics:
         token_index = (np.cumsum(mask.ravel()) - 1)[mem.sequence.astype(np.int64) * L + mem.position]
         n_tokens = int(mask.sum())
         m = sp.csr_matrix((v, (token_index, c)), shape=(n_tokens, k))  # [n_tokens, k]
-        hard = np.asarray(m.argmax(axis=1)).ravel()[token_index] == c  # rows that are their token's max
+        hard = _first_max_rows(token_index, v)  # rows that are their token's max
         keys = (c << 32) | mem.token_id.astype(np.int64)
         token_key, inverse = np.unique(keys, return_inverse=True)
         binary = (m > config.coactivation_threshold).astype(np.int64)
@@ -202,6 +202,20 @@ def merge_statistics(items) -> ChunkStatistics:
     if total is None:
         raise ValueError("merge_statistics: no chunk statistics given")
     return total
+
+
+def _first_max_rows(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """[n] bool: the first row holding the largest value of each run of equal `group` (sorted).
+
+    Equals csr argmax per row (ties to the lowest cluster) without scipy's per-row Python loop."""
+    hard = np.zeros(values.size, bool)
+    if values.size == 0:
+        return hard
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    row_max = np.maximum.reduceat(values, starts)
+    ties = np.flatnonzero(values == np.repeat(row_max, np.diff(np.r_[starts, values.size])))
+    hard[ties[np.r_[True, group[ties][1:] != group[ties][:-1]]]] = True
+    return hard
 
 
 def _group_max(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:

@@ -1,0 +1,194 @@
+"""Cluster analysis: per-chunk statistics merged exactly into cluster statistics, exemplars in
+context, intervention vectors, and the results directory `ClusterAnalyzer` reads.
+
+    chunk_stats (per chunk) -> merged_statistics -> cluster_stats, exemplars, intervention_vectors
+                                                 -> cluster_summaries (ATLAS_HOME/results/)
+
+The merge (a streaming fold over the chunk_stats files) runs once, in `merged_statistics`; the
+three global assets each load the merged file. `intervention_vectors` is an
+`InterventionVectors` saved as one .npz by the tensor IO manager (vectors, diff_means [k, d];
+auroc, d_prime, diff_means_auroc, within_variance [k]; cross_correlation [k, k]; shrinkage).
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from latent_atlas.analyzer import results_summary, write_results
+from latent_atlas.chunks import DenseChunk, read_chunk
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.exemplars import ExemplarConfig, check_exemplars, fill_context, select_exemplars
+from latent_atlas.intervention import InterventionVectors, check_vectors, intervention_vectors as fit_vectors
+from latent_atlas.memberships import SparseMemberships
+from latent_atlas.paths import atlas_home
+from latent_atlas.statistics import (
+    ChunkStatistics, StatisticsConfig, check_usage, cluster_stats as stats_table, merge_statistics,
+)
+from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
+from orchestration.partitions import chunks
+from resources import CorpusResource, ModelResource
+from resources.model import decoder_for
+
+def _fan_in() -> dg.AssetIn:
+    """All chunk partitions as {partition key: Path}, opened lazily."""
+    return dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
+
+
+def _decoder(corpus: CorpusResource, model: ModelResource):
+    # NPZ chunks carry token ids of an unknown tokenizer: show them as '<id>'.
+    return decoder_for(None) if corpus.source == "npz" else model.decoder()
+
+
+class ChunkStatsConfig(dg.Config):
+    density_threshold: float = Field(default=0.5, description="A token counts toward density above this membership")
+    coactivation_threshold: float = Field(default=0.1, description="Binary coactivation: both memberships above this")
+    heldout_fraction: float = Field(default=0.1, description="Share of tokens held out of the LDA fit (seeded hash)")
+    heldout_sample_size: int = Field(default=2048, description="Held-out tokens kept with vectors, for separation metrics")
+    fit_sample_size: int = Field(default=2048, description="Fitting tokens kept with vectors, for Ledoit-Wolf")
+    block_sequences: int = Field(default=256, description="Sequences per block when streaming a chunk (bounds memory)")
+    top_k: int = Field(default=20, description="Highest-membership exemplars per cluster")
+    random_k: int = Field(default=20, description="Seeded random exemplars per cluster")
+    n_bands: int = Field(default=4, description="Equal-count membership bands per cluster")
+    per_band: int = Field(default=5, description="Exemplars sampled per band")
+    seed: int = Field(default=0, description="Seed of the sampling hash")
+
+    def statistics_config(self) -> StatisticsConfig:
+        exemplars = ExemplarConfig(top_k=self.top_k, random_k=self.random_k, n_bands=self.n_bands,
+                                   per_band=self.per_band, seed=self.seed)
+        return StatisticsConfig(
+            density_threshold=self.density_threshold, coactivation_threshold=self.coactivation_threshold,
+            heldout_fraction=self.heldout_fraction, heldout_sample_size=self.heldout_sample_size,
+            fit_sample_size=self.fit_sample_size, block_sequences=self.block_sequences, exemplars=exemplars,
+        )
+
+
+@dg.asset(partitions_def=chunks, io_manager_key="tensor_io_manager", group_name="analysis", kinds={"numpy"})
+def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, memberships: pa.Table,
+                whitened_activations: DenseChunk, centroids: SequentialSoftClustering):
+    """Mergeable statistics of one chunk: usage, position and membership histograms, token counts,
+    coactivation, LDA moments, exemplar candidates and held-out / fitting reservoirs."""
+    stats = ChunkStatistics.compute(context.partition_key, SparseMemberships.from_table(memberships),
+                                    whitened_activations, centroids.cluster_centers_.shape[0],
+                                    config.statistics_config())
+    return dg.MaterializeResult(value=stats, metadata={
+        "tokens": stats.n_tokens, "total_usage": float(stats.usage.sum()),
+        "exemplar_candidates": int(stats.candidates.kind.size), "heldout_tokens": int(stats.heldout.priority.size),
+    })
+
+
+@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"chunk_stats": _fan_in()},
+          kinds={"numpy"})
+def merged_statistics(chunk_stats: dict[str, Path]):
+    """chunk_stats of every materialized chunk merged exactly, one file loaded at a time."""
+    if not chunk_stats:
+        raise ValueError("no materialized chunk_stats partitions to merge")
+    merged = merge_statistics(chunk_stats.values())
+    return dg.MaterializeResult(value=merged, metadata={
+        "chunks": len(merged.chunk_ids), "tokens": merged.n_tokens, "clusters": merged.n_clusters,
+        "fitting_tokens": int(merged.moments.n_tokens), "heldout_tokens": int(merged.heldout.priority.size),
+    })
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", ins={"memberships": _fan_in()},
+          check_specs=[dg.AssetCheckSpec("usage_matches_memberships", asset="cluster_stats",
+                                         description="Merged usage per cluster equals the sum of stored memberships")],
+          kinds={"parquet"})
+def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering,
+                  memberships: dict[str, Path], corpus: CorpusResource, model: ModelResource):
+    """One row per cluster: usage, density, membership moments and histogram, position
+    distribution, top tokens, most coactivating and most similar clusters."""
+    stats = merged_statistics
+    missing = sorted(set(stats.chunk_ids) - set(memberships))
+    if missing:
+        raise ValueError(f"memberships missing for merged chunks {missing[:5]}: rematerialize them")
+    table = stats_table(stats, centroids.cluster_centers_, _decoder(corpus, model))
+    # Streams the memberships files of the merged chunks: one loaded at a time.
+    passed, check_meta = check_usage(stats, (SparseMemberships.load(memberships[c]) for c in stats.chunk_ids))
+    usage = stats.usage / max(stats.n_tokens, 1)
+    return dg.MaterializeResult(
+        value=table,
+        metadata={"clusters": stats.n_clusters, "tokens": stats.n_tokens,
+                  "max_usage_fraction": float(usage.max()), "unused_clusters": int(np.sum(stats.usage == 0))},
+        check_results=[dg.AssetCheckResult(check_name="usage_matches_memberships", passed=passed, metadata=check_meta)],
+    )
+
+
+class ExemplarsConfig(dg.Config):
+    window: int = Field(default=10, description="Context tokens kept on each side of an exemplar")
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis",
+          ins={"memberships": _fan_in(), "whitened_activations": _fan_in()},
+          check_specs=[dg.AssetCheckSpec("exemplars_sorted_and_unique", asset="exemplars",
+                                         description="top_k exemplars sorted by membership, no exemplar repeated")],
+          kinds={"parquet"})
+def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, memberships: dict[str, Path],
+              whitened_activations: dict[str, Path], corpus: CorpusResource, model: ModelResource):
+    """Top-k, seeded random-k and quantile-band exemplars per cluster, with context (tokens and
+    this cluster's membership around each) read back from the chunk files, each opened once."""
+
+    def open_chunk(chunk_id: str) -> tuple[np.ndarray, SparseMemberships]:
+        if chunk_id not in memberships or chunk_id not in whitened_activations:
+            raise ValueError(f"exemplar chunk {chunk_id!r} has no materialized memberships / whitened_activations")
+        chunk = read_chunk(whitened_activations[chunk_id])
+        # Padding and special tokens are not text: contexts stop there.
+        token_ids = np.where(chunk.attention_mask, chunk.token_ids, -1)
+        return token_ids, SparseMemberships.load(memberships[chunk_id])
+
+    decode = _decoder(corpus, model)
+    table = fill_context(select_exemplars(merged_statistics.candidates), open_chunk, decode, config.window)
+    table = table.replace_schema_metadata({_META_KEY: json.dumps({"window": config.window}).encode()})
+    passed, check_meta = check_exemplars(table)
+    kinds = table.column("kind").to_numpy(zero_copy_only=False)
+    return dg.MaterializeResult(
+        value=table,
+        metadata={"exemplars": table.num_rows, "window": config.window,
+                  **{f"{kind}_rows": int(np.sum(kinds == kind)) for kind in ("top_k", "random_k", "quantile")}},
+        check_results=[dg.AssetCheckResult(check_name="exemplars_sorted_and_unique", passed=passed, metadata=check_meta)],
+    )
+
+
+@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis",
+          check_specs=[dg.AssetCheckSpec("vectors_finite_and_unit_norm", asset="intervention_vectors")],
+          kinds={"numpy"})
+def intervention_vectors(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering):
+    """Per-cluster LDA steering directions (Ledoit-Wolf shrunk pooled covariance), sign-aligned
+    with the centroids, with held-out AUROC and d' against difference-of-means directions."""
+    stats = merged_statistics
+    vectors = fit_vectors(stats.moments, stats.fit_sample, stats.heldout, centroids.cluster_centers_)
+    passed, check_meta = check_vectors(vectors.vectors)
+    return dg.MaterializeResult(
+        value=vectors,
+        metadata={"clusters": int(vectors.vectors.shape[0]), "shrinkage": float(vectors.shrinkage),
+                  "median_auroc": float(np.nanmedian(vectors.auroc)),
+                  "median_diff_means_auroc": float(np.nanmedian(vectors.diff_means_auroc)),
+                  "median_d_prime": float(np.nanmedian(vectors.d_prime))},
+        check_results=[dg.AssetCheckResult(check_name="vectors_finite_and_unit_norm", passed=passed, metadata=check_meta)],
+    )
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", kinds={"parquet"})
+def cluster_summaries(cluster_stats: pa.Table, exemplars: pa.Table, intervention_vectors: InterventionVectors,
+                      merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering):
+    """Writes the results directory ATLAS_HOME/results (read it with
+    `ClusterAnalyzer(results_path)`); the table is its index, one row per cluster."""
+    vectors, stats = intervention_vectors, merged_statistics
+    window = json.loads((exemplars.schema.metadata or {})[_META_KEY])["window"]
+    path = write_results(atlas_home() / "results", cluster_stats, exemplars, vectors, centroids.cluster_centers_,
+                         stats.coactivation, results_summary(stats, window))
+    per_cluster = np.bincount(exemplars.column("cluster").to_numpy(), minlength=stats.n_clusters)
+    index = pa.table({
+        "cluster": cluster_stats.column("cluster"),
+        "usage_fraction": cluster_stats.column("usage_fraction"),
+        "density": cluster_stats.column("density"),
+        "auroc": pa.array(vectors.auroc),
+        "diff_means_auroc": pa.array(vectors.diff_means_auroc),
+        "top_tokens": cluster_stats.column("top_tokens"),
+        "exemplars": pa.array(per_cluster),
+    })
+    return dg.MaterializeResult(value=index, metadata={"results_path": dg.MetadataValue.path(str(path)),
+                                                       "clusters": stats.n_clusters})

@@ -1,0 +1,79 @@
+"""Cluster analysis assets materialized in process on a tiny real corpus (MiniLM on BBC News)."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+
+from latent_atlas.analyzer import ClusterAnalyzer
+from latent_atlas.intervention import InterventionVectors
+from latent_atlas.memberships import SparseMemberships
+from latent_atlas.statistics import ChunkStatistics
+from orchestration.definitions import build_definitions
+from orchestration.pipeline import register_partitions, run_stages, stages_of
+from resources import CorpusResource, ModelResource
+from tests.test_pipeline import _check_events
+
+ANALYSIS_CHECKS = {"usage_matches_memberships", "exemplars_sorted_and_unique", "vectors_finite_and_unit_norm"}
+
+
+def analysis_stages(defs: dg.Definitions) -> list:
+    """The pipeline's stages cut down to cluster_summaries and what it depends on."""
+    needed = {key.to_user_string() for key in
+              dg.AssetSelection.assets("cluster_summaries").upstream().resolve(defs.resolve_asset_graph())}
+    stages = [(tuple(n for n in names if n in needed), per_chunk) for names, per_chunk in stages_of(defs)]
+    return [stage for stage in stages if stage[0]]
+
+
+def test_analysis_graph_end_to_end_with_minilm(atlas_home):
+    corpus = CorpusResource(documents_per_category=2, sequences_per_chunk=12)
+    model = ModelResource(name="minilm-l6")
+    defs = build_definitions(corpus=corpus, model=model)
+    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
+        keys = corpus.register(model.tokenizer(), model.name)
+        register_partitions(instance, keys)
+        report = run_stages(defs, instance, keys, analysis_stages(defs), log=lambda _: None)
+        assert report.failed == {}
+        checks = {(e.check_name, e.passed) for e in _check_events(instance)}
+    assert {(name, True) for name in ANALYSIS_CHECKS} <= checks
+    assert not any(passed is False for _, passed in checks), checks
+
+    tables, tensors = atlas_home / "tables", atlas_home / "tensors"
+    # Usage merged from the per-chunk statistics equals the memberships summed directly.
+    mems = [SparseMemberships.load(tables / "memberships" / f"{key}.parquet") for key in keys]
+    merged = ChunkStatistics.load(tensors / "merged_statistics.npz")
+    k = merged.n_clusters
+    direct = sum(np.bincount(m.cluster, m.value.astype(np.float64), k) for m in mems)
+    stats = pq.read_table(tables / "cluster_stats.parquet")
+    np.testing.assert_allclose(stats.column("total_usage").to_numpy(), direct, rtol=1e-6)
+    assert sorted(merged.chunk_ids) == keys
+    assert merged.n_tokens == sum(int(np.load(tensors / "whitened_activations" / key / "attention_mask.npy").sum())
+                                  for key in keys)
+
+    vectors = InterventionVectors.load(tensors / "intervention_vectors.npz")
+    np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1.0, atol=1e-4)
+
+    results = atlas_home / "results"
+    analyzer = ClusterAnalyzer(results)
+    assert json.loads((results / "summary.json").read_text())["chunk_ids"] == keys
+    busiest = int(np.argmax(direct))
+    summary = analyzer.get_cluster_summary(busiest)
+    json.dumps(summary)
+    assert np.isclose(summary["statistics"]["total_usage"], direct[busiest])
+    assert summary["exemplars"]["top_k"] and set(summary["chunk_ids"]) <= set(keys)
+    top = analyzer.exemplars(busiest, "top_k")
+    tokenizer = model.tokenizer()
+    for example in top:
+        centre = example["position"] - example["context_start"]
+        # The context is read back from the chunk: the exemplar token sits at its position.
+        assert example["context_token_ids"][centre] == example["token_id"]
+        assert example["context_tokens"][centre] == example["token"] == tokenizer.decode([example["token_id"]])
+        assert example["context_memberships"][centre] == np.float32(example["membership"])
+    assert f"[[{top[0]['token']}]]" in analyzer.visualize_cluster_context(busiest, 0, color=False)
+    # Contexts stop at the text's edges: no [CLS], [SEP] or padding in any of them.
+    context_ids = {t for ids in analyzer.exemplars_.column("context_token_ids").to_pylist() for t in ids}
+    assert context_ids and not context_ids & set(tokenizer.all_special_ids)
+
+    index = pq.read_table(tables / "cluster_summaries.parquet")
+    assert index.num_rows == k and index.column("exemplars").to_numpy().sum() == analyzer.exemplars_.num_rows
