@@ -164,7 +164,8 @@ class ClusterTree:
         return "\n".join(lines)
 
     def save(self, json_path: str | Path) -> Path:
-        """Nodes to JSON, arrays (centroids, members, noise) to an .npz beside it; no pickle."""
+        """Nodes to JSON, arrays (centroids, members, noise) to an .npz beside it; no pickle.
+        A path ending in .npz gets one file holding both (the JSON as a string array)."""
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         ids = list(self.nodes)
@@ -177,6 +178,9 @@ class ClusterTree:
             {"id": n.id, "parent": n.parent, "depth": n.depth, "size": n.size,
              "silhouette": None if np.isnan(n.silhouette) else n.silhouette, "children": n.children,
              "soft_clusters": {str(c): f for c, f in n.soft_clusters.items()}} for n in self.nodes.values()]}
+        if json_path.suffix == ".npz":  # one self-contained file (the tensor IO manager stores .npz artifacts)
+            np.savez(json_path, meta=np.array(json.dumps(meta)), **arrays)
+            return json_path
         npz_path = json_path.with_suffix(".npz")
         _atomic(npz_path, lambda p: np.savez(p, **arrays), ".npz")
         _atomic(json_path, lambda p: p.write_text(json.dumps(meta, indent=1)), "")  # json last: marks complete
@@ -185,9 +189,10 @@ class ClusterTree:
     @classmethod
     def load(cls, json_path: str | Path) -> ClusterTree:
         json_path = Path(json_path)
-        meta = json.loads(json_path.read_text())
-        with np.load(json_path.with_suffix(".npz"), allow_pickle=False) as z:
+        npz_path = json_path if json_path.suffix == ".npz" else json_path.with_suffix(".npz")
+        with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else json.loads(json_path.read_text())
         nodes = {}
         for i, m in enumerate(meta["nodes"]):
             span = {k: arrays[k][arrays[f"{k}_offsets"][i]:arrays[f"{k}_offsets"][i + 1]] for k in ("members", "noise")}

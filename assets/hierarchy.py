@@ -1,0 +1,466 @@
+"""Hierarchy and stability: a shared sample, the recursive cluster tree, seeded ensembles, MDL merges,
+and whether documents' tree paths are associated with an outcome (BBC category or a CSV of labels).
+
+Every asset here works on one bounded sample (`hierarchy_sample`) drawn by streaming over the chunks,
+so the cost does not grow with the corpus.
+"""
+
+import base64
+import copy
+import hashlib
+import json
+import time
+import zlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from latent_atlas.chunks import DenseChunk, read_chunk
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.corpus import file_documents, tokenize_documents
+from latent_atlas.device import batch_size_for_budget
+from latent_atlas.ensemble import DISTANCE_METHODS, EnsembleResult, RunRegistry, fit_ensemble, soft_clustering_fit_fn
+from latent_atlas.mdl import MergeConfig, history_distances, merge_iteration, plot_history_distances
+from latent_atlas.models import extract_activations
+from latent_atlas.outcomes import annotate_documents, association_by_depth, load_outcomes_csv
+from latent_atlas.paths import atlas_home
+from latent_atlas.tables import write_table
+from latent_atlas.tree import ClusterTree, TreeConfig, build_tree, cache_key
+from latent_atlas.whitening import Whitening
+from resources import ModelResource, TorchDeviceResource
+
+FAN_IN = {"partition_mapping": dg.AllPartitionMapping(), "metadata": {"allow_missing_partitions": True}}
+
+
+# ---------------------------------------------------------------- the shared sample
+
+
+@dataclass
+class HierarchySample:
+    """A seeded uniform sample of attended tokens (whitened vectors, where they come from, their
+    soft memberships) and, optionally, every document's summed unit token vector."""
+
+    vectors: np.ndarray  # [n, d] float32 whitened token vectors
+    chunk: np.ndarray  # [n] str partition key
+    sequence: np.ndarray  # [n] int32
+    position: np.ndarray  # [n] int32
+    token_id: np.ndarray  # [n] int32
+    doc_id: np.ndarray  # [n] str
+    category: np.ndarray  # [n] str
+    member_clusters: np.ndarray  # [n, m] int32 centroid memberships, -1 where dropped
+    member_values: np.ndarray  # [n, m] float32, 0 where dropped
+    doc_ids: np.ndarray  # [D] str every document seen
+    doc_categories: np.ndarray  # [D] str
+    doc_vectors: np.ndarray  # [D, d] float32 sum of the document's unit token vectors (all tokens, not the sample)
+    doc_tokens: np.ndarray  # [D] int64 attended tokens of each document
+    doc_member_clusters: np.ndarray  # [D, m] memberships of the document direction
+    doc_member_values: np.ndarray  # [D, m]
+    n_clusters: int
+    sequence_length: int
+    tokens_seen: int
+    version: str  # hash of the config and the sampled data: the data version of everything downstream
+
+    def memberships(self) -> np.ndarray:
+        """Dense soft memberships of the sampled tokens [n, k]."""
+        return dense_memberships(self.member_clusters, self.member_values, self.n_clusters)
+
+    def doc_memberships(self) -> np.ndarray:
+        """Dense soft memberships of the document directions [D, k]."""
+        return dense_memberships(self.doc_member_clusters, self.doc_member_values, self.n_clusters)
+
+    def save(self, path) -> None:
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        arrays = {k: np.asarray(v) if not isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "HierarchySample":
+        with np.load(path, allow_pickle=False) as z:
+            values = {f.name: z[f.name] for f in fields(cls)}
+        values.update(n_clusters=int(values["n_clusters"]), sequence_length=int(values["sequence_length"]),
+                      tokens_seen=int(values["tokens_seen"]),
+                      version=str(values["version"]))
+        return cls(**values)
+
+
+def dense_memberships(clusters: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Top-m sparse memberships (clusters [n, m] with -1 = dropped, values [n, m]) -> dense [n, k]."""
+    out = np.zeros((len(clusters), k), np.float32)
+    rows, cols = np.nonzero(clusters >= 0)
+    out[rows, clusters[rows, cols]] = values[rows, cols]
+    return out
+
+
+def memberships_for_centers(x: np.ndarray, centers: np.ndarray, model: SequentialSoftClustering) -> np.ndarray:
+    """Dense memberships [n, k] of x under other centers [k, d], with the kernel and config of `model`."""
+    other = copy.copy(model)  # shallow: only cluster_centers_ is replaced, the model is left alone
+    other.cluster_centers_ = np.ascontiguousarray(centers, np.float32)
+    return dense_memberships(*other.soft_memberships(x), other.cluster_centers_.shape[0])
+
+
+class HierarchySampleConfig(dg.Config):
+    sample_size: int = Field(default=5000, description="Token vectors kept in the reservoir")
+    seed: int = Field(default=0, description="Seeds the reservoir (per chunk, so new chunks leave old draws alone)")
+    document_vectors: bool = Field(default=True, description="Also stream per-document sums of unit token vectors")
+    block_sequences: int = Field(default=64, description="Sequences read at a time for the document sums (bounds memory)")
+
+
+def _doc_columns(table_path: Path) -> tuple[list[str], list[str]]:
+    table = pq.read_table(table_path, columns=["doc_id", "category"])
+    return table.column("doc_id").to_pylist(), table.column("category").to_pylist()
+
+
+@dg.asset(
+    io_manager_key="tensor_io_manager",
+    group_name="hierarchy",
+    ins={"whitened_activations": dg.AssetIn(**FAN_IN), "token_chunks": dg.AssetIn(**FAN_IN)},
+    kinds={"numpy"},
+)
+def hierarchy_sample(config: HierarchySampleConfig, whitened_activations: dict[str, Path],
+                     token_chunks: dict[str, Path], centroids: SequentialSoftClustering):
+    """A seeded reservoir of whitened token vectors across all chunks, with chunk/sequence/position,
+    doc id, category and centroid memberships; plus mean-poolable document vectors. One chunk in memory."""
+    keys = [k for k in whitened_activations if k in token_chunks]
+    if not keys:
+        raise ValueError("no chunk has both whitened_activations and token_chunks materialized")
+    n = config.sample_size
+    priority = np.zeros(0)
+    kept: dict[str, np.ndarray] = {}
+    doc_index: dict[str, int] = {}
+    doc_sums, doc_tokens, doc_categories = [], [], []
+    tokens_seen = 0
+    for key in keys:
+        chunk = read_chunk(whitened_activations[key])
+        docs, categories = _doc_columns(token_chunks[key])
+        seq, pos = chunk.attended_positions()
+        tokens_seen += len(seq)
+        # a priority per token; the n smallest over all chunks are a uniform sample without replacement
+        p = np.random.default_rng([config.seed, zlib.crc32(key.encode())]).random(len(seq))
+        take = np.argsort(p, kind="stable")[:n]
+        priority = np.concatenate([priority, p[take]])
+        seq, pos = seq[take], pos[take]
+        new = {"vectors": np.asarray(chunk.activations[seq, pos], np.float32), "chunk": np.full(len(take), key),
+               "sequence": seq, "position": pos, "token_id": np.asarray(chunk.token_ids[seq, pos], np.int32),
+               "doc_id": np.asarray(docs, dtype=str)[seq], "category": np.asarray(categories, dtype=str)[seq]}
+        order = np.argsort(priority, kind="stable")[:n]
+        priority = priority[order]
+        for name, column in new.items():
+            kept[name] = (np.concatenate([kept[name], column]) if name in kept else column)[order]
+        if config.document_vectors:
+            for start, block in chunk.iter_blocks(config.block_sequences):
+                x = np.asarray(block.activations, np.float32)
+                x /= np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-12)
+                sums = (x * block.attention_mask[..., None]).sum(1)  # [b, d]
+                counts = block.attention_mask.sum(1)
+                for i in range(block.n_sequences):
+                    doc = docs[start + i]
+                    if doc not in doc_index:
+                        doc_index[doc] = len(doc_sums)
+                        doc_sums.append(np.zeros(chunk.dim))
+                        doc_tokens.append(0)
+                        doc_categories.append(categories[start + i])
+                    doc_sums[doc_index[doc]] += sums[i]
+                    doc_tokens[doc_index[doc]] += int(counts[i])
+    vectors = np.ascontiguousarray(kept["vectors"], np.float32)
+    clusters, values = centroids.soft_memberships(vectors)
+    dim = vectors.shape[1]
+    doc_vectors = np.stack(doc_sums).astype(np.float32) if doc_sums else np.zeros((0, dim), np.float32)
+    doc_clusters, doc_values = (centroids.soft_memberships(doc_vectors) if len(doc_vectors)
+                                else (np.zeros((0, clusters.shape[1]), np.int32), np.zeros((0, clusters.shape[1]), np.float32)))
+    h = hashlib.sha256(json.dumps([config.model_dump(), keys]).encode())
+    for array in (vectors, doc_vectors, np.asarray(centroids.cluster_centers_)):
+        h.update(np.ascontiguousarray(array).tobytes())
+    sample = HierarchySample(
+        vectors, kept["chunk"], kept["sequence"].astype(np.int32), kept["position"].astype(np.int32),
+        kept["token_id"], kept["doc_id"], kept["category"], clusters, values,
+        np.asarray(list(doc_index), dtype=str), np.asarray(doc_categories, dtype=str), doc_vectors,
+        np.asarray(doc_tokens, np.int64), doc_clusters, doc_values,
+        int(centroids.cluster_centers_.shape[0]), chunk.sequence_length, tokens_seen, h.hexdigest()[:16])
+    return dg.MaterializeResult(value=sample, metadata={
+        "tokens": len(vectors), "tokens_seen": tokens_seen, "documents": len(doc_vectors), "chunks": len(keys),
+        "dim": dim, "categories": sorted(set(sample.category.tolist())), "version": sample.version})
+
+
+# ---------------------------------------------------------------- the tree
+
+
+class ClusterTreeConfig(dg.Config):
+    level: str = Field(default="token", description="'token' (the sampled tokens) or 'document' (document vectors)")
+    max_depth: int = Field(default=3, description="Deepest node depth (root is 0)")
+    base_pct: float = Field(default=0.05, description="HDBSCAN min_cluster_size at the root, fraction of the node")
+    min_cluster_size_floor: int = Field(default=10, description="Lower bound of HDBSCAN min_cluster_size")
+    hdbscan_min_samples: int = Field(default=10, description="HDBSCAN min_samples")
+    silhouette_threshold: float = Field(default=0.3, description="Split a cluster only when its silhouette is below this")
+    min_split_size: int = Field(default=50, description="Clusters smaller than this are leaves")
+    umap_n_components: int = Field(default=10, description="Dimensions of each node's UMAP embedding")
+    umap_n_neighbors: int = Field(default=15, description="UMAP n_neighbors")
+    umap_n_epochs: int = Field(default=0, description="UMAP epochs; 0 lets UMAP choose")
+    seed: int = Field(default=0, description="random_state of every UMAP")
+    cache: bool = Field(default=True, description="Reuse a tree built with the same config and sample version")
+
+
+def tree_config(config: ClusterTreeConfig) -> TreeConfig:
+    values = config.model_dump(exclude={"level", "cache"})
+    return TreeConfig(**{**values, "umap_n_epochs": values["umap_n_epochs"] or None})
+
+
+def tree_inputs(sample: HierarchySample, level: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors and dense soft memberships the tree is built on, at `level`."""
+    if level == "token":
+        return sample.vectors, sample.memberships()
+    if level == "document":
+        if not len(sample.doc_vectors):
+            raise ValueError("level='document' needs hierarchy_sample with document_vectors=True")
+        return sample.doc_vectors, sample.doc_memberships()
+    raise ValueError(f"level must be 'token' or 'document', got {level!r}")
+
+
+@dg.asset(
+    io_manager_key="tensor_io_manager",
+    group_name="hierarchy",
+    check_specs=[dg.AssetCheckSpec("tree_sizes_consistent", asset="cluster_tree",
+                                   description="Every split node: children sizes + noise == its size")],
+    kinds={"umap", "hdbscan"},
+)
+def cluster_tree(config: ClusterTreeConfig, hierarchy_sample: HierarchySample):
+    """Recursive UMAP + HDBSCAN tree of the sample (tokens or documents), soft clusters mapped to nodes;
+    cached by config and sample version."""
+    x, soft = tree_inputs(hierarchy_sample, config.level)
+    cfg = tree_config(config)
+    cache_dir = atlas_home() / "cache" / "cluster_tree" if config.cache else None
+    version = f"{hierarchy_sample.version}:{config.level}"
+    cached = cache_dir is not None and (cache_dir / f"tree-{cache_key(x, cfg, soft, version)}.json").exists()
+    start = time.perf_counter()
+    tree = build_tree(x, cfg, soft_clusters=soft, cache_dir=cache_dir, data_version=version)
+    seconds = time.perf_counter() - start
+    split = [n for n in tree.nodes.values() if n.children]
+    bad = [n.id for n in split if sum(c.size for c in tree.children(n.id)) + n.noise_count != n.size]
+    return dg.MaterializeResult(
+        value=tree,
+        metadata={"level": config.level, "nodes": len(tree.nodes), "leaves": len(tree.leaves()),
+                  "depth": max(n.depth for n in tree.nodes.values()), "points": len(x),
+                  "wall_seconds": round(seconds, 2), "cached": cached,
+                  "tree": dg.MetadataValue.md(f"```\n{tree.render()}\n```")},
+        check_results=[dg.AssetCheckResult(check_name="tree_sizes_consistent", passed=not bad,
+                                           metadata={"inconsistent_nodes": bad, "split_nodes": len(split)})],
+    )
+
+
+# ---------------------------------------------------------------- the ensemble
+
+
+class EnsembleConfig(dg.Config):
+    seeds: list[int] = Field(default=[0, 1, 2], description="One re-fit of the soft clustering per seed")
+    points_per_step: int = Field(default=1000, description="Sample rows per online step (the centroids' max_points is per chunk)")
+
+
+def ensemble_fit_params(model: SequentialSoftClustering, points_per_step: int) -> dict:
+    """The centroids' clustering config for a re-fit on the sample: same k, another seed, CPU."""
+    params = {f.name: getattr(model.config, f.name) for f in fields(model.config) if f.name not in ("n_clusters", "seed")}
+    return {**params, "max_points": points_per_step}
+
+
+@dg.asset(
+    io_manager_key="tensor_io_manager",
+    group_name="hierarchy",
+    check_specs=[dg.AssetCheckSpec("ensemble_distances_valid", asset="ensemble",
+                                   description="Distance matrices symmetric, zero on the diagonal (ARI: one)")],
+    kinds={"torch"},
+)
+def ensemble(config: EnsembleConfig, hierarchy_sample: HierarchySample, centroids: SequentialSoftClustering):
+    """Seeded re-fits of the soft clustering (the centroids' config) on the shared sample: distances
+    between runs and per-cluster stability; runs recorded in a SQLite registry under ATLAS_HOME."""
+    params = ensemble_fit_params(centroids, config.points_per_step)
+    k = int(centroids.cluster_centers_.shape[0])
+    start = time.perf_counter()
+    result = fit_ensemble(hierarchy_sample.vectors, config.seeds, soft_clustering_fit_fn(k, **params))
+    seconds = time.perf_counter() - start
+    registry = RunRegistry(atlas_home() / "registry" / "ensembles.sqlite")
+    run_config = {"n_clusters": k, **{n: v for n, v in params.items() if n != "npz_keys"}}
+    ensemble_id = hashlib.sha256(json.dumps([run_config, config.seeds, hierarchy_sample.version],
+                                            sort_keys=True).encode()).hexdigest()[:16]
+    for seed in config.seeds:
+        registry.add_run(ensemble_id, seed, {**run_config, "seed": seed}, hierarchy_sample.version,
+                         {"ensemble": atlas_home() / "tensors" / "ensemble.npz"})
+    off = ~np.eye(len(config.seeds), dtype=bool)
+    problems = []
+    for method, d in result.distances.items():
+        diagonal = 1.0 if method == "ari" else 0.0
+        if not np.allclose(d, d.T) or not np.allclose(np.diag(d), diagonal):
+            problems.append(method)
+    n = len(hierarchy_sample.vectors)
+    return dg.MaterializeResult(
+        value=result,
+        metadata={"seeds": config.seeds, "n_clusters": k, "sample": n, "ensemble_id": ensemble_id,
+                  "median_cluster_stability": float(np.median(result.stability)),
+                  "mean_pairwise_ari": float(result.distances["ari"][off].mean()),
+                  "mean_pairwise_hamming_fraction": float(result.distances["perm_invariant_hamming"][off].mean() / n),
+                  "wall_seconds": round(seconds, 2),
+                  "registry": dg.MetadataValue.path(str(registry.path))},
+        check_results=[dg.AssetCheckResult(check_name="ensemble_distances_valid", passed=not problems,
+                                           metadata={"failing_methods": problems, "methods": list(DISTANCE_METHODS)})],
+    )
+
+
+# ---------------------------------------------------------------- MDL merges
+
+
+class MergeHierarchyConfig(dg.Config):
+    activation_threshold: float = Field(default=0.1, description="A cluster is active on a token when its membership is > this")
+    alpha: float = Field(default=1.0, description="Weight of the rank term of the description length")
+    sampling: str = Field(default="range", description="'range' (greedy at threshold 0) or 'mcmc'")
+    range_threshold: float = Field(default=0.0, description="Near-best band for 'range' sampling")
+    temperature: float = Field(default=1.0, description="Temperature for 'mcmc' sampling (bits)")
+    distance: str = Field(default="perm_invariant_hamming", description="Distance between members' merge states")
+
+
+def _png_markdown(path: Path, title: str) -> str:
+    return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="hierarchy", kinds={"parquet"})
+def merge_hierarchy(config: MergeHierarchyConfig, hierarchy_sample: HierarchySample,
+                    centroids: SequentialSoftClustering, ensemble: EnsembleResult):
+    """Greedy MDL merges of the soft clusters by coactivation on the sample, for the centroids and for
+    every ensemble member; one row per (member, merge) with the distance between members at that merge."""
+    merge = MergeConfig(**config.model_dump(exclude={"distance"}))
+    members = {"centroids": hierarchy_sample.memberships()}
+    for seed, centers in zip(ensemble.seeds, ensemble.centers):
+        members[f"seed={seed}"] = memberships_for_centers(hierarchy_sample.vectors, centers, centroids)
+    histories = {name: merge_iteration(m, merge) for name, m in members.items()}
+    ensemble_histories = [h for name, h in histories.items() if name != "centroids"]
+    distances = history_distances(ensemble_histories, config.distance)  # [n_iters, n_ens, n_ens]
+    iu, ju = np.triu_indices(distances.shape[1], k=1)
+    per_pair = distances[:, iu, ju]  # [n_iters, n_pairs]
+    plot = plot_history_distances(distances, atlas_home() / "plots" / "merge_history_distances.png", config.distance)
+    columns: dict[str, list] = {c: [] for c in ("member", "iteration", "k_groups", "merged_i", "merged_j", "cost",
+                                                "group_idxs", "distance_median", "distance_max")}
+    for name, h in histories.items():
+        for t in range(len(h.costs)):
+            columns["member"].append(name)
+            columns["iteration"].append(t + 1)
+            columns["k_groups"].append(int(h.k_groups[t]))
+            columns["merged_i"].append(int(h.pairs[t, 0]))
+            columns["merged_j"].append(int(h.pairs[t, 1]))
+            columns["cost"].append(float(h.costs[t]))
+            columns["group_idxs"].append(h.group_idxs[t].tolist())
+            columns["distance_median"].append(float(np.median(per_pair[t])))
+            columns["distance_max"].append(float(per_pair[t].max()))
+    table = pa.table({**{c: v for c, v in columns.items() if c != "group_idxs"},
+                      "group_idxs": pa.array(columns["group_idxs"], pa.list_(pa.int32()))})
+    return dg.MaterializeResult(value=table, metadata={
+        "members": list(histories), "merges_per_member": int(distances.shape[0]),
+        "median_distance_at_half": float(np.median(per_pair[len(per_pair) // 2])) if len(per_pair) else 0.0,
+        "plot_path": dg.MetadataValue.path(str(plot)),
+        "distances": dg.MetadataValue.md(_png_markdown(plot, "merge history distances"))})
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+class DocumentPathsConfig(dg.Config):
+    method: str = Field(default="mean", description="'mean' (path of the mean-pooled document vector) or 'majority'")
+    outcomes_csv: str = Field(default="", description="CSV of texts and labels; empty = the corpus documents and their category")
+    text_column: str = Field(default="text", description="Column of the CSV holding the text")
+    label_column: str = Field(default="label", description="Column of the CSV holding the outcome label")
+    documents_per_batch: int = Field(default=64, description="CSV texts embedded at a time (bounds memory)")
+
+
+def csv_documents(config: DocumentPathsConfig) -> tuple[Path, dict[str, str]]:
+    """The CSV's texts as a Parquet text file the corpus reader takes, and each row's label by doc id."""
+    texts, labels = load_outcomes_csv(config.outcomes_csv, config.text_column, config.label_column)
+    path = atlas_home() / "outcomes" / f"{hashlib.sha256(Path(config.outcomes_csv).read_bytes()).hexdigest()[:16]}.parquet"
+    ids = [f"line{i + 2}" for i in range(len(texts))]  # the CSV line; the header is line 1
+    write_table(pa.table({"id": ids, "text": texts, "category": labels}), path)
+    return path, dict(zip(ids, labels))
+
+
+def text_token_vectors(text_file: Path, config: DocumentPathsConfig, whitening: Whitening, model: ModelResource,
+                       device: TorchDeviceResource, sequence_length: int):
+    """Whitened token vectors of a text file's documents, a batch of documents at a time: yields (x [m, d], doc ids [m])."""
+    docs = file_documents(text_file)
+    loaded = model.load(device.torch_device(), device.torch_dtype())
+    layer = model.layer_of(loaded)
+    batch = batch_size_for_budget(device.memory_budget_mb, sequence_length, loaded.hidden_size, layer)
+    for start in range(0, len(docs), config.documents_per_batch):
+        tokens = tokenize_documents(docs[start:start + config.documents_per_batch], model.tokenizer(), sequence_length)
+        acts = extract_activations(loaded, tokens.token_ids, tokens.model_mask, layer, batch)
+        whitened = whitening.transform_chunk(DenseChunk(acts, tokens.analysis_mask, tokens.token_ids))
+        seq, pos = np.nonzero(tokens.analysis_mask)
+        yield whitened[seq, pos].astype(np.float32), np.asarray(tokens.doc_ids)[seq]
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="hierarchy", kinds={"parquet"})
+def document_paths(config: DocumentPathsConfig, hierarchy_sample: HierarchySample, cluster_tree: ClusterTree,
+                   whitening: Whitening, model: ModelResource, device: TorchDeviceResource):
+    """Each document's path down the tree (one column per depth) and its outcome: the corpus category,
+    or the label of a CSV row."""
+    if config.method not in ("mean", "majority"):
+        raise ValueError(f"method must be 'mean' or 'majority', got {config.method!r}")
+    if config.outcomes_csv:
+        text_file, outcomes = csv_documents(config)
+        paths = {}
+        for x, docs in text_token_vectors(text_file, config, whitening, model, device, hierarchy_sample.sequence_length):
+            paths.update(cluster_tree.assign_document_paths(x, docs, config.method))
+        doc_ids = [d for d in outcomes if d in paths]
+        source = config.outcomes_csv
+    else:
+        outcomes = dict(zip(hierarchy_sample.doc_ids.tolist(), hierarchy_sample.doc_categories.tolist()))
+        if config.method == "mean" and len(hierarchy_sample.doc_vectors):
+            paths = dict(zip(hierarchy_sample.doc_ids.tolist(), cluster_tree.assign_paths(hierarchy_sample.doc_vectors)))
+        else:  # majority over the sampled tokens of each document
+            paths = cluster_tree.assign_document_paths(hierarchy_sample.vectors, hierarchy_sample.doc_id, "majority")
+            outcomes.update(zip(hierarchy_sample.doc_id.tolist(), hierarchy_sample.category.tolist()))
+        doc_ids = [d for d in outcomes if d in paths]
+        source = "corpus category"
+    max_depth = max((n.depth for n in cluster_tree.nodes.values()), default=1) or 1
+    ordered = [paths[d] for d in doc_ids]
+    table = pa.table({"doc_id": doc_ids, "outcome": [outcomes[d] for d in doc_ids],
+                      "path": ["/".join(p) or "root" for p in ordered],
+                      **annotate_documents(ordered, max_depth)})
+    return dg.MaterializeResult(value=table, metadata={"documents": len(doc_ids), "outcomes": source,
+                                                       "method": config.method, "depths": max_depth})
+
+
+class OutcomeAssociationConfig(dg.Config):
+    top: int = Field(default=3, description="Most over- and under-represented clusters listed per outcome")
+
+
+@dg.asset(
+    io_manager_key="parquet_io_manager",
+    group_name="hierarchy",
+    check_specs=[dg.AssetCheckSpec("cramers_v_in_range", asset="outcome_association",
+                                   description="Cramér's V in [0, 1] and p-values in [0, 1] at every depth")],
+    kinds={"parquet"},
+)
+def outcome_association(config: OutcomeAssociationConfig, document_paths: pa.Table):
+    """Association of the documents' clusters with their outcome at each depth (chi-squared, or Fisher's
+    exact test where expected counts are small; Cramér's V): one row per (depth, cluster, outcome)."""
+    paths = [p.split("/") if p != "root" else [] for p in document_paths.column("path").to_pylist()]
+    outcomes = document_paths.column("outcome").to_pylist()
+    depths = sum(1 for c in document_paths.column_names if c.startswith("cluster_depth_"))
+    results = association_by_depth(paths, outcomes, depths)
+    rows = [{"depth": a.depth, "cluster": c.cluster, "outcome": c.outcome, "observed": c.observed,
+             "expected": c.expected, "residual": c.residual, "log_odds": c.log_odds, "p_value": c.p_value,
+             "test": c.test, "depth_cramers_v": a.cramers_v, "depth_p_value": a.p_value, "depth_test": a.test}
+            for a in results for c in a.cells]
+    lines = ["| depth | outcome | over-represented | under-represented |", "|---|---|---|---|"]
+    for a in results:
+        for outcome in a.outcomes:
+            over = ", ".join(f"{c.cluster} ({c.residual:+.1f})" for c in a.most_over(outcome, config.top))
+            under = ", ".join(f"{c.cluster} ({c.residual:+.1f})" for c in a.most_under(outcome, config.top))
+            lines.append(f"| {a.depth} | {outcome} | {over} | {under} |")
+    in_range = all(0 <= a.cramers_v <= 1 + 1e-9 and 0 <= a.p_value <= 1 for a in results)
+    return dg.MaterializeResult(
+        value=pa.Table.from_pylist(rows) if rows else pa.table({"depth": pa.array([], pa.int64())}),
+        metadata={**{f"cramers_v_depth_{a.depth}": float(a.cramers_v) for a in results},
+                  **{f"p_value_depth_{a.depth}": float(a.p_value) for a in results},
+                  "documents": len(outcomes), "clusters_by_outcome": dg.MetadataValue.md("\n".join(lines))},
+        check_results=[dg.AssetCheckResult(check_name="cramers_v_in_range", passed=in_range,
+                                           metadata={"cramers_v": [float(a.cramers_v) for a in results]})],
+    )
