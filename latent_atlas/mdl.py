@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from latent_atlas.ensemble import partition_distance
 
@@ -162,6 +163,33 @@ def history_distances(histories: Sequence[MergeHistory], method: str = "perm_inv
     return out
 
 
+def pair_distances(distances: np.ndarray) -> np.ndarray:
+    """Each distinct pair's distance per iteration: [n_iters, n_ens, n_ens] -> [n_iters, n_pairs]."""
+    iu, ju = np.triu_indices(distances.shape[1], k=1)
+    return distances[:, iu, ju]
+
+
+def histories_table(histories: dict[str, MergeHistory], distances: np.ndarray) -> pa.Table:
+    """One row per (member, merge): what was merged at what cost, the groups after it, and the median and
+    max distance between ensemble members at that merge (distances [n_iters, n_ens, n_ens])."""
+    per_pair = pair_distances(distances)
+    n_iters = {len(h.costs) for h in histories.values()}
+    if n_iters != {len(per_pair)}:
+        raise ValueError(f"histories have {sorted(n_iters)} merges but distances has {len(per_pair)} iterations")
+    n = len(per_pair)
+    median = np.median(per_pair, axis=1) if per_pair.size else np.zeros(n)
+    worst = per_pair.max(axis=1) if per_pair.size else np.zeros(n)
+    parts = [pa.table({
+        "member": pa.array([name] * n, pa.string()), "iteration": np.arange(1, n + 1, dtype=np.int64),
+        "k_groups": h.k_groups.astype(np.int64), "merged_i": h.pairs[:, 0].astype(np.int64),
+        "merged_j": h.pairs[:, 1].astype(np.int64), "cost": h.costs.astype(np.float64),
+        "distance_median": median.astype(np.float64), "distance_max": worst.astype(np.float64),
+        "group_idxs": pa.FixedSizeListArray.from_arrays(h.group_idxs.astype(np.int32).ravel(),
+                                                        h.group_idxs.shape[1]).cast(pa.list_(pa.int32())),
+    }) for name, h in histories.items()]
+    return pa.concat_tables(parts)
+
+
 def plot_history_distances(distances: np.ndarray, path: str | Path, method: str = "perm_invariant_hamming") -> Path:
     """PNG of the distance between ensemble members per iteration (median and range over pairs)."""
     import matplotlib
@@ -169,8 +197,7 @@ def plot_history_distances(distances: np.ndarray, path: str | Path, method: str 
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
 
-    iu, ju = np.triu_indices(distances.shape[1], k=1)
-    per_pair = distances[:, iu, ju]  # [n_iters, n_pairs]
+    per_pair = pair_distances(distances)  # [n_iters, n_pairs]
     it = np.arange(1, distances.shape[0] + 1)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.fill_between(it, per_pair.min(1), per_pair.max(1), alpha=0.3, label="min-max over pairs")

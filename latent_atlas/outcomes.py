@@ -75,6 +75,16 @@ def annotate_documents(paths: Sequence[Sequence[str]], max_depth: int | None = N
     return {f"cluster_depth_{d}": cluster_at_depth(paths, d) for d in range(1, max_depth + 1)}
 
 
+def path_text(path: Sequence[str]) -> str:
+    """A path as one string, "0/0.1" ("root" for the empty path), for a table column."""
+    return "/".join(path) or "root"
+
+
+def parse_path(text: str) -> list[str]:
+    """Inverse of path_text."""
+    return [] if text == "root" else text.split("/")
+
+
 def cluster_outcome_association(clusters: Sequence[str], outcomes: Sequence[str], depth: int = 1) -> Association:
     """Chi-squared / Fisher test and Cramér's V of clusters [n_docs] vs outcomes [n_docs]."""
     if len(clusters) != len(outcomes):
@@ -104,6 +114,25 @@ def association_by_depth(paths: Sequence[Sequence[str]], outcomes: Sequence[str]
     columns = annotate_documents(paths, max_depth)
     return [cluster_outcome_association(col, outcomes, depth=d)
             for d, col in enumerate(columns.values(), start=1)]
+
+
+def association_rows(results: Sequence[Association]) -> list[dict]:
+    """One row per (depth, cluster, outcome) cell, with its depth's Cramér's V and test, for a table."""
+    return [{"depth": a.depth, "cluster": c.cluster, "outcome": c.outcome, "observed": c.observed,
+             "expected": c.expected, "residual": c.residual, "log_odds": c.log_odds, "p_value": c.p_value,
+             "test": c.test, "depth_cramers_v": a.cramers_v, "depth_p_value": a.p_value, "depth_test": a.test}
+            for a in results for c in a.cells]
+
+
+def association_markdown(results: Sequence[Association], top: int = 3) -> str:
+    """Markdown table: per depth and outcome, the `top` most over- and under-represented clusters."""
+    lines = ["| depth | outcome | over-represented | under-represented |", "|---|---|---|---|"]
+    for a in results:
+        for outcome in a.outcomes:
+            over = ", ".join(f"{c.cluster} ({c.residual:+.1f})" for c in a.most_over(outcome, top))
+            under = ", ".join(f"{c.cluster} ({c.residual:+.1f})" for c in a.most_under(outcome, top))
+            lines.append(f"| {a.depth} | {outcome} | {over} | {under} |")
+    return "\n".join(lines)
 
 
 def _cells(table: np.ndarray, expected: np.ndarray, clusters, outcomes) -> list[CellResult]:

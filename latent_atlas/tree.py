@@ -39,8 +39,15 @@ class TreeConfig:
     """HDBSCAN min_samples (density smoothing), kept constant across depths; None = min_cluster_size."""
     cluster_selection_method: str = "eom"
     """HDBSCAN cluster selection: "eom" (fewer, larger clusters) or "leaf" (finer)."""
-    silhouette_threshold: float = 0.3
-    """Recurse into a cluster only when its silhouette is below this (poorly separated = heterogeneous)."""
+    silhouette_threshold: float = 0.8
+    """Recurse into a cluster only when its silhouette is below this (poorly separated = heterogeneous).
+
+    0.8, not 0.3: silhouettes are measured on each node's UMAP embedding with min_dist=0, which packs
+    every HDBSCAN cluster tightly, so even mixed clusters score 0.4-0.8 there. On the demo (SmolLM2-135M
+    on BBC News) the top token clusters score 0.52 and 0.77 and the top document clusters 0.57, 0.87 and
+    0.90: at 0.3 no node is split and both trees stop at depth 1. At 0.8 the mixed clusters (the bulk of
+    the tokens; business, politics and tech documents together) are split and the clean ones (sport,
+    entertainment documents) stay whole, which is what the rule is for."""
     min_split_size: int = 50
     """Clusters smaller than this are leaves."""
     umap_n_components: int = 10

@@ -14,7 +14,7 @@ from resources import CorpusResource, ModelResource
 
 UPSTREAM = [(("activations", "token_chunks"), True), (("whitening",), False), (("whitened_activations",), True),
             (("centroids",), False)]
-HIERARCHY = ["hierarchy_sample", "cluster_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
+HIERARCHY = ["hierarchy_sample", "cluster_tree", "document_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
 SMALL_TREE = {"max_depth": 2, "min_split_size": 40, "min_cluster_size_floor": 8, "hdbscan_min_samples": 5,
               "umap_n_components": 5, "umap_n_neighbors": 10, "umap_n_epochs": 100, "silhouette_threshold": 1.0}
 
@@ -24,6 +24,7 @@ def _run_config(seeds, **document_paths):
         "centroids": {"config": {"n_clusters": 16, "n_epochs": 2}},
         "hierarchy_sample": {"config": {"sample_size": 600}},
         "cluster_tree": {"config": SMALL_TREE},
+        "document_tree": {"config": SMALL_TREE},
         "ensemble": {"config": {"seeds": seeds, "points_per_step": 200}},
         "document_paths": {"config": document_paths},
     }}
@@ -56,6 +57,8 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
             if node.children:
                 assert sum(c.size for c in tree.children(node.id)) + node.noise_count == node.size
         assert tree.nodes["root"].size == 600
+        document_tree = ClusterTree.load(atlas_home / "tensors" / "document_tree.npz")
+        assert document_tree.nodes["root"].size == 15  # every document of the corpus, not a sample
 
         ens = EnsembleResult.load(atlas_home / "tensors" / "ensemble.npz")
         assert ens.stability.shape == (3, 16)
@@ -81,7 +84,7 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         checks = _checks(instance)
         assert checks["tree_sizes_consistent"] and checks["ensemble_distances_valid"] and checks["cramers_v_in_range"]
 
-        # a CSV of texts and labels instead of the corpus categories; the tree comes from the cache
+        # a CSV of texts and labels instead of the corpus categories, on the token tree
         outcomes = tmp_path / "outcomes.csv"
         with outcomes.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -92,7 +95,11 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         result = dg.materialize(list(defs.assets), instance=instance, resources=defs.resources,
                                 selection=dg.AssetSelection.assets("document_paths", "outcome_association"),
                                 run_config={"ops": {"document_paths": {"config": {
-                                    "outcomes_csv": str(outcomes), "text_column": "body", "label_column": "sentiment"}}}})
+                                    "outcomes_csv": str(outcomes), "text_column": "body", "label_column": "sentiment",
+                                    "tree": "token"}}}})
         assert result.success
         docs = pq.read_table(atlas_home / "tables" / "document_paths.parquet").to_pydict()
         assert docs["doc_id"] == ["line2", "line3", "line4"] and docs["outcome"] == ["pos", "neg", "pos"]
+        depth = max(n.depth for n in tree.nodes.values())  # token tree paths: one column per depth of that tree
+        assert sum(c.startswith("cluster_depth_") for c in docs) == depth
+        assert all(p == "root" or p.split("/")[0] in tree.nodes for p in docs["path"])

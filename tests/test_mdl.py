@@ -81,3 +81,23 @@ def test_bad_config_is_named():
         merge_iteration(np.ones((5, 3)), MergeConfig(sampling="nope"))
     with pytest.raises(ValueError, match="n_iters"):
         merge_iteration(np.ones((5, 3)), MergeConfig(n_iters=5))
+
+
+def test_histories_table_has_a_row_per_member_and_merge():
+    from latent_atlas.mdl import histories_table, pair_distances
+
+    rng = np.random.default_rng(3)
+    histories = {f"seed={s}": merge_iteration(rng.random((60, 5)), MergeConfig(activation_threshold=0.5, seed=s))
+                 for s in range(3)}
+    distances = history_distances(list(histories.values()))  # [4, 3, 3]
+    table = histories_table(histories, distances).to_pydict()
+    assert len(table["member"]) == 3 * 4 and table["iteration"][:4] == [1, 2, 3, 4]
+    per_pair = pair_distances(distances)
+    for row in range(len(table["member"])):
+        h, t = histories[table["member"][row]], table["iteration"][row] - 1
+        assert table["group_idxs"][row] == h.group_idxs[t].tolist() and table["cost"][row] == h.costs[t]
+        assert (table["merged_i"][row], table["merged_j"][row]) == tuple(h.pairs[t])
+        assert table["k_groups"][row] == 4 - t
+        assert table["distance_median"][row] == np.median(per_pair[t]) and table["distance_max"][row] == per_pair[t].max()
+    with pytest.raises(ValueError, match="merges"):
+        histories_table(histories, distances[:2])

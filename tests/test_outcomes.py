@@ -76,3 +76,19 @@ def test_load_outcomes_csv_and_its_errors(tmp_path):
         load_outcomes_csv(empty_label, "text", "label")
     with pytest.raises(OutcomesError, match="missing.csv"):
         load_outcomes_csv(tmp_path / "missing.csv", "text", "label")
+
+
+def test_association_rows_and_markdown_cover_every_cell():
+    from latent_atlas.outcomes import association_markdown, association_rows, parse_path, path_text
+
+    paths = [["0", "0.0"]] * 6 + [["0", "0.1"]] * 4 + [["1"]] * 5
+    outcomes = ["a"] * 6 + ["b"] * 4 + ["b"] * 5
+    assert [parse_path(path_text(p)) for p in paths + [[]]] == paths + [[]] and path_text([]) == "root"
+    results = association_by_depth(paths, outcomes, 2)
+    rows = association_rows(results)
+    for depth in (1, 2):  # every document counted once per depth
+        assert sum(r["observed"] for r in rows if r["depth"] == depth) == len(paths)
+    assert {r["depth_cramers_v"] for r in rows if r["depth"] == 2} == {results[1].cramers_v}
+    markdown = association_markdown(results, top=1).splitlines()
+    assert len(markdown) == 2 + 2 * 2  # header, rule, (depth, outcome) rows
+    assert markdown[2].startswith("| 1 | a | 0 (+")
