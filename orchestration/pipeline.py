@@ -16,14 +16,17 @@ from orchestration.partitions import chunks
 Stage = tuple[tuple[str, ...], bool]  # (asset names, per chunk?)
 
 
-def stages_of(defs: dg.Definitions) -> list[Stage]:
-    """Stages in dependency order, read off the asset graph.
+def stages_of(defs: dg.Definitions, targets: list[str] | None = None) -> list[Stage]:
+    """Stages in dependency order, read off the asset graph (only `targets` and their upstreams, if given).
 
     Each stage is a maximal set of assets of one kind (per chunk or global) whose upstreams are
     done: per-chunk chains such as token_chunks -> activations run together, one run per chunk.
     """
     graph = defs.resolve_asset_graph()
-    keys = set(graph.get_all_asset_keys())
+    if targets:
+        keys = set(dg.AssetSelection.assets(*targets).upstream().resolve(graph))
+    else:
+        keys = set(graph.get_all_asset_keys())
     per_chunk = {k: graph.get(k).partitions_def is not None for k in keys}
     deps = {k: set(graph.get(k).parent_keys) & keys for k in keys}
     done: set = set()

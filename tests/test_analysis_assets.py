@@ -18,14 +18,6 @@ from tests.test_pipeline import _check_events
 ANALYSIS_CHECKS = {"usage_matches_memberships", "exemplars_sorted_and_unique", "vectors_finite_and_unit_norm"}
 
 
-def analysis_stages(defs: dg.Definitions) -> list:
-    """The pipeline's stages cut down to cluster_summaries and what it depends on."""
-    needed = {key.to_user_string() for key in
-              dg.AssetSelection.assets("cluster_summaries").upstream().resolve(defs.resolve_asset_graph())}
-    stages = [(tuple(n for n in names if n in needed), per_chunk) for names, per_chunk in stages_of(defs)]
-    return [stage for stage in stages if stage[0]]
-
-
 def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     corpus = CorpusResource(documents_per_category=2, sequences_per_chunk=12)
     model = ModelResource(name="minilm-l6")
@@ -33,7 +25,7 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
         keys = corpus.register(model.tokenizer(), model.name)
         register_partitions(instance, keys)
-        report = run_stages(defs, instance, keys, analysis_stages(defs), log=lambda _: None)
+        report = run_stages(defs, instance, keys, stages_of(defs, ["cluster_summaries"]), log=lambda _: None)
         assert report.failed == {}
         checks = {(e.check_name, e.passed) for e in _check_events(instance)}
     assert {(name, True) for name in ANALYSIS_CHECKS} <= checks

@@ -9,11 +9,9 @@ import pyarrow.parquet as pq
 from latent_atlas.ensemble import EnsembleResult, RunRegistry, cluster_stability
 from latent_atlas.tree import ClusterTree
 from orchestration.definitions import build_definitions
-from orchestration.pipeline import register_partitions, run_stages
+from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource, ModelResource
 
-UPSTREAM = [(("activations", "token_chunks"), True), (("whitening",), False), (("whitened_activations",), True),
-            (("centroids",), False)]
 HIERARCHY = ["hierarchy_sample", "cluster_tree", "document_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
 SMALL_TREE = {"max_depth": 2, "min_split_size": 40, "min_cluster_size_floor": 8, "hdbscan_min_samples": 5,
               "umap_n_components": 5, "umap_n_neighbors": 10, "umap_n_epochs": 100, "silhouette_threshold": 1.0}
@@ -45,7 +43,7 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         keys = corpus.register(ModelResource(name="minilm-l6").tokenizer(), "minilm-l6")
         register_partitions(instance, keys)
         # centroids with a small k for speed: materialize it with the hierarchy, not in run_stages
-        assert run_stages(defs, instance, keys, stages=UPSTREAM[:3], log=lambda _: None).failed == {}
+        assert run_stages(defs, instance, keys, stages=stages_of(defs, ["whitened_activations"]), log=lambda _: None).failed == {}
         result = dg.materialize(list(defs.assets), instance=instance, resources=defs.resources,
                                 selection=dg.AssetSelection.assets("centroids", *HIERARCHY),
                                 run_config=_run_config([0, 0, 1]))

@@ -8,7 +8,7 @@ import dagster as dg
 from latent_atlas.chunks import read_chunk
 from latent_atlas.whitening import Whitening, covariance_error
 from orchestration.definitions import build_definitions
-from orchestration.pipeline import register_partitions, run_stages
+from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource, ModelResource
 from tests.conftest import write_seed_npz
 
@@ -21,8 +21,10 @@ def test_text_corpus_end_to_end_with_minilm(atlas_home):
         keys = corpus.register(model.tokenizer(), model.name)
         assert len(keys) >= 2 and keys[0] == "bbc-00000"
         register_partitions(instance, keys)
-        report = run_stages(defs, instance, keys, log=lambda _: None)
+        # the foundation and clustering; analysis and hierarchy have end-to-end tests of their own
+        report = run_stages(defs, instance, keys, stages_of(defs, ["memberships"]), log=lambda _: None)
         assert report.failed == {}
+        assert (atlas_home / "tables" / "memberships" / f"{keys[0]}.parquet").exists()
 
         tables = [pq.read_table(atlas_home / "tables" / "token_chunks" / f"{k}.parquet") for k in keys]
         assert sum(t.num_rows for t in tables) > 0
@@ -42,6 +44,7 @@ def test_text_corpus_end_to_end_with_minilm(atlas_home):
         checks = {(e.check_name, e.passed) for e in _check_events(instance)}
         assert ("whitened_covariance_is_identity", True) in checks
         assert ("finite_and_shaped", True) in checks and ("mask_token_alignment", True) in checks
+        assert {("centroids_unit_norm_and_finite", True), ("few_dead_clusters", True), ("memberships_valid", True)} <= checks
         assert not any(passed is False for _, passed in checks)
 
 
@@ -67,7 +70,7 @@ def test_bad_npz_chunk_fails_alone_and_leaves_nothing(atlas_home, tmp_path):
         keys = corpus.register(None, "")
         assert keys == ["npz-bad", "npz-good0", "npz-good1"]
         register_partitions(instance, keys)
-        report = run_stages(defs, instance, keys, log=lambda _: None)
+        report = run_stages(defs, instance, keys, stages_of(defs, ["memberships"]), log=lambda _: None)
     assert list(report.failed) == ["npz-bad"]
     assert "bad.npz" in report.failed["npz-bad"] and "NaN/Inf" in report.failed["npz-bad"]
     leftovers = [p for p in atlas_home.rglob("*") if "bad" in p.name and p.parent.name != "manifests"]
