@@ -27,15 +27,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from latent_atlas.backends import Backend, LocalBackend
 from latent_atlas.chunks import DenseChunk, NpzKeys, load_npz_chunk, read_chunk
 from latent_atlas.errors import ChunkError
+from latent_atlas.estep import SparseBlock, as_tensor, block_memberships, load_rows, weighted_cluster_sums
 from latent_atlas.memberships import SparseMemberships
 
 _CHECKPOINT_GLOB = "checkpoint-*.npz"
-_KEEP_CHECKPOINTS = 2
+_KEEP_CHECKPOINTS = 3  # the newest and two fallbacks (a kill mid-write leaves at worst a stale temp file)
+_GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class ClusteringConfig:
     """Visit chunks in a seeded random order each epoch."""
     block_size: int = 4096
     """Rows per similarity block; bounds E-step memory to ~block_size * (d + k) floats."""
+    learn_precision: str = "float32"
+    """dtype of the similarity GEMM of the learning E-step: 'float32', or 'bfloat16' (~2.6x faster on
+    CPUs with AMX/AVX512-BF16, cosines to ~1e-3; transform/predict always use float32). Part of
+    the config, so a run never mixes precisions across workers or a resume."""
     npz_keys: NpzKeys = field(default_factory=NpzKeys)
     """Array names inside seed-format NPZ chunks."""
 
@@ -108,6 +113,7 @@ class ClusteringConfig:
         check("duplicate_cosine", isinstance(self.duplicate_cosine, (int, float)) and 0 < self.duplicate_cosine <= 1, "in (0, 1]")
         check("dead_window", is_int(self.dead_window) and self.dead_window >= 1, "a positive integer")
         check("reseed_candidates", is_int(self.reseed_candidates) and self.reseed_candidates >= 0, "a non-negative integer")
+        check("learn_precision", self.learn_precision in _GEMM_DTYPES, f"one of {sorted(_GEMM_DTYPES)}")
         check("block_size", is_int(self.block_size) and self.block_size >= 1, "a positive integer")
 
     def to_json(self) -> str:
@@ -120,67 +126,7 @@ class ClusteringConfig:
         return cls(**values)
 
 
-# ---------------------------------------------------------------- E-step kernels (pure functions)
-
-
-@dataclass
-class BlockMemberships:
-    """Sparse memberships of a block of b rows, padded to m columns (value 0 = dropped)."""
-
-    clusters: torch.Tensor  # [b, m] int64, by decreasing value
-    values: torch.Tensor  # [b, m] float32, exact softmax probabilities, 0 where dropped
-    cosines: torch.Tensor  # [b, m] cosine to each of those clusters
-    inv_norm: torch.Tensor  # [b] 1 / ||x||
-
-    @property
-    def max_cosine(self) -> torch.Tensor:  # [b] cosine to the closest centroid
-        return self.cosines[:, 0]
-
-
-def block_memberships(rows: np.ndarray | torch.Tensor, centers_t: torch.Tensor, config: ClusteringConfig,
-                      scratch: dict | None = None) -> BlockMemberships:
-    """Memberships of rows [b, d] (any float dtype) given centroids transposed [d, k] float32.
-
-    One GEMM on raw rows, then top-m and the log-sum-exp on the [b, k] similarity block in place;
-    the 1/||x|| scaling is applied to the [b, k] block rather than to the wider [b, d] rows.
-    `scratch` holds reusable fp32 buffers: fresh allocations page-fault and cost more than the
-    fp16 -> fp32 conversion itself.
-    """
-    rows = torch.as_tensor(rows)
-    b, k = rows.shape[0], centers_t.shape[1]
-    m = min(config.top_m, k)
-    scratch = {} if scratch is None else scratch
-    x = _buffer(scratch, "x", (b, rows.shape[1]), centers_t.device)
-    x.copy_(rows)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    inv_norm = 1.0 / norms.clamp_min_(1e-12)
-    sims = torch.mm(x, centers_t, out=_buffer(scratch, "sims", (b, k), centers_t.device))  # [b, k] raw dots
-    top, clusters = torch.topk(sims, m, dim=1)
-    scale = (inv_norm / config.temperature).unsqueeze(1)
-    # sum_k exp((s_k - s_max) / (T ||x||)): the softmax denominator, overflow-free, computed in place
-    denominator = sims.sub_(top[:, :1]).mul_(scale).exp_().sum(dim=1, keepdim=True)
-    values = (top - top[:, :1]).mul_(scale).exp_().div_(denominator)
-    keep = values >= config.threshold
-    keep[:, 0] = True
-    values = values.mul_(keep)
-    return BlockMemberships(clusters, values, top.mul_(inv_norm.unsqueeze(1)), inv_norm)
-
-
-def gather_rows(flat: np.ndarray, index: np.ndarray, scratch: dict) -> np.ndarray:
-    """flat[index] [b, d] in the source dtype, into a reused buffer (fresh memory page-faults)."""
-    key = ("gather", flat.dtype.str, flat.shape[1])
-    buf = scratch.get(key)
-    if buf is None or buf.shape[0] < len(index):
-        buf = scratch[key] = np.empty((len(index), flat.shape[1]), flat.dtype)
-    return np.take(flat, index, axis=0, out=buf[: len(index)])
-
-
-def _buffer(scratch: dict, name: str, shape: tuple, device) -> torch.Tensor:
-    rows, cols = shape
-    buf = scratch.get(name)
-    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.device != torch.device(device):
-        buf = scratch[name] = torch.empty(shape, dtype=torch.float32, device=device)
-    return buf[:rows]
+# ---------------------------------------------------------------- E-step (pure functions)
 
 
 @dataclass
@@ -201,6 +147,8 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     """E-step of one chunk. item = (source, epoch, chunk index); centers [k, d] float32 unit rows.
 
     Module-level and deterministic so a backend can run it anywhere (threads, processes, Dask).
+    Per block: rows converted once into an fp32 buffer, one GEMM, sparse memberships, and a
+    sparse (nnz * d) accumulation of the weighted sums; fp32 per block, float64 per chunk.
     """
     source, epoch, chunk_index = item
     rows, name = open_rows(source, config.npz_keys)
@@ -208,45 +156,31 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     centers_t = torch.from_numpy(np.ascontiguousarray(centers.T)).to(config.device)
     k, d = centers.shape
     _check_dim(rows, d, name)
-    sums = torch.zeros(k, d, dtype=torch.float64)
-    mass = torch.zeros(k, dtype=torch.float64)
-    max_cos_sum = weighted_cos_sum = 0.0
+    sums = torch.zeros(k, d, dtype=torch.float64, device=config.device)
+    mass = torch.zeros(k, dtype=torch.float64, device=config.device)
+    max_cos_sum = torch.zeros((), dtype=torch.float64, device=config.device)
+    weighted_cos_sum = torch.zeros((), dtype=torch.float64, device=config.device)
     cand, cand_scores = [], []
     scratch: dict = {}
+    source_t = as_tensor(rows.data)
     for start in range(0, len(selected), config.block_size):
-        block_rows = gather_rows(rows.data, selected[start:start + config.block_size], scratch)  # [b, d]
-        result = block_memberships(block_rows, centers_t, config, scratch)
+        x = load_rows(rows.data, source_t, selected[start:start + config.block_size], scratch, config.device)
+        result = block_memberships(x, centers_t, config.temperature, config.top_m, config.threshold, scratch,
+                                   _GEMM_DTYPES[config.learn_precision])
+        max_cosine = result.max_cosine
         _check_finite(result.inv_norm, name)
-        x = scratch["x"][: len(block_rows)]
-        sums += _weighted_cluster_sums(x, result, k).double().cpu()
-        mass += torch.bincount(result.clusters.flatten(), result.values.flatten(), minlength=k).double().cpu()
-        max_cos_sum += float(result.max_cosine.sum())
-        weighted_cos_sum += float((result.values * result.cosines).sum())
-        r = min(config.reseed_candidates, len(block_rows))
+        sums += weighted_cluster_sums(x, result, k)
+        mass += torch.bincount(result.clusters, result.values, minlength=k)
+        max_cos_sum += max_cosine.sum(dtype=torch.float64)
+        weighted_cos_sum += torch.dot(result.values, result.cosines).double()
+        r = min(config.reseed_candidates, len(max_cosine))
         if r:
-            worst = torch.topk(result.max_cosine, r, largest=False).indices
+            worst = torch.topk(max_cosine, r, largest=False).indices
             cand.append((x[worst] * result.inv_norm[worst, None]).cpu())
-            cand_scores.append(result.max_cosine[worst].cpu())
+            cand_scores.append(max_cosine[worst].cpu())
     candidates, scores = _worst(cand, cand_scores, config.reseed_candidates, d)
-    return ChunkStatistics(int(chunk_index), int(len(selected)), sums.numpy(), mass.numpy(), max_cos_sum,
-                           weighted_cos_sum, candidates, scores)
-
-
-def _weighted_cluster_sums(x: torch.Tensor, result: BlockMemberships, k: int) -> torch.Tensor:
-    """[k, d] sum over rows of p_ic x_i / ||x_i||, touching only the kept (row, cluster) pairs.
-
-    embedding_bag with per-sample weights is a sparse-times-dense product that reads each kept
-    row once from cache; the dense R^T X product would cost as much as the similarity GEMM.
-    """
-    kept = result.values > 0  # dropped memberships cost nothing
-    rows = torch.nonzero(kept)[:, 0]
-    flat_clusters = result.clusters[kept]
-    weights = (result.values * result.inv_norm[:, None])[kept]
-    order = torch.argsort(flat_clusters, stable=True)
-    counts = torch.bincount(flat_clusters, minlength=k)
-    offsets = torch.zeros(k, dtype=torch.int64, device=x.device)
-    offsets[1:] = torch.cumsum(counts, 0)[:-1]
-    return F.embedding_bag(rows[order], x, offsets, mode="sum", per_sample_weights=weights[order])
+    return ChunkStatistics(int(chunk_index), int(len(selected)), sums.cpu().numpy(), mass.cpu().numpy(),
+                           float(max_cos_sum), float(weighted_cos_sum), candidates, scores)
 
 
 def _worst(blocks: list, scores: list, r: int, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -522,42 +456,52 @@ class SequentialSoftClustering:
         chunk = open_chunk(chunk, self.config.npz_keys)
         _check_dim(_Rows(chunk.activations.reshape(-1, chunk.dim), None), self.n_features_in_, str(chunk.path))
         block_sequences = block_sequences or max(1, self.config.block_size // chunk.sequence_length)
-        centers_t = self._centers_t()
-        scratch: dict = {}
-        parts = []
-        for first, block in chunk.iter_blocks(block_sequences):
-            seq, pos = np.nonzero(np.asarray(block.attention_mask))  # row-major: sorted by (sequence, position)
-            if not len(seq):
+        length, name = chunk.sequence_length, str(chunk.path or "<chunk>")
+        flat = chunk.activations.reshape(-1, chunk.dim)
+        source = as_tensor(flat)
+        attended = np.flatnonzero(np.asarray(chunk.attention_mask).reshape(-1))  # sorted (sequence, position)
+        bounds = np.searchsorted(attended, np.arange(0, chunk.n_sequences + block_sequences, block_sequences) * length)
+        tokens_flat = np.asarray(chunk.token_ids).reshape(-1)
+        centers_t, scratch, parts = self._centers_t(), {}, []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if hi <= lo:
                 continue
-            flat = block.activations.reshape(-1, chunk.dim)
-            result = block_memberships(gather_rows(flat, seq * chunk.sequence_length + pos, scratch),
-                                       centers_t, self.config, scratch)
-            _check_finite(result.inv_norm, str(chunk.path or "<chunk>"))
-            clusters, order = torch.sort(result.clusters, dim=1)
-            values = torch.gather(result.values, 1, order)
-            kept = (values > 0).numpy()
-            m = clusters.shape[1]
-            tokens = np.asarray(block.token_ids)[seq, pos]
-            parts.append((
-                np.repeat(seq + first, m).reshape(-1, m)[kept], np.repeat(pos, m).reshape(-1, m)[kept],
-                clusters.numpy()[kept], values.numpy()[kept], np.repeat(tokens, m).reshape(-1, m)[kept],
-            ))
+            index = attended[lo:hi]
+            x = load_rows(flat, source, index, scratch, self.config.device)
+            result = self._memberships(x, centers_t, scratch)
+            _check_finite(result.inv_norm, name)
+            token = index[result.rows.cpu().numpy()]  # entries are row-major, clusters ascending
+            parts.append((token // length, token % length, result.clusters.cpu().numpy(),
+                          result.values.cpu().numpy(), tokens_flat[token]))
         columns = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(5)]
         dtypes = (np.int32, np.int32, np.int32, np.float32, np.int32)
         return SparseMemberships(*(c.astype(t, copy=False) for c, t in zip(columns, dtypes)),
-                                 total_sequences=chunk.n_sequences, sequence_length=chunk.sequence_length)
+                                 total_sequences=chunk.n_sequences, sequence_length=length)
 
     def soft_memberships(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(clusters [n, m] int32, values [n, m] float32) by decreasing value; dropped entries are (-1, 0)."""
         self._check_fitted()
         X = _check_array(X, "X", self.n_features_in_)
-        centers_t, scratch = self._centers_t(), {}
-        clusters, values = [], []
+        centers_t, scratch, source = self._centers_t(), {}, as_tensor(X)
+        m = min(self.config.top_m, self.config.n_clusters)
+        clusters, values = np.full((X.shape[0], m), -1, np.int32), np.zeros((X.shape[0], m), np.float32)
         for start in range(0, X.shape[0], self.config.block_size):
-            result = block_memberships(X[start:start + self.config.block_size], centers_t, self.config, scratch)
-            clusters.append(torch.where(result.values > 0, result.clusters, -1).numpy().astype(np.int32))
-            values.append(result.values.numpy().copy())
-        return np.concatenate(clusters), np.concatenate(values)
+            index = np.arange(start, min(start + self.config.block_size, X.shape[0]))
+            x = load_rows(X, source, index, scratch, self.config.device)
+            result = self._memberships(x, centers_t, scratch)
+            order = torch.argsort(-result.values, stable=True)
+            order = order[torch.argsort(result.rows[order], stable=True)]  # by row, then decreasing value
+            rows = result.rows[order]
+            first = torch.cumsum(torch.bincount(rows, minlength=len(index)), 0) - torch.bincount(rows, minlength=len(index))
+            slot = (torch.arange(len(rows), device=rows.device) - first[rows]).cpu().numpy()
+            rows = rows.cpu().numpy() + start
+            clusters[rows, slot] = result.clusters[order].cpu().numpy()
+            values[rows, slot] = result.values[order].cpu().numpy()
+        return clusters, values
+
+    def _memberships(self, x: torch.Tensor, centers_t: torch.Tensor, scratch: dict) -> SparseBlock:
+        cfg = self.config  # always fp32: transform and predict return exact memberships
+        return block_memberships(x, centers_t, cfg.temperature, cfg.top_m, cfg.threshold, scratch)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Hard labels [n] int64: the closest centroid by cosine."""
