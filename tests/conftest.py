@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,34 @@ def write_seed_npz(path: Path, n_seq=6, seq_len=16, dim=32, seed=0, **overrides)
     arrays.update(overrides)
     np.savez(path, **arrays)
     return path
+
+
+@contextmanager
+def materialized(atlas_home: Path, corpus, targets: list[str], model_name: str = "minilm-l6"):
+    """A test Dagster instance in ATLAS_HOME with `corpus` registered and `targets` (and their
+    upstreams) materialized stage by stage; yields (defs, instance, keys, report)."""
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from resources import ModelResource
+
+    model = ModelResource(name=model_name)
+    defs = build_definitions(corpus=corpus, model=model)
+    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
+        keys = corpus.register(model.tokenizer() if corpus.source != "npz" else None, model.name)
+        register_partitions(instance, keys)
+        report = run_stages(defs, instance, keys, stages_of(defs, targets), log=lambda _: None)
+        yield defs, instance, keys, report
+
+
+def check_results(instance) -> dict[str, bool]:
+    """Asset check name -> passed, over every run of the instance (False if any evaluation failed)."""
+    import dagster as dg
+
+    results: dict[str, bool] = {}
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            data = entry.dagster_event.event_specific_data
+            results[data.check_name] = results.get(data.check_name, True) and data.passed
+    return results

@@ -2,7 +2,6 @@
 
 import json
 
-import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -10,24 +9,17 @@ from latent_atlas.analyzer import ClusterAnalyzer
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics
-from orchestration.definitions import build_definitions
-from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource, ModelResource
-from tests.test_pipeline import _check_events
+from tests.conftest import check_results, materialized
 
 ANALYSIS_CHECKS = {"usage_matches_memberships", "exemplars_sorted_and_unique", "vectors_finite_and_unit_norm"}
 
 
 def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     corpus = CorpusResource(documents_per_category=2, sequences_per_chunk=12)
-    model = ModelResource(name="minilm-l6")
-    defs = build_definitions(corpus=corpus, model=model)
-    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
-        keys = corpus.register(model.tokenizer(), model.name)
-        register_partitions(instance, keys)
-        report = run_stages(defs, instance, keys, stages_of(defs, ["cluster_summaries"]), log=lambda _: None)
+    with materialized(atlas_home, corpus, ["cluster_summaries"]) as (_, instance, keys, report):
         assert report.failed == {}
-        checks = {(e.check_name, e.passed) for e in _check_events(instance)}
+        checks = {(name, passed) for name, passed in check_results(instance).items()}
     assert {(name, True) for name in ANALYSIS_CHECKS} <= checks
     assert not any(passed is False for _, passed in checks), checks
 
@@ -55,7 +47,7 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     assert np.isclose(summary["statistics"]["total_usage"], direct[busiest])
     assert summary["exemplars"]["top_k"] and set(summary["chunk_ids"]) <= set(keys)
     top = analyzer.exemplars(busiest, "top_k")
-    tokenizer = model.tokenizer()
+    tokenizer = ModelResource(name="minilm-l6").tokenizer()
     for example in top:
         centre = example["position"] - example["context_start"]
         # The context is read back from the chunk: the exemplar token sits at its position.

@@ -8,9 +8,8 @@ import pyarrow.parquet as pq
 
 from latent_atlas.ensemble import EnsembleResult, RunRegistry, cluster_stability
 from latent_atlas.tree import ClusterTree
-from orchestration.definitions import build_definitions
-from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource, ModelResource
+from tests.conftest import check_results, materialized
 
 HIERARCHY = ["hierarchy_sample", "cluster_tree", "document_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
 SMALL_TREE = {"max_depth": 2, "min_split_size": 40, "min_cluster_size_floor": 8, "hdbscan_min_samples": 5,
@@ -28,22 +27,11 @@ def _run_config(seeds, **document_paths):
     }}
 
 
-def _checks(instance) -> dict[str, bool]:
-    return {
-        entry.dagster_event.event_specific_data.check_name: entry.dagster_event.event_specific_data.passed
-        for run in instance.get_runs()
-        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    }
-
-
 def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
     corpus = CorpusResource(documents_per_category=3, sequences_per_chunk=12)
-    defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
-    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
-        keys = corpus.register(ModelResource(name="minilm-l6").tokenizer(), "minilm-l6")
-        register_partitions(instance, keys)
-        # centroids with a small k for speed: materialize it with the hierarchy, not in run_stages
-        assert run_stages(defs, instance, keys, stages=stages_of(defs, ["whitened_activations"]), log=lambda _: None).failed == {}
+    # centroids with a small k for speed: materialized with the hierarchy below, with a run config
+    with materialized(atlas_home, corpus, ["whitened_activations"]) as (defs, instance, keys, report):
+        assert report.failed == {}
         result = dg.materialize(list(defs.assets), instance=instance, resources=defs.resources,
                                 selection=dg.AssetSelection.assets("centroids", *HIERARCHY),
                                 run_config=_run_config([0, 0, 1]))
@@ -79,7 +67,7 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         for depth in {r["depth"] for r in association}:  # every document counted once per depth
             assert sum(r["observed"] for r in association if r["depth"] == depth) == 15
 
-        checks = _checks(instance)
+        checks = check_results(instance)
         assert checks["tree_sizes_consistent"] and checks["ensemble_distances_valid"] and checks["cramers_v_in_range"]
 
         # a CSV of texts and labels instead of the corpus categories, on the token tree

@@ -2,27 +2,18 @@
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
-import dagster as dg
 
 from latent_atlas.chunks import read_chunk
 from latent_atlas.whitening import Whitening, covariance_error
-from orchestration.definitions import build_definitions
-from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource, ModelResource
-from tests.conftest import write_seed_npz
+from tests.conftest import check_results, materialized, write_seed_npz
 
 
 def test_text_corpus_end_to_end_with_minilm(atlas_home):
     corpus = CorpusResource(documents_per_category=2, sequences_per_chunk=12)
-    model = ModelResource(name="minilm-l6")
-    defs = build_definitions(corpus=corpus, model=model)
-    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
-        keys = corpus.register(model.tokenizer(), model.name)
+    # the foundation and clustering; analysis and hierarchy have end-to-end tests of their own
+    with materialized(atlas_home, corpus, ["memberships"]) as (defs, instance, keys, report):
         assert len(keys) >= 2 and keys[0] == "bbc-00000"
-        register_partitions(instance, keys)
-        # the foundation and clustering; analysis and hierarchy have end-to-end tests of their own
-        report = run_stages(defs, instance, keys, stages_of(defs, ["memberships"]), log=lambda _: None)
         assert report.failed == {}
         assert (atlas_home / "tables" / "memberships" / f"{keys[0]}.parquet").exists()
 
@@ -33,7 +24,7 @@ def test_text_corpus_end_to_end_with_minilm(atlas_home):
         chunk = read_chunk(atlas_home / "tensors" / "activations" / keys[0])
         assert chunk.activations.shape[1:] == (128, 384) and chunk.meta["layer"] == 3
         # analysis mask excludes [CLS]/[SEP]/padding
-        cls_id = model.tokenizer().cls_token_id
+        cls_id = ModelResource(name="minilm-l6").tokenizer().cls_token_id
         assert not chunk.attention_mask[chunk.token_ids == cls_id].any()
 
         whitening = Whitening.load(atlas_home / "tensors" / "whitening.npz")
@@ -41,19 +32,9 @@ def test_text_corpus_end_to_end_with_minilm(atlas_home):
         vectors = np.concatenate([w.activations[w.attention_mask] for w in whitened]).astype(np.float32)
         assert abs(covariance_error(vectors)["mean_diag"] - 1) < 0.05
 
-        checks = {(e.check_name, e.passed) for e in _check_events(instance)}
-        assert ("whitened_covariance_is_identity", True) in checks
-        assert ("finite_and_shaped", True) in checks and ("mask_token_alignment", True) in checks
-        assert {("centroids_unit_norm_and_finite", True), ("few_dead_clusters", True), ("memberships_valid", True)} <= checks
-        assert not any(passed is False for _, passed in checks)
-
-
-def _check_events(instance):
-    return [
-        entry.dagster_event.event_specific_data
-        for run in instance.get_runs()
-        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    ]
+        checks = check_results(instance)
+    assert checks == dict.fromkeys({"whitened_covariance_is_identity", "finite_and_shaped", "mask_token_alignment",
+                                    "centroids_unit_norm_and_finite", "few_dead_clusters", "memberships_valid"}, True)
 
 
 def test_bad_npz_chunk_fails_alone_and_leaves_nothing(atlas_home, tmp_path):
@@ -65,12 +46,8 @@ def test_bad_npz_chunk_fails_alone_and_leaves_nothing(atlas_home, tmp_path):
     acts[1, 2, 3] = np.inf
     write_seed_npz(folder / "bad.npz", activations=acts)
     corpus = CorpusResource(source="npz", path=str(folder), already_whitened=True, expected_dim=32)
-    defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
-    with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
-        keys = corpus.register(None, "")
+    with materialized(atlas_home, corpus, ["memberships"]) as (_, _, keys, report):
         assert keys == ["npz-bad", "npz-good0", "npz-good1"]
-        register_partitions(instance, keys)
-        report = run_stages(defs, instance, keys, stages_of(defs, ["memberships"]), log=lambda _: None)
     assert list(report.failed) == ["npz-bad"]
     assert "bad.npz" in report.failed["npz-bad"] and "NaN/Inf" in report.failed["npz-bad"]
     leftovers = [p for p in atlas_home.rglob("*") if "bad" in p.name and p.parent.name != "manifests"]
