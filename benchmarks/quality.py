@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--sequences", type=int, default=256, help="sequences of 128 tokens per chunk")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--duplicate-cosine", type=float, default=0.95, help="SequentialSoftClustering duplicate_cosine")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_synthetic_chunks(tmp, n_chunks=args.chunks, n_sequences=args.sequences, seq_len=128,
@@ -45,9 +46,10 @@ def main() -> None:
         for init in ("kmeans++", "random"):
             start = time.perf_counter()
             model = SequentialSoftClustering(n_clusters=args.clusters, n_epochs=args.epochs, init=init,
-                                             max_points=100_000, seed=0).fit_chunks(paths)
+                                             max_points=100_000, seed=0,
+                                             duplicate_cosine=args.duplicate_cosine).fit_chunks(paths)
             ari = adjusted_rand_score(y, model.predict(X))
-            print(f"  ours ({init} init, {args.epochs} epochs): ARI {ari:.4f}  ({time.perf_counter() - start:.1f} s)")
+            print(f"  ours ({init} init, {args.epochs} epochs, duplicate_cosine={args.duplicate_cosine}): ARI {ari:.4f}  ({time.perf_counter() - start:.1f} s)")
         unit = X / np.linalg.norm(X, axis=1, keepdims=True)
         start = time.perf_counter()
         kmeans = faiss.Kmeans(args.dim, args.clusters, spherical=True, seed=1234, niter=20,

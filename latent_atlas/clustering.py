@@ -76,8 +76,12 @@ class ClusteringConfig:
     duplicate_cosine: float = 0.95
     """A cluster whose centroid is this close (cosine) to one with more usage is redundant: it is
     reseeded at once, like a dead one (two centroids stuck on one mode never die on their own)."""
-    reseed_candidates: int = 64
+    reseed_candidates: int = 512
     """Poorly explained points each chunk offers as reseed candidates."""
+    reseed_neighbors: int = 8
+    """A reseeded centroid is the mean of its pick and the pick's nearest candidates (this many in
+    all): in high dimensions one noisy point is far from its mode, and a centroid placed on it draws
+    no mass and dies again; a mean of a few points from the same mode does not."""
     shuffle_chunks: bool = True
     """Visit chunks in a seeded random order each epoch."""
     block_size: int = 4096
@@ -113,6 +117,7 @@ class ClusteringConfig:
         check("duplicate_cosine", isinstance(self.duplicate_cosine, (int, float)) and 0 < self.duplicate_cosine <= 1, "in (0, 1]")
         check("dead_window", is_int(self.dead_window) and self.dead_window >= 1, "a positive integer")
         check("reseed_candidates", is_int(self.reseed_candidates) and self.reseed_candidates >= 0, "a non-negative integer")
+        check("reseed_neighbors", is_int(self.reseed_neighbors) and self.reseed_neighbors >= 1, "a positive integer")
         check("learn_precision", self.learn_precision in _GEMM_DTYPES, f"one of {sorted(_GEMM_DTYPES)}")
         check("block_size", is_int(self.block_size) and self.block_size >= 1, "a positive integer")
 
@@ -437,9 +442,13 @@ class SequentialSoftClustering:
             closest = np.maximum(closest, candidates @ candidates[best])
             closest[best] = np.inf
         due = due[: len(picks)]
+        q = min(self.config.reseed_neighbors, len(candidates))
+        near = np.argsort(-(candidates[picks] @ candidates.T), axis=1, kind="stable")[:, :q]  # [p, q], the pick first
+        seeds = candidates[near].mean(axis=1)
+        seeds /= np.maximum(np.linalg.norm(seeds, axis=1, keepdims=True), 1e-12)
         mean_usage = self.usage_.mean()
-        centers[due] = candidates[picks]
-        self._sums[due] = candidates[picks] * mean_usage  # as if it had average usage, so it is not re-killed at once
+        centers[due] = seeds
+        self._sums[due] = seeds * mean_usage  # as if it had average usage, so it is not re-killed at once
         self.usage_[due] = mean_usage
         self._dead_steps[due] = 0
         return len(due)

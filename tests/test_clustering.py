@@ -1,4 +1,4 @@
-"""SequentialSoftClustering on synthetic mixtures with known labels (d=2304, k=64)."""
+"""SequentialSoftClustering on synthetic mixtures with known labels (d=2304, k=64; one test at k=512)."""
 
 import os
 
@@ -206,3 +206,22 @@ def test_save_load_and_partial_fit(chunks, tokens, tmp_path):
     assert loaded.n_steps_ == steps + 1
     with pytest.raises(ValueError, match="features"):
         loaded.predict(X[:10, :100])
+
+
+def test_recovers_512_directions_at_least_as_well_as_faiss(tmp_path):
+    """The issue's second size: k=512 at d=2304, ~140 tokens per direction."""
+    k = 512
+    paths = write_synthetic_chunks(tmp_path, n_chunks=4, n_sequences=160, seq_len=128, dim=DIM, n_clusters=k, seed=3)
+    rows, labels = [], []
+    for path in paths:
+        chunk = load_npz_chunk(path)
+        rows.append(chunk.activations[chunk.attention_mask].astype(np.float32))
+        labels.append(read_labels(path)[chunk.attention_mask])
+    X, y = np.concatenate(rows), np.concatenate(labels)
+    fitted = SequentialSoftClustering(n_clusters=k, n_epochs=5, init="kmeans++", seed=0).fit_chunks(paths)
+    ari = adjusted_rand_score(y, fitted.predict(X))
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    kmeans = faiss.Kmeans(DIM, k, spherical=True, seed=1234, niter=20, max_points_per_centroid=len(X))
+    kmeans.train(unit)
+    faiss_ari = adjusted_rand_score(y, kmeans.index.search(unit, 1)[1][:, 0])
+    assert ari >= 0.95 and ari >= faiss_ari, (ari, faiss_ari)
