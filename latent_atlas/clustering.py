@@ -178,7 +178,10 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
         mass += torch.bincount(result.clusters, result.values, minlength=k)
         max_cos_sum += max_cosine.sum(dtype=torch.float64)
         weighted_cos_sum += torch.dot(result.values, result.cosines).double()
-        r = min(config.reseed_candidates, len(max_cosine))
+        # each block offers twice its share of the chunk's candidates: the chunk's worst r are
+        # almost always among them, without copying r rows out of every block
+        share = -(-2 * config.reseed_candidates * len(max_cosine) // len(selected))
+        r = min(config.reseed_candidates, share, len(max_cosine))
         if r:
             worst = torch.topk(max_cosine, r, largest=False).indices
             cand.append((x[worst] * result.inv_norm[worst, None]).cpu())
