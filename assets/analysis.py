@@ -29,7 +29,7 @@ from latent_atlas.statistics import (
     ChunkStatistics, StatisticsConfig, check_usage, cluster_stats as stats_table, merge_statistics,
 )
 from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
-from orchestration.partitions import chunks
+from orchestration.partitions import NEW_CHUNKS, chunks
 from resources import CorpusResource, ModelResource
 from resources.model import decoder_for
 
@@ -66,7 +66,8 @@ class ChunkStatsConfig(dg.Config):
         )
 
 
-@dg.asset(partitions_def=chunks, io_manager_key="tensor_io_manager", group_name="analysis", kinds={"numpy"})
+@dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
+          io_manager_key="tensor_io_manager", group_name="analysis", kinds={"numpy"})
 def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, memberships: pa.Table,
                 whitened_activations: DenseChunk, centroids: SequentialSoftClustering):
     """Mergeable statistics of one chunk: usage, position and membership histograms, token counts,

@@ -14,7 +14,7 @@ from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
-from orchestration.partitions import chunks
+from orchestration.partitions import NEW_CHUNKS, chunks
 from resources import ComputeBackendResource, TorchDeviceResource
 
 
@@ -96,7 +96,8 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
     )
 
 
-@dg.asset(partitions_def=chunks, io_manager_key="parquet_io_manager", group_name="clustering",
+@dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
+          io_manager_key="parquet_io_manager", group_name="clustering",
           check_specs=[dg.AssetCheckSpec("memberships_valid", asset="memberships", partitions_def=chunks,
                                          description="Values in (0, 1], per-token sums <= 1, sorted rows")],
           kinds={"parquet"})

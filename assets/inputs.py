@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from latent_atlas.chunks import DenseChunk, load_npz_chunk, validate_chunk
+from latent_atlas.chunks import DenseChunk, load_npz_chunk
 from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
 from latent_atlas.device import batch_size_for_budget
 from latent_atlas.manifests import read_manifest
@@ -75,11 +75,11 @@ def activations(
     return dg.MaterializeResult(
         value=chunk,
         metadata={"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta},
-        check_results=activation_check_results(chunk, expected_dim, context.partition_key),
+        check_results=activation_check_results(chunk, expected_dim),
     )
 
 
-def activation_check_results(chunk: DenseChunk, expected_dim: int, key: str) -> list[dg.AssetCheckResult]:
+def activation_check_results(chunk: DenseChunk, expected_dim: int) -> list[dg.AssetCheckResult]:
     finite = np.isfinite(chunk.activations).all()
     shaped = chunk.activations.ndim == 3 and chunk.dim == expected_dim
     aligned = chunk.attention_mask.shape == chunk.token_ids.shape == chunk.activations.shape[:2]

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.whitening import Moments, Whitening, covariance_error, sample_vectors
-from orchestration.partitions import chunks
+from orchestration.partitions import NEW_CHUNKS, chunks
 from resources import ComputeBackendResource, CorpusResource
 
 
@@ -69,7 +69,8 @@ def whitening(config: WhiteningConfig, activations: dict[str, Path], corpus: Cor
     )
 
 
-@dg.asset(partitions_def=chunks, io_manager_key="tensor_io_manager", group_name="whitening", kinds={"numpy"})
+@dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
+          io_manager_key="tensor_io_manager", group_name="whitening", kinds={"numpy"})
 def whitened_activations(activations: DenseChunk, whitening: Whitening):
     """Activations after the global whitening transform (fp16); masked positions are zero."""
     whitened = whitening.transform_chunk(activations)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from latent_atlas.corpus import (
-    Document, SequenceLayout, bbc_documents, file_documents, plan_chunks, read_text, tokenize_documents,
+    SequenceLayout, bbc_documents, file_documents, plan_chunks, read_text, tokenize_documents,
 )
 from latent_atlas.errors import ChunkError
 

@@ -19,6 +19,10 @@ def test_definitions_load_with_every_asset_and_check():
     assert {"finite_and_shaped", "mask_token_alignment", "whitened_covariance_is_identity"} <= checks
     assert defs.resolve_sensor_def("incoming_chunks") and defs.resolve_schedule_def("nightly_refit")
     assert graph.get(dg.AssetKey("activations")).partitions_def.name == "chunks"
+    # per-chunk assets downstream of a global model follow new chunks and refits on their own
+    for name in ("whitened_activations", "memberships", "chunk_stats"):
+        assert graph.get(dg.AssetKey(name)).automation_condition is not None
+    assert "default_automation_condition_sensor" in {s.name for s in defs.get_repository_def().sensor_defs}
 
 
 def test_dg_check_defs(atlas_home):

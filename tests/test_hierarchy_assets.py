@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from latent_atlas.ensemble import EnsembleResult, RunRegistry, cluster_stability
 from latent_atlas.tree import ClusterTree
-from resources import CorpusResource, ModelResource
+from resources import CorpusResource
 from tests.conftest import check_results, materialized
 
 HIERARCHY = ["hierarchy_sample", "cluster_tree", "document_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
