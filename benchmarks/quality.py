@@ -18,9 +18,8 @@ import faiss
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from latent_atlas.chunks import load_npz_chunk
 from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.synthetic import read_labels, write_synthetic_chunks
+from latent_atlas.synthetic import labelled_tokens, write_synthetic_chunks
 
 
 def main() -> None:
@@ -35,12 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_synthetic_chunks(tmp, n_chunks=args.chunks, n_sequences=args.sequences, seq_len=128,
                                        dim=args.dim, n_clusters=args.clusters, seed=0)
-        rows, labels = [], []
-        for path in paths:
-            chunk = load_npz_chunk(path)
-            rows.append(chunk.activations[chunk.attention_mask].astype(np.float32))
-            labels.append(read_labels(path)[chunk.attention_mask])
-        X, y = np.concatenate(rows), np.concatenate(labels)
+        X, y = labelled_tokens(paths)
         print(f"synthetic mixture: {len(X):,} tokens, d={args.dim}, k={args.clusters} "
               f"(~{len(X) // args.clusters} per cluster), {args.chunks} chunks")
         for init in ("kmeans++", "random"):

@@ -117,6 +117,19 @@ def read_labels(chunk_path: str | Path) -> np.ndarray:
     return np.load(chunk_path.parent / f"labels_{chunk_path.name}.npy")
 
 
+def labelled_tokens(chunk_paths: list) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [n, d] float32, true labels [n]) of every attended token of synthetic NPZ chunks;
+    loads them all, so for quality checks on small data only."""
+    from latent_atlas.chunks import load_npz_chunk
+
+    rows, labels = [], []
+    for path in chunk_paths:
+        chunk = load_npz_chunk(path)
+        rows.append(chunk.activations[chunk.attention_mask].astype(np.float32))
+        labels.append(read_labels(path)[chunk.attention_mask])
+    return np.concatenate(rows), np.concatenate(labels)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latent-atlas synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory")

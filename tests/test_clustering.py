@@ -20,7 +20,7 @@ from latent_atlas.chunks import load_npz_chunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
 from latent_atlas.memberships import SparseMemberships
-from latent_atlas.synthetic import read_labels, write_synthetic_chunks
+from latent_atlas.synthetic import labelled_tokens, write_synthetic_chunks
 
 DIM, K = 2304, 64
 REPO = Path(__file__).resolve().parents[1]
@@ -36,12 +36,7 @@ def chunks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokens(chunks):
     """(rows [n, d] float32, true labels [n]) of every attended token."""
-    rows, labels = [], []
-    for path in chunks:
-        chunk = load_npz_chunk(path)
-        rows.append(chunk.activations[chunk.attention_mask].astype(np.float32))
-        labels.append(read_labels(path)[chunk.attention_mask])
-    return np.concatenate(rows), np.concatenate(labels)
+    return labelled_tokens(chunks)
 
 
 def model(**params):
@@ -212,12 +207,7 @@ def test_recovers_512_directions_at_least_as_well_as_faiss(tmp_path):
     """The issue's second size: k=512 at d=2304, ~140 tokens per direction."""
     k = 512
     paths = write_synthetic_chunks(tmp_path, n_chunks=4, n_sequences=160, seq_len=128, dim=DIM, n_clusters=k, seed=3)
-    rows, labels = [], []
-    for path in paths:
-        chunk = load_npz_chunk(path)
-        rows.append(chunk.activations[chunk.attention_mask].astype(np.float32))
-        labels.append(read_labels(path)[chunk.attention_mask])
-    X, y = np.concatenate(rows), np.concatenate(labels)
+    X, y = labelled_tokens(paths)
     fitted = SequentialSoftClustering(n_clusters=k, n_epochs=5, init="kmeans++", seed=0).fit_chunks(paths)
     ari = adjusted_rand_score(y, fitted.predict(X))
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
