@@ -18,6 +18,10 @@ from orchestration.partitions import NEW_CHUNKS, chunks
 from resources import ComputeBackendResource, TorchDeviceResource
 
 
+# What the UI plots per step and shows for the last one (history_ holds more).
+CONVERGENCE = ("objective", "centroid_shift", "usage_entropy", "imbalance", "n_dead")
+
+
 class CentroidsConfig(dg.Config):
     n_clusters: int = Field(default=64, description="Number of soft clusters k")
     temperature: float = Field(default=0.05, description="Softmax temperature on cosine similarities")
@@ -38,7 +42,7 @@ def _plot_history(history: list[dict]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in ("objective", "centroid_shift", "usage_entropy", "imbalance", "n_dead") if n in history[0]]
+    names = [n for n in CONVERGENCE if n in history[0]]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6))
     for ax, name in zip(np.atleast_1d(axes), names):
         ax.plot([h[name] for h in history])
@@ -83,7 +87,7 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
         metadata={
             "n_clusters": config.n_clusters, "dim": int(centers.shape[1]), "chunks": len(paths),
             "steps": model.n_steps_,
-            **{f"final_{k}": float(v) for k, v in last.items() if isinstance(v, (int, float))},
+            **{f"final_{k}": float(last[k]) for k in CONVERGENCE},
             "convergence": dg.MetadataValue.md(_plot_history(model.history_)),
         },
         check_results=[
