@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -33,6 +31,7 @@ from latent_atlas.chunks import DenseChunk, NpzKeys, load_npz_chunk, read_chunk
 from latent_atlas.errors import ChunkError
 from latent_atlas.estep import SparseBlock, as_tensor, block_memberships, load_rows, weighted_cluster_sums
 from latent_atlas.memberships import SparseMemberships
+from latent_atlas.tables import save_npz
 
 _CHECKPOINT_GLOB = "checkpoint-*.npz"
 _KEEP_CHECKPOINTS = 3  # the newest and two fallbacks (a kill mid-write leaves at worst a stale temp file)
@@ -552,7 +551,7 @@ class SequentialSoftClustering:
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one .npz file (atomically)."""
         self._check_fitted()
-        return _atomic_savez(Path(path), self._state())
+        return save_npz(Path(path), self._state())
 
     @classmethod
     def load(cls, path: str | Path) -> "SequentialSoftClustering":
@@ -566,7 +565,7 @@ class SequentialSoftClustering:
     def _save_checkpoint(self, epoch: int, position: int, fingerprint: list[str]) -> None:
         state = {**self._state(), "epoch": np.array(epoch), "position": np.array(position),
                  "sources": np.array(json.dumps(fingerprint))}
-        _atomic_savez(self.checkpoint_dir / f"checkpoint-{self.n_steps_:07d}.npz", state)
+        save_npz(self.checkpoint_dir / f"checkpoint-{self.n_steps_:07d}.npz", state)
         for old in sorted(self.checkpoint_dir.glob(_CHECKPOINT_GLOB))[:-_KEEP_CHECKPOINTS]:
             old.unlink(missing_ok=True)
 
@@ -628,16 +627,3 @@ def _check_array(X: Any, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} contains NaN/Inf")
     return X
 
-
-def _atomic_savez(path: Path, arrays: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from latent_atlas.tables import save_npz
+
 # fit_fn(sample [n, d], seed) -> (centers [k, d] unit-norm, labels [n])
 FitFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -144,14 +146,9 @@ class EnsembleResult:
 
     def save(self, path: str | Path) -> Path:
         """Write all arrays to one .npz (no pickle)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
         arrays = {f"distances_{m}": d for m, d in self.distances.items()}
-        np.savez(tmp, seeds=np.asarray(self.seeds), centers=self.centers, labels=self.labels,
-                 stability=self.stability, **arrays)
-        tmp.replace(path)
-        return path
+        return save_npz(path, {"seeds": np.asarray(self.seeds), "centers": self.centers, "labels": self.labels,
+                               "stability": self.stability, **arrays})
 
     @classmethod
     def load(cls, path: str | Path) -> EnsembleResult:

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from latent_atlas.topk import read_npz, write_npz
+from latent_atlas.tables import read_npz, write_npz
 
 
 @dataclass

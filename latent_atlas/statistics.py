@@ -23,7 +23,7 @@ from latent_atlas.exemplars import (
 )
 from latent_atlas.intervention import LdaMoments, VectorSample
 from latent_atlas.memberships import SparseMemberships
-from latent_atlas.topk import read_npz, write_npz
+from latent_atlas.tables import read_npz, write_npz
 
 _HELDOUT_SALT, _FIT_SALT = 0x51, 0xF17
 

@@ -15,13 +15,12 @@ directories (`latent_atlas.chunks.write_chunk`) with the labels in `labels_<chun
 from __future__ import annotations
 
 import argparse
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from latent_atlas.chunks import write_chunk
+from latent_atlas.tables import save_npz
 
 # Token ids come from a per-cluster vocabulary slice so that token statistics carry the labels.
 _TOKENS_PER_CLUSTER = 50
@@ -93,13 +92,7 @@ def write_synthetic_chunks(
         arrays = synthetic_chunk(directions, n_sequences, seq_len, separation, padding_fraction, rng)
         name = f"chunk_{c:05d}"
         if format == "npz":
-            path = out / f"{name}.npz"
-            tmp = out / f".{name}.tmp-{uuid.uuid4().hex[:8]}.npz"
-            try:
-                np.savez(tmp, **arrays)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            path = save_npz(out / f"{name}.npz", arrays)
         else:
             labels = arrays.pop("labels")
             path = write_chunk(out / name, **arrays, meta={"synthetic": True, "separation": separation})

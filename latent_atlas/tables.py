@@ -1,4 +1,5 @@
-"""Parquet tables written atomically (temp file + rename), with key/value file metadata."""
+"""Files written atomically (temp file + fsync + rename): Parquet tables with key/value file
+metadata, and .npz arrays (optionally with JSON metadata). A reader never sees a partial file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,3 +37,31 @@ def read_metadata(path: str | Path) -> dict:
     schema = pq.read_schema(path)
     raw = (schema.metadata or {}).get(_META_KEY)
     return json.loads(raw) if raw else {}
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays to one .npz atomically; fsync first, so a killed process leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Arrays plus a JSON `meta` in one .npz (no pickles), written atomically."""
+    return save_npz(path, {**arrays, "meta": np.array(json.dumps(meta))})
+
+
+def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, meta) written by `write_npz`; refuses pickled objects."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    return arrays, json.loads(str(arrays.pop("meta")))

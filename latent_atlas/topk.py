@@ -15,13 +15,12 @@ are narrowed with argpartition for all features at once, so no token goes throug
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from latent_atlas.tables import read_npz, write_npz
 
 
 class TopKCollector:
@@ -182,26 +181,6 @@ class TopKCollector:
             setattr(out, name, arrays[name])
         out.n_tokens_, out.n_sequences_ = meta["n_tokens"], meta["n_sequences"]
         return out
-
-
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
-    """Arrays plus a JSON `meta` in one .npz (no pickles), written to a temp file and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.npz"
-    try:
-        np.savez(tmp, **arrays, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, meta) written by `write_npz`; refuses pickled objects."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    return arrays, json.loads(str(arrays.pop("meta")))
 
 
 def _bold(token: str) -> str:

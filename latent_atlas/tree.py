@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_atlas.tables import save_npz, write_npz
+
 ROOT = "root"
 
 
@@ -186,10 +188,8 @@ class ClusterTree:
              "silhouette": None if np.isnan(n.silhouette) else n.silhouette, "children": n.children,
              "soft_clusters": {str(c): f for c, f in n.soft_clusters.items()}} for n in self.nodes.values()]}
         if json_path.suffix == ".npz":  # one self-contained file (the tensor IO manager stores .npz artifacts)
-            np.savez(json_path, meta=np.array(json.dumps(meta)), **arrays)
-            return json_path
-        npz_path = json_path.with_suffix(".npz")
-        _atomic(npz_path, lambda p: np.savez(p, **arrays), ".npz")
+            return write_npz(json_path, arrays, meta)
+        save_npz(json_path.with_suffix(".npz"), arrays)
         _atomic(json_path, lambda p: p.write_text(json.dumps(meta, indent=1)), "")  # json last: marks complete
         return json_path
 
