@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from latent_atlas.chunks import replace_dir
+from latent_atlas.chunks import atomic_dir
 from latent_atlas.exemplars import Decode, fill_context, select_exemplars
 from latent_atlas.intervention import InterventionVectors, intervention_vectors
 from latent_atlas.memberships import SparseMemberships
@@ -41,10 +39,7 @@ def write_results(results_path: str | Path, stats_table: pa.Table, exemplars: pa
                   coactivation: np.ndarray | None = None, summary: dict | None = None) -> Path:
     """Write a results directory atomically (a reader never sees half of it)."""
     path = Path(results_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(path) as tmp:
         k = vectors.vectors.shape[0]
         top = np.argsort(-(vectors.cross_correlation - 2 * np.eye(k)), axis=1, kind="stable")[:, : min(5, k - 1)]
         write_table(stats_table, tmp / "cluster_stats.parquet")
@@ -65,10 +60,6 @@ def write_results(results_path: str | Path, stats_table: pa.Table, exemplars: pa
         np.savez(tmp / "intervention_vectors.npz", **arrays)
         meta = {"n_clusters": int(k), "shrinkage": vectors.shrinkage, **(summary or {})}
         (tmp / "summary.json").write_text(json.dumps(meta, indent=2))
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

