@@ -12,6 +12,7 @@ from pydantic import Field
 
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.estep import effective_precision
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
 from orchestration.partitions import NEW_CHUNKS, chunks
@@ -32,6 +33,8 @@ class CentroidsConfig(dg.Config):
     init: str = Field(default="random", description="'random' on the unit sphere or 'kmeans++'")
     seed: int = Field(default=0, description="Seeds initialization and sampling")
     chunks_per_step: int = Field(default=1, description="Chunks reduced per M-step (same on any backend)")
+    learn_precision: str = Field(default="bfloat16", description="Learning GEMM: 'bfloat16' (bf16 products, fp32 "
+                                 "accumulation, where supported) or 'float32'; memberships are always fp32")
     max_dead_fraction: float = Field(default=0.05, description="Asset check: at most this fraction of dead clusters")
 
 
@@ -87,6 +90,7 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
         metadata={
             "n_clusters": config.n_clusters, "dim": int(centers.shape[1]), "chunks": len(paths),
             "steps": model.n_steps_,
+            "learning_gemm": effective_precision(config.learn_precision, device.torch_device()),
             **{f"final_{k}": float(last[k]) for k in CONVERGENCE},
             "convergence": dg.MetadataValue.md(_plot_history(model.history_)),
         },

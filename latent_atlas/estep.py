@@ -1,9 +1,9 @@
 """E-step kernels of the soft spherical clustering (pure functions on torch tensors).
 
 A block of rows [b, d] is scored against the centroids in one GEMM; everything after it works on
-the [b, k] similarity block in place, with as few torch ops as possible (each op is an OpenMP
-region, and on a shared machine each region can wait for a descheduled thread). The result is
-sparse from the start: the (row, cluster) pairs that survive the threshold and the top-m cut, in
+the [b, k] similarity block in place, in three passes, with as few torch ops as possible (each op
+is an OpenMP region, and on a shared machine each region can wait for a descheduled thread). The
+result is sparse from the start: the (row, cluster) pairs that survive the threshold and the top-m cut, in
 row-major order, which is both the order `transform` writes and a cheap one to sort by cluster for
 the M-step.
 
@@ -14,16 +14,16 @@ most m clusters with p_c >= threshold (the top cluster is always kept), never re
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-SUB_ROWS = 8192
-"""At most this many rows per GEMM + post-GEMM sub-block. 512-row sub-blocks (L2-resident [rows, k]
-passes) were tried and were ~1.7x slower on the shared machine: every torch op is an OpenMP region,
-and with the machine oversubscribed each region can wait a scheduler slice for a descheduled thread."""
+
+GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Learning GEMM precisions by name (see matmul_precision)."""
 
 
 @dataclass
@@ -38,60 +38,86 @@ class SparseBlock:
     max_cosine: torch.Tensor  # [b] cosine to the closest centroid
 
 
-def block_memberships(x: torch.Tensor, centers_t: torch.Tensor, temperature: float, top_m: int,
-                      threshold: float, scratch: dict, gemm_dtype: torch.dtype = torch.float32) -> SparseBlock:
-    """Sparse memberships of fp32 rows x [b, d] given centroids transposed [d, k] float32.
+def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.Tensor, temperature: float,
+                      top_m: int, threshold: float, scratch: dict,
+                      gemm_dtype: torch.dtype = torch.float32) -> SparseBlock:
+    """Sparse memberships of fp32 rows x [b, d] with inverse norms [b] (see load_rows), given
+    centroids transposed [d, k] float32.
 
-    gemm_dtype=torch.bfloat16 runs the similarity GEMM on bf16 copies (AMX / AVX512-BF16: ~2.6x
-    the fp32 GEMM here); cosines then carry ~1e-3 relative error, so it is for learning only,
-    never for `transform`, whose memberships are exact.
+    gemm_dtype=torch.bfloat16 lets the similarity GEMM multiply in bf16 with fp32 accumulation and
+    fp32 output (oneDNN on AMX / AVX512-BF16 CPUs: ~4x the fp32 GEMM here; fp32 elsewhere).
+    Cosines then carry ~1e-3 relative error, so it is for learning only, never for `transform`,
+    whose memberships are exact.
 
-    The 1/||x|| normalization is applied to the [b, k] similarities rather than to the wider rows.
+    After the GEMM, three passes over the [b, k] block (group maxima; shifted, scaled exp; row sums)
+    and work on the few entries that can be kept: a kept entry has e_c >= cut, so it lies in a group
+    of G clusters whose maximum is >= cut, and only those groups are read again. No argmax or topk
+    over the block: the top cluster is kept because e_top = exp(0) = 1 >= cut.
     """
     b, k = x.shape[0], centers_t.shape[1]
-    m = min(top_m, k)
-    inv_norm = torch.linalg.vector_norm(x, dim=1).clamp_min_(1e-12).reciprocal_()
-    max_dot = torch.empty(b, dtype=torch.float32, device=x.device)
-    parts = []
-    step = -(-b // -(-b // SUB_ROWS))  # equal sub-blocks, never one tiny remainder
-    for start in range(0, b, step):
-        stop = min(start + step, b)
-        if gemm_dtype == torch.float32:
-            sims = torch.mm(x[start:stop], centers_t, out=buffer(scratch, "sims", (stop - start, k), x.device))
-        else:
-            low = scratch.get("x_low")
-            if low is None or low.shape[0] < stop - start or low.shape[1] != x.shape[1] or low.dtype != gemm_dtype:
-                low = scratch["x_low"] = torch.empty((stop - start, x.shape[1]), dtype=gemm_dtype, device=x.device)
-            low = low[: stop - start].copy_(x[start:stop])
-            sims = buffer(scratch, "sims", (stop - start, k), x.device).copy_(torch.mm(low, centers_t.to(gemm_dtype)))
-        top, arg = torch.max(sims, dim=1, keepdim=True)
-        max_dot[start:stop] = top[:, 0]
-        scale = inv_norm[start:stop, None] / temperature
-        # e_c = exp((s_c - s_max) / (T ||x||)) in (0, 1], exactly 1 at the top; p_c = e_c / sum e
-        e = sims.sub_(top).mul_(scale).exp_()
-        denominator = e.sum(dim=1, keepdim=True)
-        cut = (denominator * threshold).clamp_(1e-38, 1.0)  # p_c >= threshold, top always kept
-        # Most rows keep only their top cluster: a row count finds the others, and only those rows
-        # go through topk (a nonzero or topk over the whole [b, k] block costs ~GEMM/3).
-        multi = torch.nonzero((e >= cut).sum(dim=1) > 1)[:, 0]
-        rows = torch.arange(start, stop, device=x.device)
-        clusters, kept = arg[:, 0], torch.ones(stop - start, device=x.device)
-        if len(multi):
-            single = torch.ones(stop - start, dtype=torch.bool, device=x.device).index_fill_(0, multi, False)
-            vals, idx = torch.topk(e[multi], m, dim=1)
-            ok = vals >= cut[multi]
-            rows = torch.cat((rows[single], (multi + start)[:, None].expand(-1, m)[ok]))
-            clusters = torch.cat((clusters[single], idx[ok]))
-            kept = torch.cat((kept[single], vals[ok]))
-            order = torch.argsort(rows * k + clusters)  # row-major, clusters ascending
-            rows, clusters, kept = rows[order], clusters[order], kept[order]
-        den = denominator[rows - start, 0]
-        parts.append((rows, clusters, kept / den, kept))
-    rows, clusters, values, kept = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts))
-    max_cosine = max_dot.mul_(inv_norm)
+    sims = buffer(scratch, "sims", (b, k), x.device)
+    with matmul_precision(gemm_dtype):
+        torch.mm(x, centers_t, out=sims)
+    g = group_size(k)
+    group_max = torch.amax(sims.view(b, k // g, g), dim=2)  # [b, k / g]
+    top = torch.amax(group_max, dim=1, keepdim=True)
+    scale = inv_norm[:, None] / temperature
+    # e_c = exp((s_c - s_max) / (T ||x||)) in (0, 1], exactly 1 at the top; p_c = e_c / sum e
+    e = sims.sub_(top).mul_(scale).exp_()
+    denominator = e.sum(dim=1)
+    cut = (denominator * threshold).clamp_(1e-38, 1.0)[:, None]  # p_c >= threshold, top always kept
+    group_max.sub_(top).mul_(scale).exp_()  # the same monotone map: group maxima of e
+    row, group = torch.nonzero(group_max >= cut, as_tuple=True)  # row-major, groups ascending
+    candidates = e.view(b, k // g, g)[row, group]  # [pairs, g]
+    pair, offset = torch.nonzero(candidates >= cut[row], as_tuple=True)
+    rows, clusters, kept = row[pair], group[pair] * g + offset, candidates[pair, offset]
+    rows, clusters, kept = _top_m(rows, clusters, kept, b, top_m)
+    max_cosine = top[:, 0].mul_(inv_norm)
     # cos_c = cos_max + T log e_c: recovered from the exponentials, no second copy of the block
-    cosines = kept.log_().mul_(temperature).add_(max_cosine[rows])
-    return SparseBlock(rows, clusters, values, cosines, inv_norm, max_cosine)
+    cosines = kept.log().mul_(temperature).add_(max_cosine[rows])
+    return SparseBlock(rows, clusters, kept / denominator[rows], cosines, inv_norm, max_cosine)
+
+
+def _top_m(rows: torch.Tensor, clusters: torch.Tensor, kept: torch.Tensor, b: int, m: int):
+    """Keep at most m entries per row, the largest (ties: lower cluster), still row-major."""
+    counts = torch.bincount(rows, minlength=b)
+    if len(rows) == 0 or int(counts.max()) <= m:
+        return rows, clusters, kept
+    order = torch.argsort(-kept, stable=True)  # entries are row-major, clusters ascending: stable = lower cluster first
+    order = order[torch.argsort(rows[order], stable=True)]  # by row, then by decreasing value
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=rows.device) - first[rows[order]]
+    keep = torch.sort(order[rank < m]).values  # back to row-major order
+    return rows[keep], clusters[keep], kept[keep]
+
+
+def group_size(k: int) -> int:
+    """Clusters per group for the group-maxima filter: the largest divisor of k up to 32."""
+    return max(g for g in range(1, min(k, 32) + 1) if k % g == 0)
+
+
+@contextmanager
+def matmul_precision(dtype: torch.dtype):
+    """fp32 matmuls inside multiply in bf16 (fp32 accumulation and output) when dtype is bfloat16
+    and the device supports it; fp32 otherwise."""
+    if dtype == torch.float32:
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def effective_precision(name: str, device: torch.device | str) -> str:
+    """What matmul_precision(GEMM_DTYPES[name]) really multiplies in on this device, for run metadata."""
+    if GEMM_DTYPES[name] == torch.float32:
+        return "float32"
+    if torch.device(device).type == "cuda":
+        return "tf32/bfloat16"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32 (no bf16 support on this CPU)"
 
 
 def weighted_cluster_sums(x: torch.Tensor, block: SparseBlock, k: int) -> torch.Tensor:
@@ -115,27 +141,43 @@ def as_tensor(flat: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(flat)
 
 
-def load_rows(flat: np.ndarray, source: torch.Tensor, index: np.ndarray, scratch: dict,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """Rows flat[index] as fp32 [b, d] in a reused buffer; `source` = as_tensor(flat).
+RUN_ROWS = 32
+"""An index whose runs of consecutive rows average at least this many (whole sequences, as in
+`transform` and in learning steps that use every point) is read run by run, straight from the source."""
 
-    A contiguous index is converted in one copy straight from the (memory-mapped) source. Otherwise
-    the rows are gathered in the source dtype by torch.index_select (parallel row memcpy, half the
-    bytes of fp32 for fp16 chunks) and converted in a second pass: measured faster than converting
-    the whole span of a block (masked rows included, ~12% more GEMM rows) and than np.take.
+
+def load_rows(flat: np.ndarray, source: torch.Tensor, index: np.ndarray, scratch: dict,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows flat[index] as fp32 [b, d] in a reused buffer, their inverse norms [b]); `source` = as_tensor(flat).
+
+    Runs of consecutive rows are converted straight from the (memory-mapped) source, and each run's
+    norms are taken while it is still in cache. A scattered index (a subsample) is gathered in the
+    source dtype by torch.index_select (parallel row memcpy, half the bytes of fp32 for fp16 chunks)
+    and converted in a second pass: measured faster than converting the whole span of a block
+    (masked rows included, ~12% more GEMM rows) and than np.take.
     """
     b, d = len(index), flat.shape[1]
     x = buffer(scratch, "x", (b, d), device)
-    if b and index[-1] - index[0] + 1 == b:
-        return x.copy_(source[int(index[0]):int(index[0]) + b])
-    picked = torch.from_numpy(np.asarray(index, dtype=np.int64))
-    if source.dtype == torch.float32 and x.device == source.device:
-        return torch.index_select(source, 0, picked, out=x)
-    key = ("gather", source.dtype)
-    buf = scratch.get(key)
-    if buf is None or buf.shape[0] < b or buf.shape[1] != d:
-        buf = scratch[key] = torch.empty((b, d), dtype=source.dtype)
-    return x.copy_(torch.index_select(source, 0, picked, out=buf[:b]))
+    norms = buffer(scratch, "norms", (b, 1), device)[:, 0]
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    if len(breaks) < b // RUN_ROWS:
+        bounds = [0, *breaks.tolist(), b]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            first = int(index[lo])
+            rows = x[lo:hi].copy_(source[first:first + hi - lo])
+            torch.linalg.vector_norm(rows, dim=1, out=norms[lo:hi])
+    else:
+        picked = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        if source.dtype == torch.float32 and x.device == source.device:
+            torch.index_select(source, 0, picked, out=x)
+        else:
+            key = ("gather", source.dtype)
+            buf = scratch.get(key)
+            if buf is None or buf.shape[0] < b or buf.shape[1] != d:
+                buf = scratch[key] = torch.empty((b, d), dtype=source.dtype)
+            x.copy_(torch.index_select(source, 0, picked, out=buf[:b]))
+        torch.linalg.vector_norm(x, dim=1, out=norms)
+    return x, norms.clamp_min_(1e-12).reciprocal_()
 
 
 def buffer(scratch: dict, name: str, shape: tuple, device) -> torch.Tensor:

@@ -166,14 +166,17 @@ def test_killed_run_resumes_to_identical_centroids(chunks, tmp_path):
     assert np.array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "straight.npy"))
 
 
-def test_nan_chunk_is_refused_naming_the_file(chunks, tmp_path):
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_chunk_is_refused_naming_the_file(chunks, tmp_path, bad_value):
     with np.load(chunks[0]) as npz:
         arrays = dict(npz)
-    arrays["activations"][3, 5, 7] = np.nan
+    arrays["activations"][3, 5, 7] = bad_value
     bad = tmp_path / "bad_chunk.npz"
     np.savez(bad, **arrays)
-    with pytest.raises(ChunkError, match="bad_chunk.npz"):
+    with pytest.raises(ChunkError, match="bad_chunk.npz.*NaN/Inf"):
         model().fit_chunks([chunks[1], bad])
+    with pytest.raises(ChunkError, match="bad_chunk.npz.*NaN/Inf"):
+        model(n_epochs=1).fit_chunks(chunks[1:2]).transform(bad)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,97 @@
+"""E-step kernels against their definitions: exact sparse softmax memberships, row loading, bf16 learning GEMM."""
+
+import numpy as np
+import pytest
+import torch
+
+from latent_atlas.chunks import DenseChunk
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.errors import ChunkError
+from latent_atlas.estep import as_tensor, block_memberships, effective_precision, load_rows
+
+
+def dense_reference(x: torch.Tensor, centers: torch.Tensor, temperature: float, top_m: int, threshold: float):
+    """The definition, computed densely: p = softmax(cos / T); keep p >= threshold (the top always),
+    at most top_m per row by decreasing p, ties to the lower cluster. Returns {(row, cluster): p}."""
+    sims = torch.mm(x, centers.T.contiguous())  # the kernel's GEMM and layout: identical similarities
+    inv_norm = torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
+    top = sims.max(dim=1, keepdim=True).values
+    e = ((sims - top) * (inv_norm[:, None] / temperature)).exp()
+    p = e / e.sum(dim=1, keepdim=True)
+    kept = {}
+    for row in range(x.shape[0]):
+        cut = min(float(e[row].sum()) * threshold, 1.0)
+        ok = [c for c in range(centers.shape[0]) if float(e[row, c]) >= cut]
+        ok.sort(key=lambda c: (-float(e[row, c]), c))
+        kept.update({(row, c): float(p[row, c]) for c in ok[:top_m]})
+    return kept
+
+
+@pytest.mark.parametrize("k, d, temperature, top_m, threshold", [
+    (512, 64, 0.05, 8, 0.01),   # groups of 32
+    (100, 32, 1.0, 8, 0.001),   # groups of 25, many kept entries cut to top_m
+    (37, 16, 0.2, 40, 0.0),     # prime k: groups of 1; every cluster kept
+    (7, 16, 0.5, 3, 0.0),       # threshold 0: exactly top_m per row
+])
+def test_block_memberships_match_the_dense_definition(k, d, temperature, top_m, threshold):
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(300, d, generator=gen)
+    centers = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1)
+    centers[1] = centers[0]  # an exact tie between two clusters in every row
+    inv_norm = torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
+    block = block_memberships(x.clone(), inv_norm, centers.T.contiguous(), temperature, top_m, threshold, {})
+
+    got = {(int(r), int(c)): float(v) for r, c, v in zip(block.rows, block.clusters, block.values)}
+    expected = dense_reference(x, centers, temperature, top_m, threshold)
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[key] for key in expected], list(expected.values()), rtol=1e-6)
+    order = block.rows * k + block.clusters
+    assert torch.all(order[1:] > order[:-1])  # row-major, clusters ascending
+    cos = torch.nn.functional.normalize(x.double(), dim=1) @ centers.double().T
+    np.testing.assert_allclose(block.max_cosine, cos.max(dim=1).values, atol=1e-5)
+    np.testing.assert_allclose(block.cosines, cos[block.rows, block.clusters], atol=1e-4)
+
+
+def test_load_rows_by_runs_and_by_gather_agree():
+    rng = np.random.default_rng(0)
+    flat = rng.standard_normal((1000, 48)).astype(np.float16)
+    runs = np.concatenate([np.arange(0, 100), np.arange(128, 250), np.arange(256, 300)])  # whole sequences
+    scattered = np.sort(rng.choice(1000, 300, replace=False))
+    for index in (runs, scattered, np.arange(5)):
+        x, inv_norm = load_rows(flat, as_tensor(flat), index, {})
+        expected = flat[index].astype(np.float32)
+        assert np.array_equal(x.numpy(), expected)
+        np.testing.assert_allclose(inv_norm.numpy(), 1 / np.linalg.norm(expected, axis=1), rtol=1e-6)
+
+
+def test_bfloat16_learning_gemm_is_close_to_float32():
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.nn.functional.normalize(torch.randn(64, 256, generator=gen), dim=1)
+    labels = torch.randint(0, 64, (2000,), generator=gen)
+    x = centers[labels] + 0.05 * torch.randn(2000, 256, generator=gen)
+    inv_norm = torch.linalg.vector_norm(x, dim=1).reciprocal()
+    exact = block_memberships(x.clone(), inv_norm, centers.T.contiguous(), 0.05, 8, 0.01, {})
+    fast = block_memberships(x.clone(), inv_norm, centers.T.contiguous(), 0.05, 8, 0.01, {}, torch.bfloat16)
+    assert torch.get_float32_matmul_precision() == "highest"  # the setting is restored
+    error = (fast.max_cosine - exact.max_cosine).abs().max()
+    assert error < 5e-3
+    if effective_precision("bfloat16", "cpu") == "bfloat16":
+        assert error > 0  # bf16 products did run
+
+    def hard(block):
+        dense = torch.zeros(2000, 64)
+        dense[block.rows, block.clusters] = block.values
+        return dense.argmax(dim=1)
+
+    assert torch.equal(hard(fast), hard(exact)) and torch.equal(hard(exact), labels)
+    assert effective_precision("float32", "cpu") == "float32"
+
+
+def test_inf_in_a_dense_chunk_is_refused():
+    rng = np.random.default_rng(0)
+    activations = rng.standard_normal((4, 16, 32)).astype(np.float32)
+    model = SequentialSoftClustering(4, n_epochs=1).fit(activations.reshape(-1, 32))
+    activations[2, 3, 5] = np.inf
+    chunk = DenseChunk(activations, np.ones((4, 16), bool), np.zeros((4, 16), np.int32))
+    with pytest.raises(ChunkError, match="NaN/Inf"):
+        model.transform(chunk)
