@@ -29,8 +29,10 @@ import torch
 from latent_atlas.backends import Backend, LocalBackend
 from latent_atlas.chunks import DenseChunk, NpzKeys, load_npz_chunk, read_chunk
 from latent_atlas.errors import ChunkError
-from latent_atlas.estep import GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, load_rows, weighted_cluster_sums
+from latent_atlas.estep import (GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, load_rows, scratch_space,
+                                weighted_cluster_sums)
 from latent_atlas.memberships import SparseMemberships
+from latent_atlas.memory import release_free_memory
 from latent_atlas.tables import save_npz
 
 _CHECKPOINT_GLOB = "checkpoint-*.npz"
@@ -164,10 +166,9 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     _check_dim(rows, d, name)
     sums = torch.zeros(k, d, dtype=torch.float32, device=config.device)
     mass = torch.zeros(k, dtype=torch.float64, device=config.device)
-    max_cos_sum = torch.zeros((), dtype=torch.float64, device=config.device)
-    weighted_cos_sum = torch.zeros((), dtype=torch.float64, device=config.device)
+    max_cos_sum = weighted_cos_sum = 0.0
     cand, cand_scores = [], []
-    scratch: dict = {}
+    scratch = scratch_space()
     source_t = as_tensor(rows.data)
     for start in range(0, len(selected), config.block_size):
         x, inv_norm = load_rows(rows.data, source_t, selected[start:start + config.block_size], scratch, config.device)
@@ -177,8 +178,9 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
         _check_finite(result.inv_norm, name)
         sums += weighted_cluster_sums(x, result, k)
         mass += torch.bincount(result.clusters, result.values, minlength=k)
-        max_cos_sum += max_cosine.sum(dtype=torch.float64)
-        weighted_cos_sum += torch.dot(result.values, result.cosines).double()
+        # numpy's pairwise float64 sums: the same bits whatever torch's thread count (Dask workers differ)
+        max_cos_sum += float(np.sum(max_cosine.cpu().numpy(), dtype=np.float64))
+        weighted_cos_sum += float(np.sum(result.values.cpu().numpy().astype(np.float64) * result.cosines.cpu().numpy()))
         # each block offers twice its share of the chunk's candidates: the chunk's worst r are
         # almost always among them, without copying r rows out of every block
         share = -(-2 * config.reseed_candidates * len(max_cosine) // len(selected))
@@ -367,6 +369,8 @@ class SequentialSoftClustering:
             items = [(sources[i], epoch, int(i)) for i in group]
             stats = backend.map(chunk_statistics, items, centers=self.cluster_centers_, config=cfg)
             self._step(stats, epoch)
+            del stats  # not alive while the next chunk is read: memory stays one chunk's worth
+            release_free_memory()
             position += len(group)
             if position >= len(sources):
                 epoch, position = epoch + 1, 0
@@ -393,14 +397,21 @@ class SequentialSoftClustering:
         """M-step: blend the reduced statistics into the running ones, renormalize, reseed dead clusters."""
         cfg = self.config
         n = sum(s.n_points for s in stats)
-        batch_sums = np.sum([s.sums for s in stats], axis=0) / n  # summed in chunk order: backend-independent
+        # in place, in chunk order (backend-independent): [k, d] float64 temporaries are what the step allocates
+        batch_sums = stats[0].sums.copy()
+        for s in stats[1:]:
+            batch_sums += s.sums
+        batch_sums /= n
         batch_usage = np.sum([s.mass for s in stats], axis=0) / n
         rho = (cfg.step_offset + self.n_steps_) ** -cfg.step_decay
-        self._sums = (1 - rho) * self._sums + rho * batch_sums
+        self._sums *= 1 - rho
+        self._sums += batch_sums.__imul__(rho)
         self.usage_ = (1 - rho) * self.usage_ + rho * batch_usage
+        del batch_sums
         old = self.cluster_centers_
         norms = np.linalg.norm(self._sums, axis=1, keepdims=True)
-        centers = np.where(norms > 0, self._sums / np.maximum(norms, 1e-300), old).astype(np.float32)
+        centers = (self._sums / np.maximum(norms, 1e-300)).astype(np.float32)
+        centers[norms[:, 0] == 0] = old[norms[:, 0] == 0]
 
         dead = batch_usage < cfg.dead_fraction * batch_usage.mean()
         self._dead_steps = np.where(dead, self._dead_steps + 1, 0)
@@ -476,7 +487,7 @@ class SequentialSoftClustering:
         attended = np.flatnonzero(np.asarray(chunk.attention_mask).reshape(-1))  # sorted (sequence, position)
         bounds = np.searchsorted(attended, np.arange(0, chunk.n_sequences + block_sequences, block_sequences) * length)
         tokens_flat = np.asarray(chunk.token_ids).reshape(-1)
-        centers_t, scratch, parts = self._centers_t(), {}, []
+        centers_t, scratch, parts = self._centers_t(), scratch_space(), []
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             if hi <= lo:
                 continue
@@ -495,7 +506,7 @@ class SequentialSoftClustering:
         """(clusters [n, m] int32, values [n, m] float32) by decreasing value; dropped entries are (-1, 0)."""
         self._check_fitted()
         X = _check_array(X, "X", self.n_features_in_)
-        centers_t, scratch, source = self._centers_t(), {}, as_tensor(X)
+        centers_t, scratch, source = self._centers_t(), scratch_space(), as_tensor(X)
         m = min(self.config.top_m, self.config.n_clusters)
         clusters, values = np.full((X.shape[0], m), -1, np.int32), np.zeros((X.shape[0], m), np.float32)
         for start in range(0, X.shape[0], self.config.block_size):

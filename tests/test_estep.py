@@ -95,3 +95,21 @@ def test_inf_in_a_dense_chunk_is_refused():
     chunk = DenseChunk(activations, np.ones((4, 16), bool), np.zeros((4, 16), np.int32))
     with pytest.raises(ChunkError, match="NaN/Inf"):
         model.transform(chunk)
+
+
+def resident_mb() -> float:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
+
+
+def test_learning_gemm_memory_is_flat_over_many_block_sizes():
+    # Every chunk ends on a different block size; oneDNN (the bf16 path) caches ~0.7 MB per distinct
+    # GEMM shape, so without power-of-two pieces 150 sizes grew the resident set by ~110 MB.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 2304, generator=gen)
+    centers_t = torch.nn.functional.normalize(torch.randn(512, 2304, generator=gen), dim=1).T.contiguous()
+    inv_norm = torch.linalg.vector_norm(x, dim=1).reciprocal()
+    block_memberships(x[:2047], inv_norm[:2047], centers_t, 0.05, 8, 0.01, {}, torch.bfloat16)  # warm-up
+    before = resident_mb()
+    for rows in range(2040, 1000, -7):
+        block_memberships(x[:rows], inv_norm[:rows], centers_t, 0.05, 8, 0.01, {}, torch.bfloat16)
+    assert resident_mb() - before < 30
