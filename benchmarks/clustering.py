@@ -83,13 +83,21 @@ def bare_gemm(X: np.ndarray, centers: np.ndarray, block: int):
 
 def membership_pass(paths, args) -> None:
     model = SequentialSoftClustering(**PARAMS).fit_chunks(paths[:1])  # any centroids do for timing
-    X = load_unit_rows(paths)
-    t = interleaved({"gemm": bare_gemm(X, model.cluster_centers_, model.block_size),
-                     "transform": lambda: [model.transform(p) for p in paths]}, 5)
-    gemm, transform = t["gemm"], t["transform"]
-    print(f"\n[membership pass] N={X.shape[0]:,} vectors, d={DIM}, k={K}, top_m={model.top_m}; interleaved, best of 5")
-    print(f"  bare torch GEMM fp32 (in-memory fp32 rows):      {gemm:7.3f} s  {X.shape[0] / gemm:10,.0f} vec/s")
-    print(f"  transform over chunk dirs (fp16 memmap -> sparse): {transform:7.3f} s  {X.shape[0] / transform:10,.0f} vec/s")
+    rows = [load_unit_rows([p]) for p in paths]
+    rounds = 7
+    # Interleaved chunk by chunk (~0.5 s each): the machine is shared, and its speed drifts over
+    # seconds; each chunk's GEMM and transform are timed back to back, best of the rounds.
+    best = {name: [float("inf")] * len(paths) for name in ("gemm", "transform")}
+    for _ in range(rounds):
+        for i, path in enumerate(paths):
+            for name, fn in (("gemm", bare_gemm(rows[i], model.cluster_centers_, model.block_size)),
+                             ("transform", lambda: model.transform(path))):
+                best[name][i] = min(best[name][i], timed(fn))
+    gemm, transform, n = sum(best["gemm"]), sum(best["transform"]), sum(len(r) for r in rows)
+    print(f"\n[membership pass] N={n:,} vectors, d={DIM}, k={K}, top_m={model.top_m}; "
+          f"chunk by chunk, interleaved, sum of per-chunk best of {rounds}")
+    print(f"  bare torch GEMM fp32 (in-memory fp32 rows):        {gemm:7.3f} s  {n / gemm:10,.0f} vec/s")
+    print(f"  transform over chunk dirs (fp16 memmap -> sparse): {transform:7.3f} s  {n / transform:10,.0f} vec/s")
     print(f"  throughput ratio transform / GEMM = {gemm / transform:.2f}  (target >= 0.80)")
 
 

@@ -69,15 +69,19 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     denominator = e.sum(dim=1)
     cut = (denominator * threshold).clamp_(1e-38, 1.0)[:, None]  # p_c >= threshold, top always kept
     group_max.sub_(top).mul_(scale).exp_()  # the same monotone map: group maxima of e
-    row, group = torch.nonzero(group_max >= cut, as_tuple=True)  # row-major, groups ascending
-    candidates = e.view(b, k // g, g)[row, group]  # [pairs, g]
-    pair, offset = torch.nonzero(candidates >= cut[row], as_tuple=True)
-    rows, clusters, kept = row[pair], group[pair] * g + offset, candidates[pair, offset]
+    n_groups = k // g
+    row, group = torch.nonzero(group_max >= cut).unbind(1)  # row-major, groups ascending
+    # index_select / take rather than advanced indexing (plain row copies): the post-GEMM step of a
+    # 58k-row chunk measured 47 ms instead of 50
+    candidates = e.view(b * n_groups, g).index_select(0, row * n_groups + group)  # [pairs, g]
+    pair, offset = torch.nonzero(candidates >= cut.index_select(0, row)).unbind(1)
+    rows, clusters = row.index_select(0, pair), group.index_select(0, pair) * g + offset
+    kept = torch.take(candidates, pair * g + offset)
     rows, clusters, kept = _top_m(rows, clusters, kept, b, top_m)
     max_cosine = top[:, 0].mul_(inv_norm)
     # cos_c = cos_max + T log e_c: recovered from the exponentials, no second copy of the block
-    cosines = kept.log().mul_(temperature).add_(max_cosine[rows])
-    return SparseBlock(rows, clusters, kept / denominator[rows], cosines, inv_norm, max_cosine)
+    cosines = kept.log().mul_(temperature).add_(max_cosine.index_select(0, rows))
+    return SparseBlock(rows, clusters, kept / denominator.index_select(0, rows), cosines, inv_norm, max_cosine)
 
 
 def _gemm_pieces(b: int, gemm_dtype: torch.dtype) -> list[tuple[int, int]]:
