@@ -99,16 +99,31 @@ def _gemm_pieces(b: int, gemm_dtype: torch.dtype) -> list[tuple[int, int]]:
 
 
 def _top_m(rows: torch.Tensor, clusters: torch.Tensor, kept: torch.Tensor, b: int, m: int):
-    """Keep at most m entries per row, the largest (ties: lower cluster), still row-major."""
+    """Keep at most m entries per row, the largest (ties: lower cluster), still row-major.
+
+    Only rows holding more than m entries are touched: their entries are packed into a dense
+    [rows, most entries] matrix of int64 keys (value bits, then reversed cluster, so that one topk
+    orders by value and breaks ties toward the lower cluster), and a mask keeps the winners in place.
+    """
     counts = torch.bincount(rows, minlength=b)
     if len(rows) == 0 or int(counts.max()) <= m:
         return rows, clusters, kept
-    order = torch.argsort(-kept, stable=True)  # entries are row-major, clusters ascending: stable = lower cluster first
-    order = order[torch.argsort(rows[order], stable=True)]  # by row, then by decreasing value
     first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(order), device=rows.device) - first[rows[order]]
-    keep = torch.sort(order[rank < m]).values  # back to row-major order
-    return rows[keep], clusters[keep], kept[keep]
+    over = torch.nonzero(counts > m)[:, 0]
+    width = int(counts.max())
+    slot = torch.full((b,), -1, dtype=torch.int64, device=rows.device)
+    slot[over] = torch.arange(len(over), device=rows.device)
+    entries = torch.nonzero(slot.index_select(0, rows) >= 0)[:, 0]  # entries of rows over m
+    row = rows.index_select(0, entries)
+    # positive float32 bits order like the values; < 2^30, so the shifted key fits in int64
+    key = (kept.index_select(0, entries).view(torch.int32).to(torch.int64) << 32) \
+        | ((1 << 32) - 1 - clusters.index_select(0, entries))
+    dense = torch.full((len(over) * width,), torch.iinfo(torch.int64).min, dtype=torch.int64, device=rows.device)
+    dense.index_copy_(0, slot.index_select(0, row) * width + entries - first.index_select(0, row), key)
+    winners = torch.topk(dense.view(len(over), width), m, dim=1).indices + first.index_select(0, over)[:, None]
+    keep = torch.ones(len(rows), dtype=torch.bool, device=rows.device).index_fill_(0, entries, False)
+    keep = torch.nonzero(keep.index_fill_(0, winners.reshape(-1), True))[:, 0]
+    return rows.index_select(0, keep), clusters.index_select(0, keep), kept.index_select(0, keep)
 
 
 def group_size(k: int) -> int:
