@@ -84,7 +84,7 @@ class ClusteringConfig:
     """Visit chunks in a seeded random order each epoch."""
     block_size: int = 2048
     """Rows per similarity block; bounds E-step memory to ~block_size * (d + k) floats. 2048 rows of
-    d=2304 (19 MB fp32) stay in cache between conversion and GEMM; 4096 measured ~5% slower."""
+    d=2304 (19 MB fp32) stay in cache between conversion and GEMM; 4096 measured 5-11% slower."""
     learn_precision: str = "bfloat16"
     """Precision of the similarity GEMM of the learning E-step. 'bfloat16': fp32 in and out, products
     in bf16 with fp32 accumulation (oneDNN on CPUs with AMX/AVX512-BF16, ~4x the fp32 GEMM; plain fp32
