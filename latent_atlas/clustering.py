@@ -37,6 +37,8 @@ from latent_atlas.tables import save_npz
 
 _CHECKPOINT_GLOB = "checkpoint-*.npz"
 _KEEP_CHECKPOINTS = 3  # the newest and two fallbacks (a kill mid-write leaves at worst a stale temp file)
+
+
 @dataclass(frozen=True)
 class ClusteringConfig:
     """Everything that determines the learned centroids (same config + data -> same numbers)."""
@@ -404,14 +406,16 @@ class SequentialSoftClustering:
         batch_sums /= n
         batch_usage = np.sum([s.mass for s in stats], axis=0) / n
         rho = (cfg.step_offset + self.n_steps_) ** -cfg.step_decay
+        batch_sums *= rho
         self._sums *= 1 - rho
-        self._sums += batch_sums.__imul__(rho)
+        self._sums += batch_sums
         self.usage_ = (1 - rho) * self.usage_ + rho * batch_usage
         del batch_sums
         old = self.cluster_centers_
         norms = np.linalg.norm(self._sums, axis=1, keepdims=True)
         centers = (self._sums / np.maximum(norms, 1e-300)).astype(np.float32)
-        centers[norms[:, 0] == 0] = old[norms[:, 0] == 0]
+        empty = norms[:, 0] == 0  # a cluster with no mass yet keeps its centroid
+        centers[empty] = old[empty]
 
         dead = batch_usage < cfg.dead_fraction * batch_usage.mean()
         self._dead_steps = np.where(dead, self._dead_steps + 1, 0)
