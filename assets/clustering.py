@@ -33,8 +33,9 @@ class CentroidsConfig(dg.Config):
     init: str = Field(default="random", description="'random' on the unit sphere or 'kmeans++'")
     seed: int = Field(default=0, description="Seeds initialization and sampling")
     chunks_per_step: int = Field(default=1, description="Chunks reduced per M-step (same on any backend)")
-    learn_precision: str = Field(default="bfloat16", description="Learning GEMM: 'bfloat16' (bf16 products, fp32 "
-                                 "accumulation, where supported) or 'float32'; memberships are always fp32")
+    learn_precision: str = Field(default="auto", description="Learning GEMM: 'auto' (bf16 where the CPU has native "
+                                 "bf16 units, else fp32), 'bfloat16' (bf16 products, fp32 accumulation) or "
+                                 "'float32'; memberships are always fp32")
     max_dead_fraction: float = Field(default=0.05, description="Asset check: at most this fraction of dead clusters")
 
 
@@ -90,7 +91,7 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
         metadata={
             "n_clusters": config.n_clusters, "dim": int(centers.shape[1]), "chunks": len(paths),
             "steps": model.n_steps_,
-            "learning_gemm": effective_precision(config.learn_precision, device.torch_device()),
+            "learning_gemm": effective_precision(model.learn_precision, model.device),  # what ran, 'auto' resolved
             **{f"final_{k}": float(last[k]) for k in CONVERGENCE},
             "convergence": dg.MetadataValue.md(_plot_history(model.history_)),
         },

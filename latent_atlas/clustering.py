@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,8 +29,8 @@ import torch
 from latent_atlas.backends import Backend, LocalBackend
 from latent_atlas.chunks import DenseChunk, NpzKeys, load_npz_chunk, read_chunk
 from latent_atlas.errors import ChunkError
-from latent_atlas.estep import (GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, load_rows, scratch_space,
-                                weighted_cluster_sums)
+from latent_atlas.estep import (GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, gemm_dtype, load_rows,
+                                resolve_precision, scratch_space, weighted_cluster_sums)
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.memory import release_free_memory
 from latent_atlas.tables import save_npz
@@ -87,12 +87,14 @@ class ClusteringConfig:
     block_size: int = 2048
     """Rows per similarity block; bounds E-step memory to ~block_size * (d + k) floats. 2048 rows of
     d=2304 (19 MB fp32) stay in cache between conversion and GEMM; 4096 measured 5-11% slower."""
-    learn_precision: str = "bfloat16"
+    learn_precision: str = "auto"
     """Precision of the similarity GEMM of the learning E-step. 'bfloat16': fp32 in and out, products
-    in bf16 with fp32 accumulation (oneDNN on CPUs with AMX/AVX512-BF16, ~4x the fp32 GEMM; plain fp32
-    on CPUs without; TF32/bf16 on CUDA); cosines to ~1e-3, noise well below the step's own sampling
-    noise. 'float32' for an exact learning E-step. transform/predict always use fp32. Part of the
-    config, so a run never mixes precisions across workers or a resume."""
+    in bf16 with fp32 accumulation (oneDNN on AMX/AVX512-BF16, ~4x the fp32 GEMM; TF32/bf16 on CUDA);
+    cosines to ~1e-3, noise well below the step's own sampling noise. 'float32' for an exact learning
+    E-step. 'auto' (default): 'bfloat16' where the CPU has native bf16 units (or on CUDA), 'float32'
+    elsewhere (emulated bf16 is slower than fp32); the estimator resolves it once, when it is made, so
+    a run never mixes precisions across workers or a resume, and checkpoints hold what was chosen.
+    transform/predict always use fp32."""
     npz_keys: NpzKeys = field(default_factory=NpzKeys)
     """Array names inside seed-format NPZ chunks."""
 
@@ -121,7 +123,8 @@ class ClusteringConfig:
         check("dead_window", is_int(self.dead_window) and self.dead_window >= 1, "a positive integer")
         check("reseed_candidates", is_int(self.reseed_candidates) and self.reseed_candidates >= 0, "a non-negative integer")
         check("reseed_neighbors", is_int(self.reseed_neighbors) and self.reseed_neighbors >= 1, "a positive integer")
-        check("learn_precision", self.learn_precision in GEMM_DTYPES, f"one of {sorted(GEMM_DTYPES)}")
+        check("learn_precision", self.learn_precision in ("auto", *GEMM_DTYPES),
+              f"'auto' or one of {sorted(GEMM_DTYPES)}")
         check("block_size", is_int(self.block_size) and self.block_size >= 1, "a positive integer")
 
     def to_json(self) -> str:
@@ -175,7 +178,7 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     for start in range(0, len(selected), config.block_size):
         x, inv_norm = load_rows(rows.data, source_t, selected[start:start + config.block_size], scratch, config.device)
         result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold, scratch,
-                                   GEMM_DTYPES[config.learn_precision])
+                                   gemm_dtype(config.learn_precision))
         max_cosine = result.max_cosine
         _check_finite(result.inv_norm, name)
         sums += weighted_cluster_sums(x, result, k)
@@ -317,7 +320,10 @@ class SequentialSoftClustering:
         unknown = set(params) - {f.name for f in fields(ClusteringConfig)}
         if unknown:
             raise TypeError(f"unknown parameters {sorted(unknown)}")
-        self.config = ClusteringConfig(n_clusters=n_clusters, **params)  # validates, naming the bad argument
+        config = ClusteringConfig(n_clusters=n_clusters, **params)  # validates, naming the bad argument
+        # 'auto' becomes a concrete precision here, once, on the driver: Dask workers on other CPUs,
+        # checkpoints and resumes all use the one it chose
+        self.config = replace(config, learn_precision=resolve_precision(config.learn_precision, config.device))
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     def __getattr__(self, name: str):  # parameters read like sklearn attributes: model.temperature

@@ -22,9 +22,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from latent_atlas.cpu import default_learn_precision, native_bf16
 
 GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""Learning GEMM precisions by name (see matmul_precision)."""
+"""Learning GEMM precisions by name (see matmul_precision); 'auto' picks one (resolve_precision)."""
+
+
+def resolve_precision(name: str, device: torch.device | str) -> str:
+    """A concrete learning precision: name itself, or for 'auto' 'bfloat16' where the GEMM has
+    native bf16 units (AMX-BF16 / AVX512-BF16 CPUs, CUDA) and 'float32' elsewhere."""
+    if name == "auto":
+        return default_learn_precision(str(device))
+    if name not in GEMM_DTYPES:
+        raise ValueError(f"learn_precision must be 'auto' or one of {sorted(GEMM_DTYPES)}, got {name!r}")
+    return name
+
+
+def gemm_dtype(name: str) -> torch.dtype:
+    """The dtype of a resolved learning precision. 'auto' is refused: it is resolved once, on the
+    driver, so that workers on other CPUs (Dask) and resumed runs all use the precision it chose."""
+    if name not in GEMM_DTYPES:
+        raise ValueError(f"learn_precision {name!r} is not resolved; pass resolve_precision(...) of it")
+    return GEMM_DTYPES[name]
 
 
 @dataclass
@@ -46,7 +65,8 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     centroids transposed [d, k] float32.
 
     gemm_dtype=torch.bfloat16 lets the similarity GEMM multiply in bf16 with fp32 accumulation and
-    fp32 output (oneDNN on AMX / AVX512-BF16 CPUs: ~4x the fp32 GEMM here; fp32 elsewhere).
+    fp32 output (oneDNN on AMX / AVX512-BF16 CPUs: ~4x the fp32 GEMM there; learn_precision='auto'
+    picks it only on such CPUs, see resolve_precision).
     Cosines then carry ~1e-3 relative error, so it is for learning only, never for `transform`,
     whose memberships are exact.
 
@@ -156,12 +176,19 @@ def matmul_precision(dtype: torch.dtype):
 
 
 def effective_precision(name: str, device: torch.device | str) -> str:
-    """What matmul_precision(GEMM_DTYPES[name]) really multiplies in on this device, for run metadata."""
-    if GEMM_DTYPES[name] == torch.float32:
-        return "float32"
+    """What the learning GEMM of a resolved precision really multiplies in on this device, and on
+    which units, for run metadata: e.g. 'bfloat16 (AMX-BF16)', 'float32 (no native bf16 on this CPU)'."""
     if torch.device(device).type == "cuda":
-        return "tf32/bfloat16"
-    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32 (no bf16 support on this CPU)"
+        return "tf32/bfloat16" if gemm_dtype(name) == torch.bfloat16 else "float32"
+    unit, why = native_bf16()
+    if gemm_dtype(name) == torch.float32:
+        return "float32" if unit else f"float32 ({why})"
+    if unit:
+        return f"bfloat16 ({unit})"
+    # asked for explicitly: oneDNN emulates bf16 on plain AVX-512 (slow) and falls back to fp32 below it
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return f"bfloat16 (emulated: {why})"
+    return f"float32 ({why})"
 
 
 def weighted_cluster_sums(x: torch.Tensor, block: SparseBlock, k: int) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""What this CPU offers the heavy kernels: its model, the ISA flags that matter, native bf16 matrix
+units, and which BLAS kernels were loaded.
+
+Fast paths are chosen by detecting the CPU, never by forcing a kernel (OPENBLAS_CORETYPE,
+ONEDNN_MAX_CPU_ISA, ... are the environment's to set). Caps set from outside are respected: under
+ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 (the CI's AVX2 pass) the bf16 units count as
+absent, exactly as on a CPU without them.
+
+Native bf16 is read from /proc/cpuinfo (amx_bf16, avx512_bf16), not from torch's mkldnn bf16 check,
+which also accepts AVX-512 CPUs that only emulate bf16 (several times slower than fp32 there).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+"""The /proc/cpuinfo flags that decide which kernels run fast."""
+
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA), lowest first; aliases share a rank.
+_ONEDNN_RANK = {name: rank for rank, names in enumerate([
+    ("SSE41",), ("AVX",), ("AVX2",), ("AVX2_VNNI",), ("AVX2_VNNI_2",), ("AVX512_CORE",), ("AVX512_CORE_VNNI",),
+    ("AVX512_CORE_BF16",), ("AVX512_CORE_FP16", "AVX10_1_512"), ("AVX512_CORE_AMX", "AVX10_1_512_AMX"),
+    ("AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16"), ("AVX10_2_512",), ("AVX10_2_512_AMX_2",), ("ALL", "DEFAULT"),
+]) for name in names}
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name ('model name' in /proc/cpuinfo), else what the platform says."""
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def isa_flags(cpuinfo: str | None = None) -> set[str]:
+    """Which of ISA_FLAGS the CPU has (first 'flags' line of /proc/cpuinfo)."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split()) & set(ISA_FLAGS)
+    return _torch_isa_flags() if cpuinfo is None and not text else set()
+
+
+def _torch_isa_flags() -> set[str]:
+    """No /proc/cpuinfo (not Linux): torch's cpuinfo-based hardware queries, which ignore emulation."""
+    import torch
+
+    queries = {"avx2": torch.cpu._is_avx2_supported, "avx512f": torch.cpu._is_avx512_supported,
+               "avx512_bf16": torch.cpu._is_avx512_bf16_supported, "amx_tile": torch.cpu._is_amx_tile_supported}
+    found = {flag for flag, query in queries.items() if query()}
+    return found | ({"amx_bf16"} if "amx_tile" in found else set())  # every AMX CPU so far has both
+
+
+def torch_capability() -> str:
+    """torch's vector ISA ('AVX512', 'AVX2', 'DEFAULT'), after any ATEN_CPU_CAPABILITY cap."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def onednn_cap() -> str | None:
+    """The oneDNN ISA cap set from outside (ONEDNN_MAX_CPU_ISA, or its old name DNNL_MAX_CPU_ISA)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def bf16_unit(flags: set[str], capability: str, onednn_isa: str | None) -> tuple[str | None, str]:
+    """(the native bf16 matrix unit torch's GEMM may use: 'AMX-BF16', 'AVX512-BF16' or None, why None).
+
+    A pure function of the CPU's flags, torch's capability and the oneDNN cap, so every CPU kind can
+    be tested on any machine. An unknown oneDNN cap name is no cap (oneDNN ignores it too).
+    """
+    has_amx, has_avx512_bf16 = "amx_bf16" in flags, "avx512_bf16" in flags
+    if not (has_amx or has_avx512_bf16):
+        return None, "no native bf16 on this CPU"
+    if not capability.upper().startswith("AVX512"):
+        return None, f"bf16 units capped: torch capability {capability}"
+    rank = _ONEDNN_RANK.get((onednn_isa or "ALL").upper(), _ONEDNN_RANK["ALL"])
+    if has_amx and rank >= _ONEDNN_RANK["AVX512_CORE_AMX"]:
+        return "AMX-BF16", ""
+    # AMX CPUs have AVX512-BF16 too, which a cap between the two leaves usable
+    if rank >= _ONEDNN_RANK["AVX512_CORE_BF16"]:
+        return "AVX512-BF16", ""
+    return None, f"bf16 units capped: ONEDNN_MAX_CPU_ISA={onednn_isa}"
+
+
+def native_bf16() -> tuple[str | None, str]:
+    """bf16_unit of this process's CPU, capability and caps."""
+    return bf16_unit(isa_flags(), torch_capability(), onednn_cap())
+
+
+def default_learn_precision(device: str) -> str:
+    """What learn_precision='auto' means here: 'bfloat16' where the GEMM has native bf16 units
+    (CUDA, or a CPU with AMX-BF16 / AVX512-BF16), 'float32' elsewhere (emulated bf16 is slower)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return "bfloat16"
+    return "bfloat16" if native_bf16()[0] else "float32"
+
+
+def blas_kernels() -> list[str]:
+    """Each loaded OpenBLAS/MKL/BLIS as 'owner library version kernel' (threadpoolctl); only the
+    libraries already imported show up, so call this after importing faiss/numpy/torch."""
+    from threadpoolctl import threadpool_info
+
+    kernels = []
+    for lib in threadpool_info():
+        if lib.get("user_api") != "blas":
+            continue
+        owner = Path(lib["filepath"]).parent.name.removesuffix(".libs")  # faiss_cpu.libs -> faiss_cpu
+        kernel = lib.get("architecture") or lib.get("threading_layer") or "?"
+        kernels.append(f"{owner} {lib['internal_api']} {lib.get('version')} kernel={kernel}")
+    return kernels
+
+
+def describe() -> str:
+    """One line for benchmark headers: CPU model, ISA flags, torch capability and caps, BLAS
+    kernels loaded, and the learning GEMM learn_precision='auto' runs on this CPU."""
+    flags = isa_flags()
+    shown = " ".join(f if f in flags else f"-{f}" for f in ISA_FLAGS)
+    unit, why = native_bf16()
+    gemm = f"bfloat16 ({unit})" if unit else f"float32 ({why})"
+    caps = ", ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
+                     if k in os.environ)
+    return (f"CPU: {cpu_model()} ({os.cpu_count()} cores) | ISA: {shown} | torch capability: {torch_capability()}"
+            f"{f' (set from outside: {caps})' if caps else ''} | BLAS: {'; '.join(blas_kernels()) or 'none loaded'}"
+            f" | learning GEMM (auto): {gemm}")
