@@ -28,6 +28,7 @@ from assets.analysis import ChunkStatsConfig  # noqa: E402
 from latent_atlas.analyzer import ClusterAnalyzer  # noqa: E402
 from latent_atlas.chunks import read_chunk  # noqa: E402
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
+from latent_atlas.cpu import describe  # noqa: E402
 from latent_atlas.paths import atlas_home  # noqa: E402
 from latent_atlas.statistics import ChunkStatistics  # noqa: E402
 
@@ -125,6 +126,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpoolctl.threadpool_limits(args.threads)
+    print(f"[machine] {describe()}")  # the CPU and kernels every figure below was measured with
     home = atlas_home()
     analyzer = ClusterAnalyzer(home / "results")
     print_clusters(analyzer, args.clusters, args.examples)

@@ -1,15 +1,12 @@
 """Benchmark of the streaming soft clustering against baselines measured in the same run.
 
-    OPENBLAS_CORETYPE=SkylakeX python benchmarks/clustering.py [--chunks 4] [--sequences 512]
+    python benchmarks/clustering.py [--chunks 4] [--sequences 512]
 
 Data: synthetic chunk directories (fp16, d=2304, 512 directions, ~10% masked), k=512.
 Prints: membership pass vs bare GEMM, centroid-learning pass vs faiss / MiniBatchKMeans,
-peak RSS for 4x more chunks, kill-and-resume vs uninterrupted centroids.
+peak RSS for 4x more chunks, kill-and-resume vs uninterrupted centroids. faiss runs with the
+OpenBLAS kernel its bundled library picks on this CPU (printed in the header; never forced).
 """
-
-import os
-
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")  # faiss's bundled OpenBLAS at its best (DESIGN.md)
 
 import argparse
 import json
@@ -20,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss  # at the top, so that the header can name its bundled OpenBLAS kernel
 import numpy as np
 import torch
 
@@ -28,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from latent_atlas.chunks import read_chunk  # noqa: E402
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
+from latent_atlas.cpu import blas_kernels, describe  # noqa: E402
 from latent_atlas.estep import effective_precision  # noqa: E402
 from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
 
@@ -102,7 +101,6 @@ def membership_pass(paths, args) -> None:
 
 
 def centroid_pass(paths, args) -> None:
-    import faiss
     from sklearn.cluster import MiniBatchKMeans
 
     X = load_unit_rows(paths)
@@ -124,11 +122,13 @@ def centroid_pass(paths, args) -> None:
     ours, ours_fp32, faiss_1, faiss_3, sk = (t[name] for name in ("ours", "ours_fp32", "faiss_1", "faiss_3", "sklearn"))
     faiss_iter = min(faiss_1, (faiss_3 - faiss_1) / 2)
 
-    print(f"\n[centroid-learning pass] one pass over N={n:,} vectors, k={K} (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}); "
+    faiss_blas = "; ".join(b for b in blas_kernels() if b.startswith("faiss")) or "?"
+    print(f"\n[centroid-learning pass] one pass over N={n:,} vectors, k={K} (faiss BLAS: {faiss_blas}); "
           "interleaved, best of 2")
     gemm = effective_precision(SequentialSoftClustering().learn_precision, "cpu")
     print(f"  ours: fit_chunks, 1 epoch, all points, from fp16 chunk dirs: {ours:7.3f} s  (default; learning GEMM here: {gemm})")
-    print(f"  ours, learn_precision='float32' (exact learning GEMM):       {ours_fp32:7.3f} s")
+    print(f"  ours, learn_precision='float32' (exact learning GEMM):       {ours_fp32:7.3f} s  "
+          f"({effective_precision('float32', 'cpu')})")
     print(f"  faiss.Kmeans spherical, niter=1 train:  {faiss_1:7.3f} s;  niter=3: {faiss_3:7.3f} s;  per iteration {faiss_iter:7.3f} s")
     print(f"  sklearn MiniBatchKMeans partial_fit per chunk, in-memory fp32: {sk:7.3f} s")
     print(f"  speed-up default vs faiss iteration = {faiss_iter / ours:.2f}x,  vs MiniBatchKMeans = {sk / ours:.2f}x  (target > 1 for both)")
@@ -193,6 +193,7 @@ def main() -> None:
     if args.resume_child:
         return resume_child(args.resume_child[2:], *args.resume_child[:2])
 
+    print(f"[machine] {describe()}")  # the CPU and kernels every figure below was measured with
     with tempfile.TemporaryDirectory(prefix="bench-clustering-") as tmp:
         start = time.perf_counter()
         paths = write_synthetic_chunks(Path(tmp) / "data", n_chunks=args.chunks, n_sequences=args.sequences,

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from latent_atlas.chunks import read_chunk, write_chunk  # noqa: E402
 from latent_atlas.corpus import bbc_documents, tokenize_documents  # noqa: E402
+from latent_atlas.cpu import describe  # noqa: E402
 from latent_atlas.models import _layer_modules, extract_activations, load_model  # noqa: E402
 from latent_atlas.paths import model_cache_dir  # noqa: E402
 
@@ -94,6 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"[machine] {describe()}")  # the CPU and kernels every figure below was measured with
 
     t0 = time.perf_counter()
     loaded = load_model(args.model, model_cache_dir(), torch.device("cpu"))

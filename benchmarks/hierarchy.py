@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
+from latent_atlas.cpu import describe  # noqa: E402
 from latent_atlas.ensemble import EnsembleResult  # noqa: E402
 from latent_atlas.outcomes import Association, association_by_depth, parse_path  # noqa: E402
 from latent_atlas.sample import HierarchySample  # noqa: E402
@@ -43,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=os.environ.get("ATLAS_HOME", ".atlas"), help="ATLAS_HOME of a finished demo")
     args = parser.parse_args()
+    print(f"[machine] {describe()}")  # the CPU and kernels every figure below was measured with
     home = Path(args.home).resolve()
     tensors, tables = home / "tensors", home / "tables"
 

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latent_atlas.chunks import read_chunk, write_chunk  # noqa: E402
+from latent_atlas.cpu import describe  # noqa: E402
 
 SEQ_LEN = 128
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -216,6 +217,7 @@ def main() -> None:
         _libc.mallopt(-4, 0)  # M_MMAP_MAX = 0
         _libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never give freed memory back
 
+    print(f"[machine] {describe()}")  # the CPU and kernels every figure below was measured with
     n_seq = max(1, round(args.gb * 1e9 / (SEQ_LEN * args.dim * 2)))
     nbytes = n_seq * SEQ_LEN * args.dim * 2
     root = Path(tempfile.mkdtemp(prefix="atlas-storage-bench-", dir="/tmp"))

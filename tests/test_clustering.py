@@ -1,9 +1,6 @@
 """SequentialSoftClustering on synthetic mixtures with known labels (d=2304, k=64; one test at k=512)."""
 
 import os
-
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")  # faiss's OpenBLAS at its best; must precede the import
-
 import signal
 import subprocess
 import sys
