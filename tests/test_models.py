@@ -6,7 +6,8 @@ import torch
 
 from latent_atlas.corpus import bbc_documents, tokenize_documents
 from latent_atlas.device import batch_size_for_budget, pick_device
-from latent_atlas.models import MINILM, extract_activations, load_model
+from latent_atlas.errors import ChunkError
+from latent_atlas.models import MINILM, LoadedModel, extract_activations, load_model
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +40,29 @@ def test_device_and_budget():
     small = batch_size_for_budget(64, 128, 576, 15)
     large = batch_size_for_budget(4096, 128, 576, 15)
     assert 1 <= small < large
+
+
+class _Amplifier(torch.nn.Module):
+    """A stand-in transformer whose one block multiplies its input: activations as large as we like."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Identity()])
+        self.gain = gain
+
+    def forward(self, input_ids, attention_mask):
+        return self.layers[0](input_ids[..., None].float().expand(-1, -1, 4) * self.gain)
+
+
+def test_activations_beyond_float16_fail_before_they_become_inf():
+    ids = np.array([[1, 2], [3, 4], [5, 1]])
+    mask = np.ones_like(ids, bool)
+    fine = LoadedModel("amplifier", _Amplifier(1e4), None, 1, 4, torch.device("cpu"))
+    acts = extract_activations(fine, ids, mask, 1, batch_size=2)
+    np.testing.assert_allclose(acts[:, :, 0], ids * 1e4, rtol=1e-3)  # 5e4: within range, kept
+    huge = LoadedModel("amplifier", _Amplifier(1.5e4), None, 1, 4, torch.device("cpu"))
+    with pytest.raises(ChunkError) as err:
+        extract_activations(huge, ids, mask, 1, batch_size=2)
+    # 5 x 1.5e4 = 7.5e4 is the only value past 65504, in the second batch: located in the whole chunk
+    assert str(err.value) == ("model amplifier layer 1: activations: values up to 7.5e+04 exceed the float16 range "
+                              "(65504) (first at sequence 2, position 0)")
