@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import write_chunk, read_chunk
-from latent_atlas.whitening import Moments, Whitening, covariance_error
+from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.errors import ChunkError
+from latent_atlas.whitening import (Moments, Whitening, covariance_check, covariance_error, held_out_check,
+                                    held_out_size)
 
 
 def _correlated(n, d, seed):
@@ -72,3 +74,69 @@ def test_save_load_and_identity(tmp_path):
 def test_too_few_vectors():
     with pytest.raises(ValueError, match="at least 2 vectors"):
         Whitening.fit(Moments.of_vectors(np.ones((1, 3))))
+
+
+def test_rank_deficient_whitening_is_finite_with_bounded_gain():
+    # 10 vectors in 30 dimensions: rank 9, so most eigenvalues are ~0 and so was their median
+    x = _correlated(20, 30, 5)
+    fit, fresh = x[:10], x[10:]
+    eps = 1e-3
+    w = Whitening.fit(Moments.of_vectors(fit), "zca", eps=eps)
+    gains = np.linalg.eigvalsh(w.matrix_.astype(np.float64))  # ZCA is symmetric: its eigenvalues are the gains
+    spanned = w.eigenvalues_[:9]
+    median_gain = 1 / np.sqrt(np.median(spanned) * (1 + eps))
+    assert w.rank_ == 9
+    assert gains.max() <= np.sqrt(1 + 1 / eps) * median_gain * 1.01  # no direction beyond ~32x a median one
+    # vectors the fit never saw have variance in the null directions: finite and moderate, in fp16 too
+    out = w.transform(fresh)
+    assert np.isfinite(out).all() and np.abs(out).max() < 1e3
+    chunk = DenseChunk(fresh[None].astype(np.float16), np.ones((1, 10), bool), np.zeros((1, 10), np.int32))
+    assert np.isfinite(w.transform_chunk(chunk)).all()
+
+
+def test_whitened_values_beyond_float16_fail_naming_the_chunk(tmp_path):
+    acts = np.ones((2, 3, 4), np.float16)
+    acts[1, 2] = 100
+    write_chunk(tmp_path / "c", acts, np.ones((2, 3), bool), np.zeros((2, 3), int))
+    too_strong = Whitening(np.zeros(4, np.float32), np.eye(4, dtype=np.float32) * 1000, "zca", 1e-3, np.ones(4))
+    with pytest.raises(ChunkError) as err:
+        too_strong.transform_chunk(read_chunk(tmp_path / "c"))
+    assert str(err.value) == (f"{tmp_path / 'c'}: whitened activations: values up to 1e+05 exceed the float16 range "
+                              "(65504) (first at sequence 1, position 2)")
+
+
+def test_moments_without_a_subset_equal_moments_of_the_rest():
+    x = _correlated(300, 5, 6)
+    rest = Moments.of_vectors(x).without(Moments.of_vectors(x[:40]))
+    direct = Moments.of_vectors(x[40:])
+    assert rest.count == direct.count
+    np.testing.assert_allclose(rest.outer, direct.outer, rtol=1e-10)
+    np.testing.assert_allclose(rest.total, direct.total, rtol=1e-10, atol=1e-9)
+
+
+def test_held_out_check_passes_on_a_sound_fit():
+    x = _correlated(20000, 16, 7)
+    held_out = x[np.random.default_rng(0).choice(len(x), held_out_size(len(x), 4000), replace=False)]
+    result = held_out_check(Moments.of_vectors(x), held_out, "zca", 1e-9)  # _correlated's spectrum spans 1e7
+    assert result["passed"] and result["n"] == 4000
+    assert abs(result["mean_diag"] - result["expected_mean_diag"]) < 0.05
+
+
+def test_held_out_check_fails_on_defects_an_in_sample_check_misses():
+    d = 16
+    x, other = _correlated(5000, d, 8), _correlated(5000, d, 9)
+    # whitening fitted on other data: perfect on its own vectors, wrong on these
+    w_other = Whitening.fit(Moments.of_vectors(other), eps=1e-9)
+    assert covariance_error(w_other.transform(other))["relative_frobenius"] < 0.01
+    result = covariance_check(w_other, x[:1000], fit_count=len(other))
+    assert not result["passed"] and "mean diagonal" in result["reason"]
+    # too few vectors for the dimension: in-sample covariance is ~I by construction, held-out is not
+    few = x[: d + 1]
+    result = held_out_check(Moments.of_vectors(np.concatenate([few, x[-4:]])), x[-4:])
+    assert not result["passed"] and "not more than d + 1" in result["reason"]
+    # an eps that damps real variance
+    result = held_out_check(Moments.of_vectors(x), x[:1000], eps=1.0)
+    assert not result["passed"]
+    # input declared already whitened that is not
+    assert not covariance_check(Whitening.identity(d), x[:1000])["passed"]
+    assert covariance_check(Whitening.identity(d), np.random.default_rng(1).standard_normal((4000, d)))["passed"]
