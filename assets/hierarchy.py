@@ -27,8 +27,9 @@ from latent_atlas.ensemble import DISTANCE_METHODS, EnsembleResult, RunRegistry,
 from latent_atlas.mdl import (MergeConfig, histories_table, history_distances, merge_iteration, pair_distances,
                               plot_history_distances)
 from latent_atlas.models import extract_activations
-from latent_atlas.outcomes import (annotate_documents, association_by_depth, association_markdown, association_rows,
-                                   load_outcomes_csv, parse_path, path_text)
+from latent_atlas.outcomes import (MIN_DOCUMENTS, PERMUTATION_RESAMPLES, annotate_documents, association_by_depth,
+                                   association_is_testable, association_markdown, association_rows, load_outcomes_csv,
+                                   parse_path, path_text)
 from latent_atlas.paths import atlas_home
 from latent_atlas.sample import HierarchySample, draw_sample, memberships_for_centers
 from latent_atlas.tables import write_table
@@ -339,30 +340,42 @@ def document_paths(config: DocumentPathsConfig, hierarchy_sample: HierarchySampl
 
 class OutcomeAssociationConfig(dg.Config):
     top: int = Field(default=3, description="Most over- and under-represented clusters listed per outcome")
+    permutation_resamples: int = Field(default=PERMUTATION_RESAMPLES, description="Monte Carlo resamples of the "
+                                       "permutation test (tables larger than 2x2 with an expected count below 5)")
+    seed: int = Field(default=0, description="Seed of the permutation test (one stream per depth)")
+    min_documents: int = Field(default=MIN_DOCUMENTS, description="Documents a depth needs for the "
+                               "association_testable check to pass")
 
 
 @dg.asset(
     io_manager_key="parquet_io_manager",
     group_name="hierarchy",
-    check_specs=[dg.AssetCheckSpec("cramers_v_in_range", asset="outcome_association",
-                                   description="Cramér's V in [0, 1] and p-values in [0, 1] at every depth")],
+    check_specs=[dg.AssetCheckSpec("association_testable", asset="outcome_association",
+                                   description="Every depth has more than one cluster, more than one outcome and "
+                                   "enough documents, so its test and Cramér's V say something")],
     kinds={"parquet"},
 )
 def outcome_association(config: OutcomeAssociationConfig, document_paths: pa.Table):
-    """Association of the documents' clusters with their outcome at each depth (chi-squared, or Fisher's
-    exact test where expected counts are small; Cramér's V): one row per (depth, cluster, outcome)."""
+    """Association of the documents' clusters with their outcome at each depth (chi-squared; Fisher's exact
+    test on a 2x2 table, a permutation test on a larger one where expected counts are small; Cramér's V plain
+    and bias-corrected; cell p-values BH-adjusted): one row per (depth, cluster, outcome)."""
     paths = [parse_path(p) for p in document_paths.column("path").to_pylist()]
     outcomes = document_paths.column("outcome").to_pylist()
     depths = sum(1 for c in document_paths.column_names if c.startswith("cluster_depth_"))
-    results = association_by_depth(paths, outcomes, depths)
+    results = association_by_depth(paths, outcomes, depths, config.permutation_resamples, config.seed)
     rows = association_rows(results)
-    in_range = all(0 <= a.cramers_v <= 1 + 1e-9 and 0 <= a.p_value <= 1 for a in results)
+    passed, problems = association_is_testable(results, config.min_documents)
+    # a depth that tests nothing reports why, not a NaN (or a silent 0) as its V
     return dg.MaterializeResult(
         value=pa.Table.from_pylist(rows) if rows else pa.table({"depth": pa.array([], pa.int64())}),
-        metadata={**{f"cramers_v_depth_{a.depth}": float(a.cramers_v) for a in results},
-                  **{f"p_value_depth_{a.depth}": float(a.p_value) for a in results},
+        metadata={**{f"cramers_v_depth_{a.depth}": a.reason or float(a.cramers_v) for a in results},
+                  **{f"cramers_v_corrected_depth_{a.depth}": a.reason or float(a.cramers_v_corrected) for a in results},
+                  **{f"p_value_depth_{a.depth}": a.reason or float(a.p_value) for a in results},
+                  **{f"test_depth_{a.depth}": a.test for a in results},
                   "documents": len(outcomes),
                   "clusters_by_outcome": dg.MetadataValue.md(association_markdown(results, config.top))},
-        check_results=[dg.AssetCheckResult(check_name="cramers_v_in_range", passed=in_range,
-                                           metadata={"cramers_v": [float(a.cramers_v) for a in results]})],
+        check_results=[dg.AssetCheckResult(
+            check_name="association_testable", passed=passed,
+            metadata={"problems": dg.MetadataValue.json({str(d): why for d, why in problems.items()}),
+                      "depths": len(results), "min_documents": config.min_documents})],
     )
