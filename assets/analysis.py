@@ -7,7 +7,9 @@ context, intervention vectors, and the results directory `ClusterAnalyzer` reads
 The merge (a streaming fold over the chunk_stats files) runs once, in `merged_statistics`; the
 three global assets each load the merged file. `intervention_vectors` is an
 `InterventionVectors` saved as one .npz by the tensor IO manager (vectors, diff_means [k, d];
-auroc, d_prime, diff_means_auroc, within_variance [k]; cross_correlation [k, k]; shrinkage).
+AUROC against random and hard negatives with intervals, the weights behind them, d_prime,
+within_variance [k]; cross_correlation [k, k]; shrinkage). Documents are held out whole (doc ids
+from token_chunks), so exemplars and fits never see a token the scores are computed on.
 """
 
 import json
@@ -18,15 +20,16 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from latent_atlas.analyzer import results_summary, write_results
+from latent_atlas.analyzer import results_summary, score_summary, write_results
 from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.exemplars import ExemplarConfig, check_exemplars, fill_context, select_exemplars
-from latent_atlas.intervention import InterventionVectors, check_vectors, intervention_vectors as fit_vectors
+from latent_atlas.intervention import InterventionVectors, check_vectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
 from latent_atlas.statistics import (
-    ChunkStatistics, StatisticsConfig, check_usage, cluster_stats as stats_table, merge_statistics,
+    ChunkStatistics, StatisticsConfig, center_cosines, check_usage, cluster_measures, cluster_stats as stats_table,
+    document_keys_for, merge_statistics, normalised_coactivation,
 )
 from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
 from orchestration.partitions import NEW_CHUNKS, chunks
@@ -46,15 +49,21 @@ def _decoder(corpus: CorpusResource, model: ModelResource):
 class ChunkStatsConfig(dg.Config):
     density_threshold: float = Field(default=0.5, description="A token counts toward density above this membership")
     coactivation_threshold: float = Field(default=0.1, description="Binary coactivation: both memberships above this")
-    heldout_fraction: float = Field(default=0.1, description="Share of tokens held out of the LDA fit (seeded hash)")
-    heldout_sample_size: int = Field(default=2048, description="Held-out tokens kept with vectors, for separation metrics")
+    heldout_fraction: float = Field(default=0.1, description="Share of documents held out of the LDA fit and exemplars (seeded hash)")
+    heldout_sample_size: int = Field(default=2048, description="Held-out tokens kept with vectors as a uniform sample")
+    heldout_per_cluster: int = Field(default=64, description="Held-out tokens also kept per cluster (its hard members)")
     fit_sample_size: int = Field(default=2048, description="Fitting tokens kept with vectors, for Ledoit-Wolf")
     block_sequences: int = Field(default=256, description="Sequences per block when streaming a chunk (bounds memory)")
     top_k: int = Field(default=20, description="Highest-membership exemplars per cluster")
     random_k: int = Field(default=20, description="Seeded random exemplars per cluster")
     n_bands: int = Field(default=4, description="Equal-count membership bands per cluster")
     per_band: int = Field(default=5, description="Exemplars sampled per band")
-    seed: int = Field(default=0, description="Seed of the sampling hash")
+    seed: int = Field(default=0, description="Seed of every sampling stream (exemplars, held-out split, reservoirs)")
+    hard_negative_clusters: int = Field(default=3, description="Hard negatives: held-out members of this many most similar clusters")
+    position_window: int = Field(default=4, description="Position concentration: weight in the first this-many positions")
+    position_artifact_share: float = Field(default=0.5, description="Flag position_artifact above this share in the first positions")
+    near_duplicate_cosine: float = Field(default=0.9, description="Near-duplicate partners: centroid cosine above this")
+    near_duplicate_coactivation: float = Field(default=0.7, description="Near-duplicate partners: normalised coactivation above this")
 
     def statistics_config(self) -> StatisticsConfig:
         exemplars = ExemplarConfig(top_k=self.top_k, random_k=self.random_k, n_bands=self.n_bands,
@@ -62,22 +71,31 @@ class ChunkStatsConfig(dg.Config):
         return StatisticsConfig(
             density_threshold=self.density_threshold, coactivation_threshold=self.coactivation_threshold,
             heldout_fraction=self.heldout_fraction, heldout_sample_size=self.heldout_sample_size,
-            fit_sample_size=self.fit_sample_size, block_sequences=self.block_sequences, exemplars=exemplars,
+            heldout_per_cluster=self.heldout_per_cluster, fit_sample_size=self.fit_sample_size,
+            block_sequences=self.block_sequences, exemplars=exemplars, hard_negative_clusters=self.hard_negative_clusters,
+            position_window=self.position_window, position_artifact_share=self.position_artifact_share,
+            near_duplicate_cosine=self.near_duplicate_cosine, near_duplicate_coactivation=self.near_duplicate_coactivation,
         )
 
 
 @dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
           io_manager_key="tensor_io_manager", group_name="analysis", kinds={"numpy"})
 def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, memberships: pa.Table,
-                whitened_activations: DenseChunk, centroids: SequentialSoftClustering):
+                whitened_activations: DenseChunk, token_chunks: pa.Table, centroids: SequentialSoftClustering):
     """Mergeable statistics of one chunk: usage, position and membership histograms, token counts,
-    coactivation, LDA moments, exemplar candidates and held-out / fitting reservoirs."""
+    coactivation, LDA moments, exemplar candidates and held-out / fitting reservoirs (documents
+    held out whole, by their doc id)."""
+    doc_ids = token_chunks.column("doc_id").to_pylist()
+    if len(doc_ids) != whitened_activations.n_sequences:
+        raise ValueError(f"chunk {context.partition_key}: token_chunks has {len(doc_ids)} sequences, "
+                         f"whitened_activations {whitened_activations.n_sequences}: rematerialize them together")
     stats = ChunkStatistics.compute(context.partition_key, SparseMemberships.from_table(memberships),
                                     whitened_activations, centroids.cluster_centers_.shape[0],
-                                    config.statistics_config())
+                                    config.statistics_config(), document_keys=document_keys_for(doc_ids))
     return dg.MaterializeResult(value=stats, metadata={
         "tokens": stats.n_tokens, "total_usage": float(stats.usage.sum()),
         "exemplar_candidates": int(stats.candidates.kind.size), "heldout_tokens": int(stats.heldout.priority.size),
+        "heldout_documents": len(np.unique(stats.heldout.group)),
     })
 
 
@@ -91,6 +109,8 @@ def merged_statistics(chunk_stats: dict[str, Path]):
     return dg.MaterializeResult(value=merged, metadata={
         "chunks": len(merged.chunk_ids), "tokens": merged.n_tokens, "clusters": merged.n_clusters,
         "fitting_tokens": int(merged.moments.n_tokens), "heldout_tokens": int(merged.heldout.priority.size),
+        "heldout_tokens_per_cluster_min": int(np.bincount(merged.heldout.stratum, minlength=merged.n_clusters + 1)
+                                              [: merged.n_clusters].min()),
     })
 
 
@@ -124,8 +144,9 @@ class ExemplarsConfig(dg.Config):
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="analysis",
           ins={"memberships": _fan_in(), "whitened_activations": _fan_in()},
-          check_specs=[dg.AssetCheckSpec("exemplars_sorted_and_unique", asset="exemplars",
-                                         description="top_k exemplars sorted by membership, no exemplar repeated")],
+          check_specs=[dg.AssetCheckSpec("exemplars_match_chunks", asset="exemplars",
+                                         description="Each exemplar's token and membership equal its chunk files' at "
+                                                     "its position; none repeated; none in a held-out sequence")],
           kinds={"parquet"})
 def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, memberships: dict[str, Path],
               whitened_activations: dict[str, Path], corpus: CorpusResource, model: ModelResource):
@@ -143,13 +164,14 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
     decode = _decoder(corpus, model)
     table = fill_context(select_exemplars(merged_statistics.candidates), open_chunk, decode, config.window)
     table = table.replace_schema_metadata({_META_KEY: json.dumps({"window": config.window}).encode()})
-    passed, check_meta = check_exemplars(table)
+    held = merged_statistics.heldout
+    passed, check_meta = check_exemplars(table, set(zip(held.chunk_id.tolist(), held.sequence.tolist())))
     kinds = table.column("kind").to_numpy(zero_copy_only=False)
     return dg.MaterializeResult(
         value=table,
         metadata={"exemplars": table.num_rows, "window": config.window,
                   **{f"{kind}_rows": int(np.sum(kinds == kind)) for kind in ("top_k", "random_k", "quantile")}},
-        check_results=[dg.AssetCheckResult(check_name="exemplars_sorted_and_unique", passed=passed, metadata=check_meta)],
+        check_results=[dg.AssetCheckResult(check_name="exemplars_match_chunks", passed=passed, metadata=check_meta)],
     )
 
 
@@ -158,18 +180,27 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
           kinds={"numpy"})
 def intervention_vectors(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering):
     """Per-cluster LDA steering directions (Ledoit-Wolf shrunk pooled covariance), sign-aligned
-    with the centroids, with held-out AUROC and d' against difference-of-means directions."""
-    stats = merged_statistics
-    vectors = fit_vectors(stats.moments, stats.fit_sample, stats.heldout, centroids.cluster_centers_)
+    with the centroids, with held-out AUROC (and interval) against random and hard negatives and
+    d', beside difference-of-means directions."""
+    stats, centers = merged_statistics, centroids.cluster_centers_
+    vectors = stats.fit_intervention_vectors(centers)
     passed, check_meta = check_vectors(vectors.vectors)
+    flags = pa.table(cluster_measures(stats, center_cosines(centers), normalised_coactivation(stats)))
     return dg.MaterializeResult(
         value=vectors,
         metadata={"clusters": int(vectors.vectors.shape[0]), "shrinkage": float(vectors.shrinkage),
-                  "median_auroc": float(np.nanmedian(vectors.auroc)),
-                  "median_diff_means_auroc": float(np.nanmedian(vectors.diff_means_auroc)),
-                  "median_d_prime": float(np.nanmedian(vectors.d_prime))},
+                  **score_summary(vectors, flags), "median_d_prime": float(np.nanmedian(vectors.d_prime)),
+                  "median_positive_tokens": float(np.median(vectors.positive_tokens))},
         check_results=[dg.AssetCheckResult(check_name="vectors_finite_and_unit_norm", passed=passed, metadata=check_meta)],
     )
+
+
+# cluster_stats columns the cluster_summaries index carries (those present), then score columns.
+INDEX_COLUMNS = ("cluster", "usage_fraction", "density", "first_positions_share", "position_entropy",
+                 "position_artifact", "token_entropy", "top_token_share", "near_duplicate", "near_duplicate_partners",
+                 "top_tokens")
+INDEX_SCORES = ("auroc", "auroc_low", "auroc_high", "auroc_hard", "auroc_hard_low", "auroc_hard_high",
+                "diff_means_auroc", "diff_means_auroc_hard", "positive_tokens", "hard_negative_tokens")
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", kinds={"parquet"})
@@ -182,13 +213,10 @@ def cluster_summaries(cluster_stats: pa.Table, exemplars: pa.Table, intervention
     path = write_results(atlas_home() / "results", cluster_stats, exemplars, vectors, centroids.cluster_centers_,
                          stats.coactivation, results_summary(stats, window))
     per_cluster = np.bincount(exemplars.column("cluster").to_numpy(), minlength=stats.n_clusters)
+    scores = vectors.per_cluster_columns()
     index = pa.table({
-        "cluster": cluster_stats.column("cluster"),
-        "usage_fraction": cluster_stats.column("usage_fraction"),
-        "density": cluster_stats.column("density"),
-        "auroc": pa.array(vectors.auroc),
-        "diff_means_auroc": pa.array(vectors.diff_means_auroc),
-        "top_tokens": cluster_stats.column("top_tokens"),
+        **{name: cluster_stats.column(name) for name in INDEX_COLUMNS if name in cluster_stats.column_names},
+        **{name: pa.array(scores[name]) for name in INDEX_SCORES},
         "exemplars": pa.array(per_cluster),
     })
     return dg.MaterializeResult(value=index, metadata={"results_path": dg.MetadataValue.path(str(path)),

@@ -5,8 +5,10 @@ Layout of a results directory (written to a temp directory, then renamed):
     summary.json                  n_clusters, n_tokens, chunk_ids, shrinkage, caller's extras
     cluster_stats.parquet         one row per cluster (`statistics.cluster_stats`)
     exemplars.parquet             one row per exemplar with context (`exemplars.fill_context`)
-    intervention_vectors.parquet  one row per cluster: auroc, d_prime, diff_means_auroc,
-                                  within_variance, most correlated clusters
+    intervention_vectors.parquet  one row per cluster (`InterventionVectors.per_cluster_columns`):
+                                  auroc / auroc_hard / diff_means_auroc / diff_means_auroc_hard with
+                                  their intervals, the weights and counts behind them, d_prime,
+                                  within_variance, hard-negative and most correlated clusters
     intervention_vectors.npz      vectors [k, d], diff_means [k, d], centers [k, d] (if given),
                                   cross_correlation [k, k], coactivation [k, k]
 """
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 
 from latent_atlas.chunks import atomic_dir
 from latent_atlas.exemplars import Decode, fill_context, select_exemplars
-from latent_atlas.intervention import InterventionVectors, intervention_vectors
+from latent_atlas.intervention import SCORES, InterventionVectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics, cluster_stats
 from latent_atlas.tables import write_table
@@ -45,8 +47,7 @@ def write_results(results_path: str | Path, stats_table: pa.Table, exemplars: pa
         write_table(stats_table, tmp / "cluster_stats.parquet")
         write_table(exemplars, tmp / "exemplars.parquet")
         write_table(pa.table({
-            "cluster": np.arange(k, dtype=np.int32), "auroc": vectors.auroc, "d_prime": vectors.d_prime,
-            "diff_means_auroc": vectors.diff_means_auroc, "within_variance": vectors.within_variance,
+            "cluster": np.arange(k, dtype=np.int32), **vectors.per_cluster_columns(),
             "correlated_clusters": pa.array(list(top), pa.list_(pa.int64())),
             "correlation_values": pa.array(list(np.take_along_axis(vectors.cross_correlation, top, 1)),
                                            pa.list_(pa.float64())),
@@ -58,15 +59,32 @@ def write_results(results_path: str | Path, stats_table: pa.Table, exemplars: pa
         if coactivation is not None:
             arrays["coactivation"] = coactivation
         np.savez(tmp / "intervention_vectors.npz", **arrays)
-        meta = {"n_clusters": int(k), "shrinkage": vectors.shrinkage, **(summary or {})}
+        meta = {"n_clusters": int(k), "shrinkage": vectors.shrinkage, **score_summary(vectors, stats_table),
+                **(summary or {})}
         (tmp / "summary.json").write_text(json.dumps(meta, indent=2))
     return path
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _min(values: np.ndarray) -> float:
+    return float(np.nanmin(values)) if np.isfinite(values).any() else float("nan")
+
+
+def score_summary(vectors: InterventionVectors, stats_table: pa.Table) -> dict:
+    """Medians of the held-out scores and how many clusters are flagged (summary.json, asset metadata)."""
+    flags = {name: int(np.sum(stats_table.column(name).to_numpy(zero_copy_only=False)))
+             for name in ("position_artifact", "near_duplicate") if name in stats_table.column_names}
+    return {**{f"median_{name}": _median(getattr(vectors, name)) for name in SCORES},
+            **{f"{name}_clusters": n for name, n in flags.items()}}
 
 
 def build_results(results_path: str | Path, stats: ChunkStatistics, open_chunk: Callable[[str], tuple[np.ndarray, SparseMemberships]],
                   decode: Decode, centers: np.ndarray | None = None, window: int = 10) -> Path:
     """Merged statistics -> cluster_stats, exemplars with context, intervention vectors, on disk."""
-    vectors = intervention_vectors(stats.moments, stats.fit_sample, stats.heldout, centers)
+    vectors = stats.fit_intervention_vectors(centers)
     table = cluster_stats(stats, centers, decode)
     exemplars = fill_context(select_exemplars(stats.candidates), open_chunk, decode, window)
     return write_results(results_path, table, exemplars, vectors, centers, stats.coactivation,
@@ -124,11 +142,19 @@ class ClusterAnalyzer:
         top = self.exemplars(c, "top_k")
         chunks = sorted({r["chunk_id"] for kind in ("top_k", "random_k", "quantile") for r in self.exemplars(c, kind)})
         iv = self.intervention_[c]
+        score = lambda name: {"value": iv[name], "low": iv[f"{name}_low"], "high": iv[f"{name}_high"]}  # noqa: E731
         return {
             "cluster_id": c,
             "statistics": stats,
+            "flags": [flag for flag in ("position_artifact", "near_duplicate") if stats.get(flag)],
+            "measures": {key: stats.get(key) for key in ("first_positions_share", "position_entropy", "token_entropy",
+                                                         "top_token_share", "near_duplicate_partners")},
             "intervention_stats": {"separation_strength": iv["auroc"], "d_prime": iv["d_prime"],
-                                   "diff_means_auroc": iv["diff_means_auroc"],
+                                   **{name: score(name) for name in SCORES},
+                                   "hard_negative_clusters": iv["hard_negative_clusters"],
+                                   "rests_on": {key: iv[key] for key in ("positive_weight", "positive_tokens",
+                                                                         "negative_weight", "hard_negative_weight",
+                                                                         "hard_negative_tokens")},
                                    "within_cluster_variance": iv["within_variance"],
                                    "cross_cluster_correlation": dict(zip(map(str, iv["correlated_clusters"]),
                                                                          iv["correlation_values"]))},
@@ -166,18 +192,29 @@ class ClusterAnalyzer:
 
     def __str__(self) -> str:
         s, k = self.summary_, self.n_clusters
-        auroc = np.array([row["auroc"] for row in self.intervention_], dtype=float)
+        col = lambda name: np.array([row.get(name, np.nan) for row in self.intervention_], dtype=float)  # noqa: E731
+        auroc, hard, low, high = col("auroc"), col("auroc_hard"), col("auroc_hard_low"), col("auroc_hard_high")
+        flagged = {name: sum(bool(row.get(name)) for row in self.stats_) for name in ("position_artifact", "near_duplicate")}
         lines = [f"ClusterAnalyzer({self.path})",
                  f"{k} clusters, {s.get('n_tokens', '?')} tokens from {len(s.get('chunk_ids', []))} chunks; "
-                 f"Ledoit-Wolf shrinkage {s.get('shrinkage', float('nan')):.3f}; held-out AUROC median "
-                 f"{np.nanmedian(auroc):.3f} (min {np.nanmin(auroc):.3f})",
-                 "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6}  top tokens"]
+                 f"Ledoit-Wolf shrinkage {s.get('shrinkage', float('nan')):.3f}",
+                 f"held-out AUROC median {_median(auroc):.3f} (min {_min(auroc):.3f}) against random negatives, "
+                 f"{_median(hard):.3f} (min {_min(hard):.3f}) against hard negatives (members of the most similar clusters)",
+                 f"flagged: {flagged['position_artifact']} position artifacts (weight in the first positions of the "
+                 f"window), {flagged['near_duplicate']} near-duplicates",
+                 "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6} {'hard':>6} "
+                     f"{'hard 95% CI':>13} {'tok.H':>5} flags  top tokens"]
         for row in sorted(self.stats_, key=lambda r: -r["total_usage"])[:15]:
+            c = row["cluster"]
             tokens = " ".join(repr(t) for t in row["top_tokens"][:6])
-            lines.append(f"{row['cluster']:>7} {100 * row['usage_fraction']:>7.2f} {row['density']:>8.4f} "
-                         f"{row['max_membership']:>6.3f} {auroc[row['cluster']]:>6.3f}  {tokens}")
+            flags = ("P" if row.get("position_artifact") else "-") + ("D" if row.get("near_duplicate") else "-")
+            lines.append(f"{c:>7} {100 * row['usage_fraction']:>7.2f} {row['density']:>8.4f} "
+                         f"{row['max_membership']:>6.3f} {auroc[c]:>6.3f} {hard[c]:>6.3f} "
+                         f"{f'[{low[c]:.2f}, {high[c]:.2f}]':>13} {row.get('token_entropy', np.nan):>5.2f} "
+                         f"{flags:>5}  {tokens}")
         if k > 15:
             lines.append(f"... {k - 15} more clusters (sorted by usage)")
+        lines.append("flags: P position artifact, D near-duplicate; tok.H normalised token entropy")
         return "\n".join(lines)
 
     __repr__ = __str__

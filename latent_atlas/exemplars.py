@@ -3,6 +3,8 @@
 Candidates are collected per chunk and merged exactly: top-k keeps the largest memberships;
 random-k and band samples keep the tokens with the smallest seeded hash priority ("bottom-k"
 reservoir), so the sample is deterministic given the seed and independent of chunk order.
+Every sampling purpose (random exemplars, band exemplars, the held-out split, the held-out and
+fitting reservoirs) hashes with its own salt from `stream_salt`, so no two share a stream.
 Context (tokens and memberships around each exemplar) is read back from the chunk files at the
 end, opening each chunk once.
 """
@@ -54,8 +56,23 @@ def sequence_keys_for(chunk_id: str, n_sequences: int, seed: int) -> np.ndarray:
     return _mix(np.arange(n_sequences, dtype=np.uint64) ^ base)
 
 
+def stream_salt(purpose: str, seed: int, index: int = 0) -> np.uint64:
+    """64-bit salt of one sampling stream: blake2b of (purpose, seed, index), e.g. index = cluster.
+
+    Distinct (purpose, seed, index) give unrelated salts, unlike arithmetic on the seed (the old
+    `seed * 1_000_003 + cluster` equalled a fixed held-out salt for cluster 81 at seed 0)."""
+    digest = hashlib.blake2b(repr((purpose, int(seed), int(index))).encode(), digest_size=8,
+                             person=b"latent-atlas").digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+def cluster_salts(purpose: str, seed: int, n_clusters: int) -> np.ndarray:
+    """stream_salt of each cluster.  # [k] uint64"""
+    return np.array([stream_salt(purpose, seed, c) for c in range(n_clusters)], np.uint64)
+
+
 def token_priority(sequence_key: np.ndarray, position: np.ndarray, salt: int) -> np.ndarray:
-    """Seeded uniform priority in [0, 1) per token (and salt, e.g. a cluster id).  # [n] float64"""
+    """Seeded uniform priority in [0, 1) per token, for one stream (`stream_salt`).  # [n] float64"""
     with np.errstate(over="ignore"):
         h = np.asarray(sequence_key, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         h = _mix(h ^ (np.asarray(position, np.uint64) << np.uint64(20)) ^ np.asarray(salt, np.uint64))
@@ -123,7 +140,9 @@ class ExemplarCandidates:
                 n_clusters: int, config: ExemplarConfig) -> "ExemplarCandidates":
         """Candidates of one chunk from its membership rows; `sequence_keys` [n_seq] seed the hash."""
         c, v = rows.cluster.astype(np.int64), rows.value.astype(np.float32)
-        prio = token_priority(sequence_keys[rows.sequence], rows.position, config.seed * 1_000_003 + c)
+        keys = sequence_keys[rows.sequence]
+        random_prio = token_priority(keys, rows.position, cluster_salts("exemplar_random", config.seed, n_clusters)[c])
+        band_prio = token_priority(keys, rows.position, cluster_salts("exemplar_band", config.seed, n_clusters)[c])
         lo, nb = config.band_min_membership, config.band_bins
         bins = np.clip((np.log(np.maximum(v, lo) / lo) / -np.log(lo) * nb).astype(np.int64), 0, nb - 1)
         banded = v >= lo
@@ -133,19 +152,21 @@ class ExemplarCandidates:
         keep = -v <= _group_threshold(c, -v, config.top_k, n_clusters)[c]
         parts.append((TOP, np.flatnonzero(keep), np.full(keep.sum(), -1)))
         eligible = np.flatnonzero(v >= config.random_min_membership)
-        keep = prio[eligible] <= _group_threshold(c[eligible], prio[eligible], config.random_k, n_clusters)[c[eligible]]
+        prio = random_prio[eligible]
+        keep = prio <= _group_threshold(c[eligible], prio, config.random_k, n_clusters)[c[eligible]]
         parts.append((RANDOM, eligible[keep], np.full(keep.sum(), -1)))
         idx = np.flatnonzero(banded)
         g = c[idx] * nb + bins[idx]
-        keep = prio[idx] <= _group_threshold(g, prio[idx], config.per_band, n_clusters * nb)[g]
+        keep = band_prio[idx] <= _group_threshold(g, band_prio[idx], config.per_band, n_clusters * nb)[g]
         parts.append((BAND, idx[keep], bins[idx][keep]))
         kind = np.concatenate([np.full(p[1].size, p[0], np.int8) for p in parts])
         sel = np.concatenate([p[1] for p in parts])
+        prio = np.where(kind == BAND, band_prio[sel], random_prio[sel])
         out = cls(
             [chunk_id], kind, rows.cluster[sel].astype(np.int32),
             np.concatenate([p[2] for p in parts]).astype(np.int16), np.zeros(sel.size, np.int32),
             rows.sequence[sel].astype(np.int32), rows.position[sel].astype(np.int32), v[sel],
-            rows.token_id[sel].astype(np.int32), prio[sel], band_counts.reshape(n_clusters, nb), config,
+            rows.token_id[sel].astype(np.int32), prio, band_counts.reshape(n_clusters, nb), config,
         )
         return out._reduced()
 
@@ -312,18 +333,22 @@ def context_span(row: np.ndarray, pos: int, window: int) -> tuple[int, int]:
     return (int(before[-1]) + 1 if before.size else start), (int(after[0]) if after.size else stop)
 
 
-def check_exemplars(table: pa.Table) -> tuple[bool, dict]:
-    """Asset check: top_k exemplars are sorted by membership and no (cluster, kind, token) repeats."""
-    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in
-            ("cluster", "kind", "chunk_id", "sequence", "position", "membership", "rank")}
-    keys = list(zip(cols["cluster"], cols["kind"], cols["chunk_id"], cols["sequence"], cols["position"]))
+def check_exemplars(table: pa.Table, heldout_sequences: set | None = None) -> tuple[bool, dict]:
+    """Asset check: every exemplar agrees with its chunk files (the context read back holds its
+    token id and its membership at its position, so candidates and chunks are not out of step),
+    no (cluster, kind, token) repeats, and none lies in a held-out sequence (labels are scored on
+    those): `heldout_sequences` is a set of (chunk_id, sequence)."""
+    cols = {name: table.column(name).to_pylist() for name in
+            ("cluster", "kind", "chunk_id", "sequence", "position", "membership", "token_id",
+             "context_start", "context_token_ids", "context_memberships")}
+    rows = list(zip(*cols.values())) if table.num_rows else []
+    keys = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    mismatched = [i for i, (_, _, _, _, pos, m, tok, start, ids, memb) in enumerate(rows)
+                  if not 0 <= pos - start < len(ids) or ids[pos - start] != tok
+                  or np.float32(memb[pos - start]) != np.float32(m)]
+    in_heldout = [i for i, r in enumerate(rows) if (r[2], r[3]) in (heldout_sequences or set())]
     duplicates = len(keys) - len(set(keys))
-    unsorted = []
-    top = cols["kind"] == "top_k"
-    for c in np.unique(cols["cluster"][top]):
-        m = top & (cols["cluster"] == c)
-        values = cols["membership"][m][np.argsort(cols["rank"][m])]
-        if np.any(np.diff(values) > 0):
-            unsorted.append(int(c))
-    passed = duplicates == 0 and not unsorted
-    return passed, {"n_exemplars": len(keys), "duplicates": duplicates, "unsorted_clusters": unsorted}
+    passed = duplicates == 0 and not mismatched and not in_heldout
+    return passed, {"n_exemplars": len(keys), "duplicates": duplicates, "context_mismatches": len(mismatched),
+                    "first_mismatches": [str(keys[i]) for i in mismatched[:5]], "heldout_exemplars": len(in_heldout),
+                    "first_heldout": [str(keys[i]) for i in in_heldout[:5]]}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import scipy.stats
 import scipy.sparse as sp
 
 from latent_atlas.tables import read_npz, write_npz
@@ -86,7 +87,10 @@ class LdaMoments:
 
 @dataclass
 class VectorSample:
-    """Bottom-n-by-priority reservoir of tokens with their vectors and dense memberships."""
+    """Reservoir of tokens with their vectors and dense memberships: the `size` smallest seeded
+    priorities overall, plus the `per_stratum` smallest of each stratum (a token's hard cluster,
+    k for a token with no membership). One priority serves both, so within a stratum the kept
+    tokens are a uniform sample of it (priority below the larger of the two thresholds)."""
 
     priority: np.ndarray  # [n] float64 seeded hash; the n smallest are kept
     chunk_id: np.ndarray  # [n] str
@@ -94,11 +98,22 @@ class VectorSample:
     position: np.ndarray  # [n] int32
     vectors: np.ndarray  # [n, d] float16 (whitened activations are stored fp16: lossless)
     memberships: np.ndarray  # [n, k] float32
+    group: np.ndarray  # [n] uint64 document key: the unit of the held-out split
+    stratum: np.ndarray  # [n] int32 hard cluster (largest membership, ties to the lowest), k if none
 
-    def merge(self, other: "VectorSample", size: int) -> "VectorSample":
+    def merge(self, other: "VectorSample", size: int, per_stratum: int = 0) -> "VectorSample":
         arrays = {f: np.concatenate([getattr(self, f), getattr(other, f)]) for f in self.__dataclass_fields__}
-        keep = np.lexsort((arrays["position"], arrays["sequence"], arrays["chunk_id"], arrays["priority"]))[:size]
+        keep = reservoir_rows(arrays["priority"], arrays["chunk_id"], arrays["sequence"], arrays["position"],
+                              arrays["stratum"], size, per_stratum)
         return VectorSample(**{f: a[keep] for f, a in arrays.items()})
+
+    def expansion_weights(self, stratum_count: np.ndarray | None) -> np.ndarray:
+        """[n] float64: tokens of its stratum that each kept token stands for (stratum_count [k+1]
+        counts the reservoir's population per stratum); all ones without counts."""
+        if stratum_count is None:
+            return np.ones(self.priority.size)
+        kept = np.bincount(self.stratum, minlength=stratum_count.size)
+        return (stratum_count / np.maximum(kept, 1))[self.stratum].astype(np.float64)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -106,6 +121,22 @@ class VectorSample:
     @classmethod
     def from_arrays(cls, a: dict) -> "VectorSample":
         return cls(**{f: a[f] for f in cls.__dataclass_fields__})
+
+
+def reservoir_rows(priority: np.ndarray, chunk_id: np.ndarray, sequence: np.ndarray, position: np.ndarray,
+                   stratum: np.ndarray, size: int, per_stratum: int) -> np.ndarray:
+    """Rows a `VectorSample` keeps, in (priority, chunk, sequence, position) order: the first
+    `size` overall and the first `per_stratum` of each stratum. Merging reservoirs and keeping
+    these rows equals one pass over all tokens.  # [kept] int64"""
+    order = np.lexsort((position, sequence, chunk_id, priority))
+    keep = np.zeros(priority.size, bool)
+    keep[order[:size]] = True
+    if per_stratum > 0 and priority.size:
+        ranked = stratum[order]
+        by_stratum = np.argsort(ranked, kind="stable")
+        starts = np.searchsorted(ranked[by_stratum], ranked[by_stratum])
+        keep[order[by_stratum[np.arange(by_stratum.size) - starts < per_stratum]]] = True
+    return order[keep[order]]
 
 
 def ledoit_wolf_shrinkage(covariance: np.ndarray, mean_fourth: float, n_samples: float) -> float:
@@ -135,74 +166,166 @@ def shrunk_pooled_covariance(moments: LdaMoments, fit_sample: VectorSample) -> t
     return shrunk, shrinkage
 
 
+SCORES = ("auroc", "auroc_hard", "diff_means_auroc", "diff_means_auroc_hard")
+
+
 @dataclass
 class InterventionVectors:
-    """Per-cluster directions and how well they separate the cluster on held-out tokens."""
+    """Per-cluster directions and how well they separate the cluster on held-out tokens.
+
+    Every AUROC has the same positives (held-out tokens weighted by their membership) and one of
+    two negative sets: random (every held-out token, weighted 1 - membership) or hard (held-out
+    tokens whose hard cluster is one of the `hard_negatives` clusters most similar to this one).
+    `<score>_ci` [k, 2] is its interval; the weights and token counts say what it rests on."""
 
     vectors: np.ndarray  # [k, d] unit LDA directions, sign-aligned with the centers
     diff_means: np.ndarray  # [k, d] unit difference-of-means directions
-    auroc: np.ndarray  # [k] held-out AUROC of projections, positives vs negatives
-    d_prime: np.ndarray  # [k] held-out (mean+ - mean-) / sqrt((var+ + var-) / 2)
-    diff_means_auroc: np.ndarray  # [k] the same AUROC for the difference-of-means direction
+    auroc: np.ndarray  # [k] held-out AUROC of LDA projections, positives vs random negatives
+    auroc_ci: np.ndarray  # [k, 2]
+    auroc_hard: np.ndarray  # [k] the same against hard negatives
+    auroc_hard_ci: np.ndarray  # [k, 2]
+    diff_means_auroc: np.ndarray  # [k] AUROC of the difference-of-means direction, random negatives
+    diff_means_auroc_ci: np.ndarray  # [k, 2]
+    diff_means_auroc_hard: np.ndarray  # [k] the same against hard negatives
+    diff_means_auroc_hard_ci: np.ndarray  # [k, 2]
+    d_prime: np.ndarray  # [k] held-out (mean+ - mean-) / sqrt((var+ + var-) / 2), random negatives
     within_variance: np.ndarray  # [k] held-out membership-weighted variance of projections
     cross_correlation: np.ndarray  # [k, k] cosine between intervention vectors
+    hard_negatives: np.ndarray  # [k, h] int64, the most similar clusters (centroid cosine)
+    positive_weight: np.ndarray  # [k] held-out membership mass the positives stand for
+    negative_weight: np.ndarray  # [k] the same for random negatives (1 - membership)
+    hard_negative_weight: np.ndarray  # [k] the same for hard negatives
+    positive_tokens: np.ndarray  # [k] int64 held-out tokens kept whose hard cluster is this one
+    hard_negative_tokens: np.ndarray  # [k] int64 held-out tokens kept among the hard negatives
     shrinkage: float  # Ledoit-Wolf intensity used
-
-    _ARRAYS = ("vectors", "diff_means", "auroc", "d_prime", "diff_means_auroc", "within_variance", "cross_correlation")
 
     def save(self, path: str | Path) -> Path:
         """One .npz (no pickles), written to a temp file and renamed."""
-        return write_npz(path, {name: getattr(self, name) for name in self._ARRAYS}, {"shrinkage": self.shrinkage})
+        return write_npz(path, {name: getattr(self, name) for name in self._arrays()}, {"shrinkage": self.shrinkage})
 
     @classmethod
     def load(cls, path: str | Path) -> "InterventionVectors":
         arrays, meta = read_npz(path)
-        return cls(**{name: arrays[name] for name in cls._ARRAYS}, shrinkage=float(meta["shrinkage"]))
+        return cls(**{name: arrays[name] for name in cls._arrays()}, shrinkage=float(meta["shrinkage"]))
+
+    @classmethod
+    def _arrays(cls) -> list[str]:
+        return [name for name in cls.__dataclass_fields__ if name != "shrinkage"]
+
+    def per_cluster_columns(self) -> dict[str, np.ndarray | list]:
+        """Table columns, one value per cluster: each score with its interval (`_low`, `_high`),
+        d', within-cluster variance, the counts behind the scores and the hard-negative clusters."""
+        columns: dict = {}
+        for name in SCORES:
+            ci = getattr(self, f"{name}_ci")
+            columns.update({name: getattr(self, name), f"{name}_low": ci[:, 0], f"{name}_high": ci[:, 1]})
+        for name in ("d_prime", "within_variance", "positive_weight", "negative_weight", "hard_negative_weight",
+                     "positive_tokens", "hard_negative_tokens"):
+            columns[name] = getattr(self, name)
+        columns["hard_negative_clusters"] = list(self.hard_negatives)
+        return columns
 
 
 def intervention_vectors(moments: LdaMoments, fit_sample: VectorSample, heldout: VectorSample,
-                         centers: np.ndarray | None = None) -> InterventionVectors:
-    """LDA direction per cluster, solved once for all k with one Cholesky factorisation."""
+                         centers: np.ndarray | None = None, heldout_count: np.ndarray | None = None,
+                         hard_negatives: int = 3, level: float = 0.95) -> InterventionVectors:
+    """LDA direction per cluster, solved once for all k with one Cholesky factorisation, scored
+    on `heldout` (tokens weighted by `VectorSample.expansion_weights(heldout_count)`) against
+    random and hard negatives; hard negatives are the members of the `hard_negatives` clusters
+    nearest by cosine of `centers` (of the cluster means without centers)."""
     shrunk, shrinkage = shrunk_pooled_covariance(moments, fit_sample)
     diff = moments.cluster_means() - moments.negative_means()  # [k, d]
     factor = scipy.linalg.cho_factor(shrunk, lower=True)
     lda = scipy.linalg.cho_solve(factor, diff.T).T  # [k, d]
     if centers is not None:  # Sigma^-1 is positive definite, so lda already agrees with diff
         lda *= np.where(np.sum(lda * centers, axis=1) < 0, -1.0, 1.0)[:, None]
-    lda = _unit(lda)
-    diff = _unit(diff)
-    x = heldout.vectors.astype(np.float64)
-    pos = heldout.memberships.astype(np.float64)  # [n, k]
-    neg = 1.0 - pos
-    proj = x @ lda.T  # [n, k]
-    auroc = np.array([weighted_auroc(proj[:, c], pos[:, c], neg[:, c]) for c in range(lda.shape[0])])
-    proj_diff = x @ diff.T
-    auroc_diff = np.array([weighted_auroc(proj_diff[:, c], pos[:, c], neg[:, c]) for c in range(lda.shape[0])])
-    mean_p, var_p = _weighted_mean_var(proj, pos)
-    mean_n, var_n = _weighted_mean_var(proj, neg)
-    d_prime = (mean_p - mean_n) / np.sqrt(np.maximum((var_p + var_n) / 2.0, 1e-30))
-    return InterventionVectors(lda.astype(np.float32), diff.astype(np.float32), auroc, d_prime, auroc_diff,
-                               var_p, lda @ lda.T, shrinkage)
+    lda, diff = _unit(lda), _unit(diff)
+    k = lda.shape[0]
+    near = nearest_clusters(moments.cluster_means() if centers is None else centers, hard_negatives)
+    is_near = np.zeros((k, k + 1), bool)  # [k, strata]; stratum k: tokens with no membership
+    is_near[np.arange(k)[:, None], near] = True
+    x, w = heldout.vectors.astype(np.float64), heldout.expansion_weights(heldout_count)
+    groups = np.unique(heldout.group, return_inverse=True)[1]
+    z = float(scipy.stats.norm.ppf(0.5 + level / 2))
+    scores = {name: np.full((k, 3), np.nan) for name in SCORES}
+    moments_pn = np.full((k, 4), np.nan)  # mean+, var+, mean-, var- of the LDA projection
+    counts = np.zeros((k, 3))
+    for name, direction in (("auroc", lda), ("diff_means_auroc", diff)):
+        proj = x @ direction.T  # [n, k]
+        for c in range(k):
+            m = heldout.memberships[:, c].astype(np.float64)
+            pos, neg = w * m, w * (1.0 - m)
+            hard_neg = neg * is_near[c, heldout.stratum]
+            ranks = _ranks(proj[:, c])
+            scores[name][c] = _auroc_interval(ranks, pos, neg, groups, z)
+            scores[f"{name}_hard"][c] = _auroc_interval(ranks, pos, hard_neg, groups, z)
+            if name == "auroc":
+                moments_pn[c] = (*_weighted_mean_var(proj[:, c], pos), *_weighted_mean_var(proj[:, c], neg))
+                counts[c] = pos.sum(), neg.sum(), hard_neg.sum()
+    d_prime = (moments_pn[:, 0] - moments_pn[:, 2]) / np.sqrt(np.maximum((moments_pn[:, 1] + moments_pn[:, 3]) / 2, 1e-30))
+    kept = np.bincount(heldout.stratum, minlength=k + 1)
+    return InterventionVectors(
+        lda.astype(np.float32), diff.astype(np.float32),
+        **{key: value for name in SCORES for key, value in ((name, scores[name][:, 0]), (f"{name}_ci", scores[name][:, 1:]))},
+        d_prime=d_prime, within_variance=moments_pn[:, 1], cross_correlation=lda @ lda.T, hard_negatives=near,
+        positive_weight=counts[:, 0], negative_weight=counts[:, 1], hard_negative_weight=counts[:, 2],
+        positive_tokens=kept[:k].astype(np.int64), hard_negative_tokens=(is_near.astype(np.int64) @ kept),
+        shrinkage=shrinkage,
+    )
+
+
+def nearest_clusters(centers: np.ndarray, n: int) -> np.ndarray:
+    """[k, min(n, k - 1)] int64: per cluster the others by decreasing cosine of centers [k, d]."""
+    unit = _unit(np.asarray(centers, np.float64))
+    similar = unit @ unit.T
+    np.fill_diagonal(similar, -np.inf)
+    return np.argsort(-similar, axis=1, kind="stable")[:, : max(0, min(n, unit.shape[0] - 1))].astype(np.int64)
 
 
 def weighted_auroc(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray) -> float:
     """P(score of a positive > score of a negative), each token counted as a positive with
     weight pos_weight and as a negative with neg_weight; ties count one half (Mann-Whitney)."""
+    return auroc_interval(scores, pos_weight, neg_weight)[0]
+
+
+def auroc_interval(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray,
+                   groups: np.ndarray | None = None, level: float = 0.95) -> tuple[float, float, float]:
+    """(weighted AUROC, low, high): a normal interval whose variance sums the influence of each
+    group (document) on the AUROC, i.e. DeLong's structural components added up per group, so
+    the tokens of one document count as one piece of evidence (each token its own group if None)."""
+    groups = np.arange(np.size(scores)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    return _auroc_interval(_ranks(scores), pos_weight, neg_weight, groups, float(scipy.stats.norm.ppf(0.5 + level / 2)))
+
+
+def _ranks(scores: np.ndarray) -> tuple[np.ndarray, int]:
     uniq, inverse = np.unique(scores, return_inverse=True)
-    p = np.bincount(inverse, weights=pos_weight, minlength=uniq.size)
-    n = np.bincount(inverse, weights=neg_weight, minlength=uniq.size)
-    total = p.sum() * n.sum()
-    if total <= 0:
-        return float("nan")
-    below = np.cumsum(n) - n
-    return float(np.sum(p * (below + 0.5 * n)) / total)
+    return inverse, uniq.size
 
 
-def _weighted_mean_var(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column-wise weighted mean and variance of values [n, k] with weights [n, k]."""
-    w = np.maximum(weights.sum(axis=0), 1e-30)
-    mean = (weights * values).sum(axis=0) / w
-    return mean, (weights * (values - mean) ** 2).sum(axis=0) / w
+def _auroc_interval(ranks: tuple[np.ndarray, int], pos_weight: np.ndarray, neg_weight: np.ndarray,
+                    groups: np.ndarray, z: float) -> tuple[float, float, float]:
+    inverse, n_unique = ranks
+    p = np.bincount(inverse, weights=pos_weight, minlength=n_unique)
+    n = np.bincount(inverse, weights=neg_weight, minlength=n_unique)
+    total_p, total_n = p.sum(), n.sum()
+    if total_p <= 0 or total_n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    beaten = (np.cumsum(n) - n + 0.5 * n) / total_n  # per score: share of negatives a positive there beats
+    beating = (total_p - np.cumsum(p) + 0.5 * p) / total_p  # share of positives above a negative there
+    auc = float(np.sum(p * beaten) / total_p)
+    influence = (np.bincount(groups, pos_weight * (beaten[inverse] - auc)) / total_p
+                 + np.bincount(groups, neg_weight * (beating[inverse] - auc)) / total_n)
+    used = np.bincount(groups, pos_weight + neg_weight) > 0
+    g = int(used.sum())
+    half = z * float(np.sqrt(g / (g - 1) * np.sum(influence**2))) if g > 1 else float("nan")
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def _weighted_mean_var(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """Weighted mean and variance of values [n] with weights [n]."""
+    w = max(float(weights.sum()), 1e-30)
+    mean = float((weights * values).sum() / w)
+    return mean, float((weights * (values - mean) ** 2).sum() / w)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -4,10 +4,15 @@
 `merge` is exact (sums, histograms, counts, LDA moments, top-k sets and bottom-k reservoirs), so
 the global statistics are a streaming fold over per-chunk files saved with `save` (one .npz,
 allow_pickle=False).
+
+Held-out split: whole documents (sequences without a known document) are held out by a seeded
+hash; their tokens are never fitted (LDA moments, fitting reservoir) nor shown as exemplars, and
+the held-out reservoir keeps `heldout_per_cluster` tokens of every cluster beside a uniform sample.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,13 +24,13 @@ import scipy.sparse as sp
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.errors import ChunkError
 from latent_atlas.exemplars import (
-    ExemplarCandidates, ExemplarConfig, first_n_per_group, sequence_keys_for, token_priority,
+    ExemplarCandidates, ExemplarConfig, first_n_per_group, sequence_keys_for, stream_salt, token_priority,
 )
-from latent_atlas.intervention import LdaMoments, VectorSample
+from latent_atlas.intervention import (
+    InterventionVectors, LdaMoments, VectorSample, intervention_vectors, reservoir_rows,
+)
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.tables import read_npz, write_npz
-
-_HELDOUT_SALT, _FIT_SALT = 0x51, 0xF17
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,12 @@ class StatisticsConfig:
     histogram_bins: int = 20
     """Equal-width membership histogram bins on (0, 1]."""
     heldout_fraction: float = 0.1
-    """Share of tokens (by seeded hash) held out of the LDA fit, for separation metrics."""
+    """Share of documents (by seeded hash) held out of the LDA fit and the exemplars, for scores."""
     heldout_sample_size: int = 2048
-    """Held-out tokens kept with vectors and memberships (also the tree stage's sample)."""
+    """Held-out tokens kept with vectors and memberships as a uniform sample (random negatives)."""
+    heldout_per_cluster: int = 64
+    """Held-out tokens also kept per cluster (among those whose largest membership is that
+    cluster), so every cluster with that many held-out members is scored on at least as many."""
     fit_sample_size: int = 2048
     """Fitting tokens kept with vectors, to estimate the Ledoit-Wolf intensity."""
     block_sequences: int = 256
@@ -49,7 +57,19 @@ class StatisticsConfig:
     gemm_dtype: str = "float32"
     """dtype of the second-moment GEMM; float32 is ~4x faster on CPU, float64 for exact checks."""
     exemplars: ExemplarConfig = field(default_factory=ExemplarConfig)
-    """Exemplar candidates kept per cluster."""
+    """Exemplar candidates kept per cluster; its seed seeds every sampling stream."""
+    hard_negative_clusters: int = 3
+    """Hard negatives of a cluster: held-out members of this many most similar clusters (centroid cosine)."""
+    position_window: int = 4
+    """Position concentration: share of a cluster's weight in the first this-many positions of a window."""
+    position_artifact_share: float = 0.5
+    """A cluster with more than this share of its weight in the first `position_window` positions
+    is flagged `position_artifact` (a window-start artifact, not a property of the text)."""
+    near_duplicate_cosine: float = 0.9
+    """Two clusters whose centroid cosine exceeds this are near-duplicate partners."""
+    near_duplicate_coactivation: float = 0.7
+    """Two clusters whose normalised coactivation m_i.m_j / (|m_i| |m_j|) exceeds this are
+    near-duplicate partners (they share the same tokens)."""
 
 
 @dataclass
@@ -71,6 +91,7 @@ class ChunkStatistics:
     membership_hist: np.ndarray  # [k, bins] int64
     coactivation: np.ndarray  # [k, k] float64, sum over tokens of m_i * m_j (diagonal: sum m^2)
     coactivation_count: np.ndarray  # [k, k] int64, tokens with m_i and m_j > threshold
+    heldout_count: np.ndarray  # [k + 1] int64, held-out tokens per hard cluster (k: no membership)
     moments: LdaMoments
     candidates: ExemplarCandidates
     heldout: VectorSample
@@ -83,54 +104,70 @@ class ChunkStatistics:
 
     @classmethod
     def compute(cls, chunk_id: str, memberships: SparseMemberships, whitened: DenseChunk, n_clusters: int,
-                config: StatisticsConfig = StatisticsConfig(), sequence_keys: np.ndarray | None = None
-                ) -> "ChunkStatistics":
+                config: StatisticsConfig = StatisticsConfig(), sequence_keys: np.ndarray | None = None,
+                document_keys: np.ndarray | None = None) -> "ChunkStatistics":
         """Statistics of one chunk. `sequence_keys` [n_seq] uint64 seed the sampling hash; pass
-        stable per-sequence ids to make samples independent of how the corpus was chunked."""
+        stable per-sequence ids to make samples independent of how the corpus was chunked.
+        `document_keys` [n_seq] uint64 (`document_keys_for` the doc ids) name each sequence's
+        document, the unit held out; by default each sequence is its own document."""
         k, L, mask = n_clusters, whitened.sequence_length, np.asarray(whitened.attention_mask, bool)
+        seed = config.exemplars.seed
         if sequence_keys is None:
-            sequence_keys = sequence_keys_for(chunk_id, whitened.n_sequences, config.exemplars.seed)
+            sequence_keys = sequence_keys_for(chunk_id, whitened.n_sequences, seed)
+        document_keys = np.asarray(sequence_keys if document_keys is None else document_keys, np.uint64)
+        heldout_seq = token_priority(document_keys, np.zeros(document_keys.size), stream_salt("heldout_split", seed)
+                                     ) < config.heldout_fraction  # [n_seq]
         mem = memberships.sorted()
-        on = mask[mem.sequence, mem.position]  # memberships of padding are ignored
-        if not on.all():
-            mem = SparseMemberships(mem.sequence[on], mem.position[on], mem.cluster[on], mem.value[on],
-                                    mem.token_id[on], mem.total_sequences, mem.sequence_length)
+        mem = _subset(mem, mask[mem.sequence, mem.position])  # memberships of padding are ignored
         c, v = mem.cluster.astype(np.int64), mem.value.astype(np.float64)
         token_index = (np.cumsum(mask.ravel()) - 1)[mem.sequence.astype(np.int64) * L + mem.position]
         n_tokens = int(mask.sum())
         m = sp.csr_matrix((v, (token_index, c)), shape=(n_tokens, k))  # [n_tokens, k]
         hard = _first_max_rows(token_index, v)  # rows that are their token's max
+        stratum = np.full(n_tokens, k, np.int32)  # hard cluster per token, k when it has no membership
+        stratum[token_index[hard]] = c[hard]
         keys = (c << 32) | mem.token_id.astype(np.int64)
         token_key, inverse = np.unique(keys, return_inverse=True)
         binary = (m > config.coactivation_threshold).astype(np.int64)
         bins = config.histogram_bins
+        seq, pos = whitened.attended_positions()
+        is_heldout = heldout_seq[seq]
         stats = cls(
             [chunk_id], n_tokens,
-            np.bincount(c, v, k), np.bincount(c * L + mem.position, v, k * L).reshape(k, L),
-            token_key, np.bincount(inverse, v, token_key.size), np.bincount(inverse[hard], minlength=token_key.size),
-            np.bincount(c[v > config.density_threshold], minlength=k), np.bincount(c, v, k), np.bincount(c, v * v, k),
-            _group_max(c, mem.value, k), np.bincount(c, minlength=k),
-            np.bincount(c * bins + np.clip(np.ceil(v * bins).astype(np.int64) - 1, 0, bins - 1),
-                        minlength=k * bins).reshape(k, bins),
-            (m.T @ m).toarray(), (binary.T @ binary).toarray(),
-            LdaMoments.zeros(k, whitened.dim),
-            ExemplarCandidates.collect(chunk_id, mem, sequence_keys, k, config.exemplars),
-            None, None, config,  # type: ignore[arg-type]  (filled below)
+            usage=np.bincount(c, v, k), position_hist=np.bincount(c * L + mem.position, v, k * L).reshape(k, L),
+            token_key=token_key, token_weight=np.bincount(inverse, v, token_key.size),
+            token_hard=np.bincount(inverse[hard], minlength=token_key.size),
+            density_count=np.bincount(c[v > config.density_threshold], minlength=k),
+            membership_sum=np.bincount(c, v, k), membership_sumsq=np.bincount(c, v * v, k),
+            membership_max=_group_max(c, mem.value, k), membership_count=np.bincount(c, minlength=k),
+            membership_hist=np.bincount(c * bins + np.clip(np.ceil(v * bins).astype(np.int64) - 1, 0, bins - 1),
+                                        minlength=k * bins).reshape(k, bins),
+            coactivation=(m.T @ m).toarray(), coactivation_count=(binary.T @ binary).toarray(),
+            heldout_count=np.bincount(stratum[is_heldout], minlength=k + 1).astype(np.int64),
+            moments=LdaMoments.zeros(k, whitened.dim),
+            # Exemplars come from fitted documents only: labels are scored on the held-out ones.
+            candidates=ExemplarCandidates.collect(chunk_id, _subset(mem, ~heldout_seq[mem.sequence]),
+                                                  sequence_keys, k, config.exemplars),
+            heldout=None, fit_sample=None, config=config,  # type: ignore[arg-type]  (filled below)
         )
-        seq, pos = whitened.attended_positions()
-        heldout_prio = token_priority(sequence_keys[seq], pos, _HELDOUT_SALT)
-        is_heldout = heldout_prio < config.heldout_fraction
-        fit_prio = np.where(is_heldout, np.inf, token_priority(sequence_keys[seq], pos, _FIT_SALT))
         dtype = np.dtype(config.gemm_dtype)
         for start, block in whitened.iter_blocks(config.block_sequences):
             lo, hi = np.searchsorted(seq, [start, start + block.n_sequences])
             fit = lo + np.flatnonzero(~is_heldout[lo:hi])
             x = np.asarray(block.activations[seq[fit] - start, pos[fit]], dtype)
             stats.moments.update(x, m[fit])
-        stats.heldout = _sample(chunk_id, whitened, m, seq, pos, np.where(is_heldout, heldout_prio, np.inf),
-                                config.heldout_sample_size)
-        stats.fit_sample = _sample(chunk_id, whitened, m, seq, pos, fit_prio, config.fit_sample_size)
+        tokens = _TokenIndex(chunk_id, whitened, m, seq, pos, document_keys[seq], stratum)
+        stats.heldout = tokens.sample(np.flatnonzero(is_heldout), stream_salt("heldout_sample", seed), sequence_keys,
+                                      config.heldout_sample_size, config.heldout_per_cluster)
+        stats.fit_sample = tokens.sample(np.flatnonzero(~is_heldout), stream_salt("fit_sample", seed), sequence_keys,
+                                         config.fit_sample_size, 0)
         return stats
+
+    def fit_intervention_vectors(self, centers: np.ndarray | None = None) -> InterventionVectors:
+        """Intervention vectors from these moments, scored on the held-out reservoir (each token
+        weighted for its stratum) against random and hard negatives."""
+        return intervention_vectors(self.moments, self.fit_sample, self.heldout, centers, self.heldout_count,
+                                    self.config.hard_negative_clusters)
 
     def merge(self, other: "ChunkStatistics") -> "ChunkStatistics":
         """Exact merge: equals computing over both inputs' tokens at once."""
@@ -143,7 +180,7 @@ class ChunkStatistics:
         summed = {
             name: getattr(self, name) + getattr(other, name)
             for name in ("usage", "position_hist", "density_count", "membership_sum", "membership_sumsq",
-                         "membership_count", "membership_hist", "coactivation", "coactivation_count")
+                         "membership_count", "membership_hist", "coactivation", "coactivation_count", "heldout_count")
         }
         cfg = self.config
         return ChunkStatistics(
@@ -153,14 +190,14 @@ class ChunkStatistics:
                                    token_key.size).astype(np.int64),
             membership_max=np.maximum(self.membership_max, other.membership_max),
             moments=self.moments.merge(other.moments), candidates=self.candidates.merge(other.candidates),
-            heldout=self.heldout.merge(other.heldout, cfg.heldout_sample_size),
+            heldout=self.heldout.merge(other.heldout, cfg.heldout_sample_size, cfg.heldout_per_cluster),
             fit_sample=self.fit_sample.merge(other.fit_sample, cfg.fit_sample_size), config=cfg, **summed,
         )
 
     # ---- disk -------------------------------------------------------------------------------
     _PLAIN = ("usage", "position_hist", "token_key", "token_weight", "token_hard", "density_count",
               "membership_sum", "membership_sumsq", "membership_max", "membership_count", "membership_hist",
-              "coactivation", "coactivation_count")
+              "coactivation", "coactivation_count", "heldout_count")
     _PARTS = ("moments", "candidates", "heldout", "fit_sample")
 
     def save(self, path: str | Path) -> Path:
@@ -224,16 +261,43 @@ def _group_max(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarr
     return out
 
 
-def _sample(chunk_id: str, chunk: DenseChunk, m: sp.csr_matrix, seq: np.ndarray, pos: np.ndarray,
-            priority: np.ndarray, size: int) -> VectorSample:
-    """The `size` tokens of smallest finite priority, with vectors and dense memberships."""
-    finite = np.flatnonzero(np.isfinite(priority))
-    if finite.size > size:
-        finite = finite[np.argpartition(priority[finite], size - 1)[:size]]
-    idx = np.sort(finite)
-    return VectorSample(priority[idx], np.full(idx.size, chunk_id, dtype=str), seq[idx], pos[idx],
-                        np.asarray(chunk.activations[seq[idx], pos[idx]], np.float16),
-                        m[idx].toarray().astype(np.float32))
+def _subset(mem: SparseMemberships, keep: np.ndarray) -> SparseMemberships:
+    """The rows of `mem` where `keep` [rows]."""
+    if keep.all():
+        return mem
+    return SparseMemberships(mem.sequence[keep], mem.position[keep], mem.cluster[keep], mem.value[keep],
+                             mem.token_id[keep], mem.total_sequences, mem.sequence_length)
+
+
+@dataclass
+class _TokenIndex:
+    """The attended tokens of one chunk (row-major), to draw `VectorSample` reservoirs from."""
+
+    chunk_id: str
+    chunk: DenseChunk
+    memberships: sp.csr_matrix  # [n_tokens, k]
+    sequence: np.ndarray  # [n_tokens] int32
+    position: np.ndarray  # [n_tokens] int32
+    group: np.ndarray  # [n_tokens] uint64 document key
+    stratum: np.ndarray  # [n_tokens] int32 hard cluster, k if none
+
+    def sample(self, tokens: np.ndarray, salt: np.uint64, sequence_keys: np.ndarray, size: int,
+               per_stratum: int) -> VectorSample:
+        """Reservoir over `tokens` (indices), prioritised by the seeded stream `salt`."""
+        seq, pos = self.sequence[tokens], self.position[tokens]
+        priority = token_priority(sequence_keys[seq], pos, salt)
+        ids = np.full(tokens.size, self.chunk_id)  # (dtype=str would cut the id to one character)
+        rows = reservoir_rows(priority, ids, seq, pos, self.stratum[tokens], size, per_stratum)
+        idx = tokens[rows]
+        return VectorSample(priority[rows], ids[rows], seq[rows], pos[rows],
+                            np.asarray(self.chunk.activations[seq[rows], pos[rows]], np.float16),
+                            self.memberships[idx].toarray().astype(np.float32), self.group[idx], self.stratum[idx])
+
+
+def document_keys_for(doc_ids: list[str]) -> np.ndarray:
+    """Held-out split keys from document ids: sequences of one document share a key, in any chunk.  # [n_seq] uint64"""
+    digest = lambda d: int.from_bytes(hashlib.blake2b(str(d).encode(), digest_size=8).digest(), "little")  # noqa: E731
+    return np.array([digest(d) for d in doc_ids], np.uint64)
 
 
 def check_usage(stats: ChunkStatistics, memberships: list[SparseMemberships], rtol: float = 1e-6) -> tuple[bool, dict]:
@@ -250,8 +314,9 @@ def cluster_stats(stats: ChunkStatistics, centers: np.ndarray | None = None, dec
                   top_tokens: int = 10, top_related: int = 5) -> pa.Table:
     """One row per cluster: usage, density, membership moments and histogram, position
     distribution, top tokens (weighted and hard counts, decoded), most coactivating clusters
-    (coactivation normalised as m_i.m_j / (|m_i| |m_j|), so big clusters do not dominate) and
-    most similar clusters (cosine of `centers` [k, d]). `table.to_pylist()` is JSON-able."""
+    (coactivation normalised as m_i.m_j / (|m_i| |m_j|), so big clusters do not dominate), most
+    similar clusters (cosine of `centers` [k, d]) and the measures of `cluster_measures`.
+    `table.to_pylist()` is JSON-able."""
     k = stats.n_clusters
     active = np.maximum(stats.membership_count, 1)
     mean = stats.membership_sum / active
@@ -261,12 +326,8 @@ def cluster_stats(stats: ChunkStatistics, centers: np.ndarray | None = None, dec
     top = first_n_per_group(cluster_of, (-stats.token_weight, token_of), top_tokens)
     words = decode(token_of[top].tolist()) if decode is not None and top.size else [str(t) for t in token_of[top]]
     starts = np.searchsorted(cluster_of[top], np.arange(k + 1))
-    norm = np.sqrt(np.maximum(np.diag(stats.coactivation), 1e-30))
-    coact = stats.coactivation / norm[:, None] / norm[None, :]
-    similar = None
-    if centers is not None:
-        unit = centers / np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-30)
-        similar = unit @ unit.T
+    per_cluster = lambda values: [values[a:b] for a, b in zip(starts[:-1], starts[1:])]  # noqa: E731
+    coact, similar = normalised_coactivation(stats), None if centers is None else center_cosines(centers)
     columns = {
         "cluster": pa.array(np.arange(k, dtype=np.int32)),
         "total_usage": pa.array(stats.usage),
@@ -278,12 +339,10 @@ def cluster_stats(stats: ChunkStatistics, centers: np.ndarray | None = None, dec
         "max_membership": pa.array(stats.membership_max.astype(np.float64)),
         "position_distribution": pa.array(list(stats.position_hist / usage), pa.list_(pa.float64())),
         "membership_histogram": pa.array(list(stats.membership_hist), pa.list_(pa.int64())),
-        "top_token_ids": pa.array([token_of[top[a:b]] for a, b in zip(starts[:-1], starts[1:])], pa.list_(pa.int64())),
-        "top_tokens": pa.array([words[a:b] for a, b in zip(starts[:-1], starts[1:])], pa.list_(pa.string())),
-        "top_token_counts": pa.array([stats.token_weight[top[a:b]] for a, b in zip(starts[:-1], starts[1:])],
-                                     pa.list_(pa.float64())),
-        "top_token_hard_counts": pa.array([stats.token_hard[top[a:b]] for a, b in zip(starts[:-1], starts[1:])],
-                                          pa.list_(pa.int64())),
+        "top_token_ids": pa.array(per_cluster(token_of[top]), pa.list_(pa.int64())),
+        "top_tokens": pa.array(per_cluster(words), pa.list_(pa.string())),
+        "top_token_counts": pa.array(per_cluster(stats.token_weight[top]), pa.list_(pa.float64())),
+        "top_token_hard_counts": pa.array(per_cluster(stats.token_hard[top]), pa.list_(pa.int64())),
     }
     for name, matrix in (("coactivating", coact), ("similar", similar)):
         if matrix is None:
@@ -294,4 +353,56 @@ def cluster_stats(stats: ChunkStatistics, centers: np.ndarray | None = None, dec
         idx = np.argsort(-off, axis=1, kind="stable")[:, :n]
         columns[f"{name}_clusters"] = pa.array(list(idx), pa.list_(pa.int64()))
         columns[f"{name}_values"] = pa.array(list(np.take_along_axis(off, idx, axis=1)), pa.list_(pa.float64()))
+    columns.update(cluster_measures(stats, similar, coact))
     return pa.table(columns)
+
+
+def normalised_coactivation(stats: ChunkStatistics) -> np.ndarray:
+    """m_i.m_j / (|m_i| |m_j|) over all tokens: 1 for two clusters with the same memberships.  # [k, k]"""
+    norm = np.sqrt(np.maximum(np.diag(stats.coactivation), 1e-30))
+    return stats.coactivation / norm[:, None] / norm[None, :]
+
+
+def center_cosines(centers: np.ndarray) -> np.ndarray:
+    """Cosine between cluster centers [k, d].  # [k, k]"""
+    unit = centers / np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-30)
+    return unit @ unit.T
+
+
+def cluster_measures(stats: ChunkStatistics, similar: np.ndarray | None, coact: np.ndarray) -> dict[str, pa.Array]:
+    """Columns a researcher judges a cluster by: position concentration (share of its weight in
+    the first `position_window` positions, flagged `position_artifact` above
+    `position_artifact_share`; normalised entropy of its position distribution), token entropy
+    (normalised by the log of the distinct tokens seen; share of its top token) and
+    near-duplicate partners (centroid cosine or normalised coactivation above the thresholds)."""
+    cfg, k, seq_len = stats.config, stats.n_clusters, stats.position_hist.shape[1]
+    usage = np.maximum(stats.usage, 1e-30)
+    first_share = stats.position_hist[:, : cfg.position_window].sum(1) / usage
+    cluster_of, token_of = stats.token_key >> 32, stats.token_key & 0xFFFFFFFF
+    token_share = stats.token_weight / np.maximum(np.bincount(cluster_of, stats.token_weight, k), 1e-30)[cluster_of]
+    vocabulary = max(np.unique(token_of).size, 2)
+    top_share = np.zeros(k)
+    np.maximum.at(top_share, cluster_of, token_share)
+    partner = coact > cfg.near_duplicate_coactivation
+    if similar is not None:
+        partner |= similar > cfg.near_duplicate_cosine
+    np.fill_diagonal(partner, False)
+    return {
+        "first_positions_share": pa.array(first_share),
+        "position_entropy": pa.array(_entropy_rows(stats.position_hist) / np.log(max(seq_len, 2))),
+        "position_artifact": pa.array(first_share > cfg.position_artifact_share),
+        "token_entropy": pa.array(np.bincount(cluster_of, -_xlogx(token_share), k) / np.log(vocabulary)),
+        "top_token_share": pa.array(top_share),
+        "near_duplicate_partners": pa.array([np.flatnonzero(row) for row in partner], pa.list_(pa.int64())),
+        "near_duplicate": pa.array(partner.any(axis=1)),
+    }
+
+
+def _xlogx(p: np.ndarray) -> np.ndarray:
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
+def _entropy_rows(weights: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of each row of non-negative weights [k, n].  # [k]"""
+    p = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-30)
+    return -_xlogx(p).sum(axis=1)

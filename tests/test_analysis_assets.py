@@ -12,7 +12,7 @@ from latent_atlas.statistics import ChunkStatistics
 from resources import CorpusResource, ModelResource
 from tests.conftest import check_results, materialized
 
-ANALYSIS_CHECKS = {"usage_matches_memberships", "exemplars_sorted_and_unique", "vectors_finite_and_unit_norm"}
+ANALYSIS_CHECKS = {"usage_matches_memberships", "exemplars_match_chunks", "vectors_finite_and_unit_norm"}
 
 
 def test_analysis_graph_end_to_end_with_minilm(atlas_home):
@@ -61,3 +61,13 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
 
     index = pq.read_table(tables / "cluster_summaries.parquet")
     assert index.num_rows == k and index.column("exemplars").to_numpy().sum() == analyzer.exemplars_.num_rows
+    assert {"auroc_hard", "auroc_low", "auroc_high", "position_artifact", "near_duplicate", "token_entropy",
+            "first_positions_share"} <= set(index.column_names)
+
+    # Documents are held out whole: no held-out document has a sequence among the fitted ones.
+    docs = {key: pq.read_table(tables / "token_chunks" / f"{key}.parquet").column("doc_id").to_pylist() for key in keys}
+    doc_of = lambda sample: {docs[c][s] for c, s in zip(sample.chunk_id.tolist(), sample.sequence.tolist())}  # noqa: E731
+    assert doc_of(merged.heldout) and not doc_of(merged.heldout) & doc_of(merged.fit_sample)
+    exemplar_docs = {docs[c][s] for c, s in zip(analyzer.exemplars_.column("chunk_id").to_pylist(),
+                                                analyzer.exemplars_.column("sequence").to_pylist())}
+    assert not exemplar_docs & doc_of(merged.heldout)

@@ -74,8 +74,16 @@ def test_cluster_summary_is_json_and_links_to_chunks(results):
         top = summary["exemplars"]["top_k"]
         assert [e["membership"] for e in top] == sorted((e["membership"] for e in top), reverse=True)
         assert summary["statistics"]["top_token_ids"][0] // 15 == c  # the planted vocabulary
-        assert 0.5 < summary["intervention_stats"]["separation_strength"] <= 1.0
-        assert str(c) not in summary["intervention_stats"]["cross_cluster_correlation"]
+        scores = summary["intervention_stats"]
+        assert 0.5 < scores["separation_strength"] <= 1.0
+        assert str(c) not in scores["cross_cluster_correlation"]
+        for name in ("auroc", "auroc_hard", "diff_means_auroc", "diff_means_auroc_hard"):
+            assert scores[name]["low"] <= scores[name]["value"] <= scores[name]["high"], name
+        assert scores["auroc"]["value"] == scores["separation_strength"]
+        assert scores["rests_on"]["positive_tokens"] > 0 and scores["rests_on"]["hard_negative_weight"] > 0
+        assert c not in scores["hard_negative_clusters"] and len(scores["hard_negative_clusters"]) == K - 1
+        assert summary["flags"] == []  # random vectors: no window-start cluster, no near-duplicates
+        assert 0 < summary["measures"]["token_entropy"] <= 1 and summary["measures"]["near_duplicate_partners"] == []
 
 
 def test_visualize_context_plain_and_colour(results):
@@ -97,6 +105,7 @@ def test_visualize_context_plain_and_colour(results):
 def test_printed_summary(results):
     text = str(ClusterAnalyzer(results[0]))
     assert f"{K} clusters" in text and "chunks" in text and "AUROC" in text
+    assert "against hard negatives" in text and "0 position artifacts" in text and "0 near-duplicates" in text
     assert text.count("\n") >= K + 3
 
 

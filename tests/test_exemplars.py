@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from latent_atlas.exemplars import (
-    ExemplarCandidates, ExemplarConfig, check_exemplars, fill_context, select_exemplars, sequence_keys_for,
+    ExemplarCandidates, ExemplarConfig, check_exemplars, cluster_salts, fill_context, select_exemplars,
+    sequence_keys_for, stream_salt,
 )
 from latent_atlas.memberships import SparseMemberships
 
@@ -122,3 +123,34 @@ def test_fill_context_reads_each_chunk_once(chunks):
     assert ok, details
     doubled = pa.concat_tables([table, table])
     assert not check_exemplars(doubled)[0]
+
+
+def test_check_exemplars_catches_stale_chunks_and_heldout_leaks(chunks):
+    """The check fails when the chunk files no longer hold an exemplar's membership (memberships
+    rewritten after the statistics) or when an exemplar sits in a held-out sequence."""
+    sel = select_exemplars(merged(chunks, ["c0", "c1", "c2"]))
+    decode = lambda ids: [f"<{i}>" for i in ids]  # noqa: E731
+
+    def open_chunk(chunk_id, scale=1.0):
+        mem, tokens = chunks[chunk_id]
+        return tokens, SparseMemberships(mem.sequence, mem.position, mem.cluster, mem.value * np.float32(scale),
+                                         mem.token_id, mem.total_sequences, mem.sequence_length)
+
+    stale = fill_context(sel, lambda cid: open_chunk(cid, 0.5), decode, window=3)
+    ok, details = check_exemplars(stale)
+    assert not ok and details["context_mismatches"] == stale.num_rows
+    fresh = fill_context(sel, open_chunk, decode, window=3)
+    assert check_exemplars(fresh, heldout_sequences={("c0", 10**6)})[0]
+    first = fresh.slice(0, 1).to_pylist()[0]
+    ok, details = check_exemplars(fresh, heldout_sequences={(first["chunk_id"], first["sequence"])})
+    assert not ok and details["heldout_exemplars"] >= 1
+
+
+def test_sampling_streams_are_distinct():
+    """No two (purpose, seed, cluster) share a salt: exemplar salts are not an arithmetic shift
+    of the seed that can land on another purpose's salt (as cluster 81 at seed 0 once did)."""
+    purposes = ("exemplar_random", "exemplar_band", "heldout_split", "heldout_sample", "fit_sample")
+    salts = [int(stream_salt(p, seed, c)) for p in purposes for seed in range(3) for c in range(1024)]
+    assert len(set(salts)) == len(salts)
+    np.testing.assert_array_equal(cluster_salts("exemplar_random", 0, 128)[81], stream_salt("exemplar_random", 0, 81))
+    assert stream_salt("exemplar_random", 0, 81) != stream_salt("heldout_split", 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from latent_atlas.chunks import DenseChunk
-from latent_atlas.exemplars import ExemplarConfig
+from latent_atlas.exemplars import ExemplarCandidates, ExemplarConfig, select_exemplars
 from latent_atlas.intervention import intervention_vectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics, StatisticsConfig, check_usage, cluster_stats, merge_statistics
@@ -154,3 +154,142 @@ def test_bad_statistics_file_is_named(tmp_path):
     np.savez(bad, usage=np.zeros(3))
     with pytest.raises(ValueError, match="broken.npz: not a chunk statistics file"):
         ChunkStatistics.load(bad)
+
+
+def many_clusters(n_seq, seq_len, k, seed, dim=8, usage=None, per_token=3):
+    """Random vectors; each token a member of `per_token` clusters drawn with probabilities
+    `usage` [k] (uniform if None), Dirichlet memberships."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_seq, seq_len, dim)).astype(np.float16)
+    p = np.full(k, 1.0 / k) if usage is None else usage / usage.sum()
+    n = n_seq * seq_len
+    gumbel = np.log(p) - np.log(-np.log(rng.random((n, k))))  # top per_token: draws without replacement
+    clusters = np.argsort(-gumbel, axis=1)[:, :per_token]  # [n, per_token]
+    values = rng.dirichlet(np.full(per_token, 0.7), n).astype(np.float32)
+    s, q = np.divmod(np.repeat(np.arange(n), per_token), seq_len)
+    tokens = rng.integers(0, 500, (n_seq, seq_len)).astype(np.int32)
+    mem = SparseMemberships(s.astype(np.int32), q.astype(np.int32), clusters.ravel().astype(np.int32),
+                            values.ravel(), tokens[s, q], n_seq, seq_len)
+    return DenseChunk(x, np.ones((n_seq, seq_len), bool), tokens), mem
+
+
+def everything_kept(**overrides):
+    """Reservoirs large enough to hold every token, so the held-out set is known in full."""
+    return StatisticsConfig(**{"heldout_sample_size": 10**6, "fit_sample_size": 10**6, **overrides})
+
+
+@pytest.fixture(scope="module")
+def k128():
+    chunk, mem = many_clusters(200, 16, 128, seed=3)
+    keys = np.arange(200, dtype=np.uint64)
+    return chunk, mem, keys, ChunkStatistics.compute("k128", mem, chunk, 128, everything_kept(), sequence_keys=keys)
+
+
+def test_heldout_tokens_never_fitted_nor_shown_as_exemplars(k128):
+    """Labels are scored on held-out tokens: none may be in the fitting sample or among the
+    exemplars a labeller is shown (k >= 128, so cluster 81, once salted like the held-out split, exists)."""
+    _, _, _, stats = k128
+    held = set(zip(stats.heldout.sequence.tolist(), stats.heldout.position.tolist()))
+    fit = set(zip(stats.fit_sample.sequence.tolist(), stats.fit_sample.position.tolist()))
+    assert len(held) + len(fit) == stats.n_tokens and not held & fit
+    shown = select_exemplars(stats.candidates)
+    assert set(shown["cluster"].tolist()) >= {81}
+    for kind in ("top_k", "random_k", "quantile"):
+        mine = shown["kind"] == kind
+        assert not set(zip(shown["sequence"][mine].tolist(), shown["position"][mine].tolist())) & held, kind
+    held_sequences = {s for s, _ in held}
+    assert not set(shown["sequence"].tolist()) & held_sequences  # contexts cannot show held-out text either
+
+
+def test_exemplar_streams_are_not_the_heldout_or_fitting_streams(k128):
+    """The old salt `seed * 1_000_003 + cluster` equalled the held-out salt for cluster 81 at seed
+    0: its random exemplars carried exactly the held-out priorities. No cluster's exemplar
+    priorities may equal a reservoir's priority of the same token."""
+    _, mem, keys, stats = k128
+    every_token = ExemplarCandidates.collect("k128", mem, keys, 128, stats.config.exemplars)
+    for sample in (stats.heldout, stats.fit_sample):
+        reservoir = dict(zip(zip(sample.sequence.tolist(), sample.position.tolist()), sample.priority.tolist()))
+        same = [c for c, s, p, prio in zip(every_token.cluster.tolist(), every_token.sequence.tolist(),
+                                           every_token.position.tolist(), every_token.priority.tolist())
+                if reservoir.get((s, p)) == prio]
+        assert not same, f"clusters sharing a stream with a reservoir: {sorted(set(same))[:5]}"
+
+
+def test_heldout_split_keeps_documents_whole():
+    """Documents (here 4 sequences each) are held out whole: no document, and so no sequence,
+    is both fitted and scored."""
+    chunk, mem = many_clusters(120, 16, 8, seed=4)
+    documents = np.repeat(np.arange(30, dtype=np.uint64), 4)
+    stats = ChunkStatistics.compute("docs", mem, chunk, 8, everything_kept(heldout_fraction=0.3),
+                                    document_keys=documents)
+    held_seq, fit_seq = set(stats.heldout.sequence.tolist()), set(stats.fit_sample.sequence.tolist())
+    assert held_seq and not held_seq & fit_seq
+    assert set(stats.heldout.chunk_id.tolist()) == set(stats.fit_sample.chunk_id.tolist()) == {"docs"}
+    assert set(stats.heldout.group.tolist()) == {int(documents[s]) for s in held_seq}
+    assert not set(stats.heldout.group.tolist()) & set(stats.fit_sample.group.tolist())
+    assert held_seq == {s for s in range(120) if int(documents[s]) in set(stats.heldout.group.tolist())}
+    assert not set(stats.candidates.sequence.tolist()) & held_seq
+
+
+def test_every_used_cluster_keeps_50_heldout_tokens():
+    """k=64 with skewed usage: a cluster with at least 50 held-out members (tokens whose largest
+    membership is that cluster) keeps at least 50 in the held-out reservoir, at default sizes."""
+    usage = 1.0 / np.arange(1, 65) ** 1.2
+    chunk, mem = many_clusters(400, 128, 64, seed=5, usage=usage)
+    default = ChunkStatistics.compute("zipf", mem, chunk, 64, StatisticsConfig())
+    full = ChunkStatistics.compute("zipf", mem, chunk, 64, everything_kept())
+    available = np.bincount(full.heldout.memberships.argmax(1), minlength=64)
+    kept = np.bincount(default.heldout.memberships.argmax(1), minlength=64)
+    used = available >= 50
+    share_in_uniform = available * 2048 / available.sum()  # expected members in one uniform reservoir of 2048
+    assert used.sum() >= 16 and (used & (share_in_uniform < 40)).sum() >= 2
+    assert (kept[used] >= 50).all(), {int(c): (int(kept[c]), int(available[c])) for c in np.flatnonzero(used & (kept < 50))}
+
+
+def test_small_reservoirs_merge_exactly(data):
+    """Uniform + per-cluster reservoirs merged over chunks equal one pass over all tokens."""
+    small = StatisticsConfig(**{**CONFIG.__dict__, "heldout_sample_size": 10, "heldout_per_cluster": 3,
+                                "fit_sample_size": 12})
+    a = ChunkStatistics.compute("a", data["ma"], data["a"], K, small, sequence_keys=np.arange(40))
+    b_chunk = DenseChunk(*[getattr(data["whole"], f)[40:] for f in ("activations", "attention_mask", "token_ids")])
+    mb = data["mw"]
+    rows = mb.sequence >= 40
+    b_mem = SparseMemberships(mb.sequence[rows] - 40, mb.position[rows], mb.cluster[rows], mb.value[rows],
+                              mb.token_id[rows], 25, L)
+    b = ChunkStatistics.compute("b", b_mem, b_chunk, K, small, sequence_keys=np.arange(40, 65))
+    whole = ChunkStatistics.compute("whole", data["mw"], data["whole"], K, small, sequence_keys=np.arange(65))
+    merged = a.merge(b)
+    for name in ("heldout", "fit_sample"):
+        got, want = getattr(merged, name), getattr(whole, name)
+        np.testing.assert_array_equal(got.priority, want.priority, err_msg=name)
+        np.testing.assert_array_equal(got.vectors, want.vectors, err_msg=name)
+    np.testing.assert_array_equal(merged.heldout_count, whole.heldout_count)
+    assert (np.bincount(whole.heldout.stratum, minlength=K + 1)[:K] >= np.minimum(3, whole.heldout_count[:K])).all()
+
+
+def test_measures_flag_window_start_artifact_and_near_duplicates():
+    """Planted: cluster 4 lives only at positions 0-3; clusters 0 and 1 have near-identical
+    centroids; cluster 2 is one token. The table flags exactly these."""
+    rng = np.random.default_rng(9)
+    n_seq, seq_len, k = 60, 16, 5
+    centers = np.linalg.qr(rng.standard_normal((8, k)))[0].T  # [k, 8] orthonormal
+    centers[1] = centers[0] + 0.05 * centers[3]  # cosine ~0.999
+    labels = rng.integers(0, 4, (n_seq, seq_len))
+    labels[:, :4] = 4  # the window-start cluster
+    tokens = rng.integers(10, 200, (n_seq, seq_len)).astype(np.int32)
+    tokens[labels == 2] = 7  # cluster 2: a single token
+    s, q = np.nonzero(np.ones((n_seq, seq_len), bool))
+    c = labels.ravel()
+    mem = SparseMemberships(s.astype(np.int32), q.astype(np.int32), c.astype(np.int32), np.full(s.size, 0.9, np.float32),
+                            tokens[s, q], n_seq, seq_len)
+    chunk = DenseChunk(rng.standard_normal((n_seq, seq_len, 8)).astype(np.float16), np.ones((n_seq, seq_len), bool), tokens)
+    stats = ChunkStatistics.compute("planted", mem, chunk, k, StatisticsConfig())
+    rows = cluster_stats(stats, centers).to_pylist()
+    assert [r["position_artifact"] for r in rows] == [False, False, False, False, True]
+    assert rows[4]["first_positions_share"] == pytest.approx(1.0) and rows[0]["first_positions_share"] == 0.0
+    assert rows[4]["position_entropy"] == pytest.approx(np.log(4) / np.log(16))
+    assert [r["near_duplicate_partners"] for r in rows] == [[1], [0], [], [], []]
+    assert [r["near_duplicate"] for r in rows] == [True, True, False, False, False]
+    assert rows[2]["token_entropy"] == 0.0 and rows[2]["top_token_share"] == pytest.approx(1.0)
+    assert min(rows[c]["token_entropy"] for c in (0, 1, 3, 4)) > 0.7
+    json.dumps(rows)
