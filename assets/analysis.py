@@ -109,8 +109,8 @@ def merged_statistics(chunk_stats: dict[str, Path]):
     return dg.MaterializeResult(value=merged, metadata={
         "chunks": len(merged.chunk_ids), "tokens": merged.n_tokens, "clusters": merged.n_clusters,
         "fitting_tokens": int(merged.moments.n_tokens), "heldout_tokens": int(merged.heldout.priority.size),
-        "heldout_tokens_per_cluster_min": int(np.bincount(merged.heldout.stratum, minlength=merged.n_clusters + 1)
-                                              [: merged.n_clusters].min()),
+        "clusters_with_50_heldout_tokens": int(np.sum(np.bincount(merged.heldout.stratum, minlength=merged.n_clusters + 1)
+                                                              [: merged.n_clusters] >= 50)),
     })
 
 

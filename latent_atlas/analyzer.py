@@ -94,7 +94,8 @@ def build_results(results_path: str | Path, stats: ChunkStatistics, open_chunk: 
 def results_summary(stats: ChunkStatistics, window: int) -> dict:
     """What summary.json records about the merged statistics (beside n_clusters and shrinkage)."""
     return {"n_tokens": stats.n_tokens, "chunk_ids": sorted(stats.chunk_ids),
-            "heldout_tokens": int(stats.heldout.priority.size), "window": window}
+            "heldout_tokens": int(stats.heldout.priority.size),
+            "heldout_documents": int(np.unique(stats.heldout.group).size), "window": window}
 
 
 class ClusterAnalyzer:

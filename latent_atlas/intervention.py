@@ -244,34 +244,43 @@ def intervention_vectors(moments: LdaMoments, fit_sample: VectorSample, heldout:
     near = nearest_clusters(moments.cluster_means() if centers is None else centers, hard_negatives)
     is_near = np.zeros((k, k + 1), bool)  # [k, strata]; stratum k: tokens with no membership
     is_near[np.arange(k)[:, None], near] = True
-    x, w = heldout.vectors.astype(np.float64), heldout.expansion_weights(heldout_count)
-    groups = np.unique(heldout.group, return_inverse=True)[1]
     z = float(scipy.stats.norm.ppf(0.5 + level / 2))
-    scores = {name: np.full((k, 3), np.nan) for name in SCORES}
-    moments_pn = np.full((k, 4), np.nan)  # mean+, var+, mean-, var- of the LDA projection
-    counts = np.zeros((k, 3))
-    for name, direction in (("auroc", lda), ("diff_means_auroc", diff)):
-        proj = x @ direction.T  # [n, k]
-        for c in range(k):
-            m = heldout.memberships[:, c].astype(np.float64)
-            pos, neg = w * m, w * (1.0 - m)
-            hard_neg = neg * is_near[c, heldout.stratum]
-            ranks = _ranks(proj[:, c])
-            scores[name][c] = _auroc_interval(ranks, pos, neg, groups, z)
-            scores[f"{name}_hard"][c] = _auroc_interval(ranks, pos, hard_neg, groups, z)
-            if name == "auroc":
-                moments_pn[c] = (*_weighted_mean_var(proj[:, c], pos), *_weighted_mean_var(proj[:, c], neg))
-                counts[c] = pos.sum(), neg.sum(), hard_neg.sum()
-    d_prime = (moments_pn[:, 0] - moments_pn[:, 2]) / np.sqrt(np.maximum((moments_pn[:, 1] + moments_pn[:, 3]) / 2, 1e-30))
+    scored = {name: _separation(direction, heldout, heldout.expansion_weights(heldout_count), is_near, z)
+              for name, direction in (("auroc", lda), ("diff_means_auroc", diff))}
+    mean_var, weights = scored["auroc"]["mean_var"], scored["auroc"]["weights"]
     kept = np.bincount(heldout.stratum, minlength=k + 1)
     return InterventionVectors(
         lda.astype(np.float32), diff.astype(np.float32),
-        **{key: value for name in SCORES for key, value in ((name, scores[name][:, 0]), (f"{name}_ci", scores[name][:, 1:]))},
-        d_prime=d_prime, within_variance=moments_pn[:, 1], cross_correlation=lda @ lda.T, hard_negatives=near,
-        positive_weight=counts[:, 0], negative_weight=counts[:, 1], hard_negative_weight=counts[:, 2],
-        positive_tokens=kept[:k].astype(np.int64), hard_negative_tokens=(is_near.astype(np.int64) @ kept),
+        **{f"{name}{suffix}{part}": scored[name][negatives][:, cols] for name in scored
+           for suffix, negatives in (("", "random"), ("_hard", "hard")) for part, cols in (("", 0), ("_ci", [1, 2]))},
+        d_prime=(mean_var[:, 0] - mean_var[:, 2]) / np.sqrt(np.maximum((mean_var[:, 1] + mean_var[:, 3]) / 2, 1e-30)),
+        within_variance=mean_var[:, 1], cross_correlation=lda @ lda.T, hard_negatives=near,
+        positive_weight=weights[:, 0], negative_weight=weights[:, 1], hard_negative_weight=weights[:, 2],
+        positive_tokens=kept[:k].astype(np.int64), hard_negative_tokens=is_near.astype(np.int64) @ kept,
         shrinkage=shrinkage,
     )
+
+
+def _separation(directions: np.ndarray, heldout: VectorSample, weight: np.ndarray, is_near: np.ndarray,
+                z: float) -> dict[str, np.ndarray]:
+    """Held-out projections on each cluster's direction [k, d]: AUROC and interval [k, 3] against
+    random and hard negatives, mean / variance of positives and random negatives [k, 4], and the
+    positive, negative and hard-negative weights [k, 3]."""
+    k = directions.shape[0]
+    proj = heldout.vectors.astype(np.float64) @ directions.T  # [n, k]
+    groups = np.unique(heldout.group, return_inverse=True)[1]
+    out = {"random": np.full((k, 3), np.nan), "hard": np.full((k, 3), np.nan),
+           "mean_var": np.full((k, 4), np.nan), "weights": np.zeros((k, 3))}
+    for c in range(k):
+        m = heldout.memberships[:, c].astype(np.float64)
+        pos, neg = weight * m, weight * (1.0 - m)
+        hard = neg * is_near[c, heldout.stratum]
+        ranks = _ranks(proj[:, c])
+        out["random"][c] = _auroc_interval(ranks, pos, neg, groups, z)
+        out["hard"][c] = _auroc_interval(ranks, pos, hard, groups, z)
+        out["mean_var"][c] = (*_weighted_mean_var(proj[:, c], pos), *_weighted_mean_var(proj[:, c], neg))
+        out["weights"][c] = pos.sum(), neg.sum(), hard.sum()
+    return out
 
 
 def nearest_clusters(centers: np.ndarray, n: int) -> np.ndarray:
