@@ -123,10 +123,8 @@ def test_auroc_interval_covers_the_true_auroc():
     assert 0.05 < np.median(widths) < 0.5
 
 
-def test_hard_negatives_score_lower_for_the_close_pair():
-    """Clusters 0 and 1 are close (center cosine 0.8), cluster 2 is far. Against random negatives
-    every cluster looks well separated; against hard negatives (members of the nearest cluster)
-    the close pair clearly does not, and the far cluster still does."""
+def close_pair(config):
+    """Clusters 0 and 1 close (center cosine 0.8), cluster 2 far and twice as used: (stats, centers)."""
     rng = np.random.default_rng(8)
     n_seq, seq_len, d, k = 150, 32, 8, 3
     basis = np.linalg.qr(rng.standard_normal((d, d)))[0].T
@@ -138,7 +136,13 @@ def test_hard_negatives_score_lower_for_the_close_pair():
     mem = SparseMemberships(s.astype(np.int32), q.astype(np.int32), c.astype(np.int32),
                             p[s, q, c].astype(np.float32), np.zeros(s.size, np.int32), n_seq, seq_len)
     chunk = DenseChunk(x.astype(np.float16), np.ones((n_seq, seq_len), bool), np.zeros((n_seq, seq_len), np.int32))
-    stats = ChunkStatistics.compute("close", mem, chunk, k, StatisticsConfig(heldout_fraction=0.3, hard_negative_clusters=1))
+    return ChunkStatistics.compute("close", mem, chunk, k, config), centers
+
+
+def test_hard_negatives_score_lower_for_the_close_pair():
+    """Against random negatives every cluster looks well separated; against hard negatives
+    (members of the nearest cluster) the close pair clearly does not, and the far cluster still does."""
+    stats, centers = close_pair(StatisticsConfig(heldout_fraction=0.3, hard_negative_clusters=1))
     result = stats.fit_intervention_vectors(centers)
     assert result.hard_negatives[:2, 0].tolist() == [1, 0]
     for cluster in (0, 1):
@@ -156,3 +160,17 @@ def test_hard_negatives_score_lower_for_the_close_pair():
 
 def _unit(v):
     return v / np.linalg.norm(v)
+
+
+def test_stratified_reservoir_scores_like_all_heldout_tokens():
+    """A small uniform reservoir topped up per cluster, each token weighted for its stratum,
+    gives the AUROC of all held-out tokens (to within its interval)."""
+    full, centers = close_pair(StatisticsConfig(heldout_fraction=0.3, heldout_sample_size=10**6))
+    small, _ = close_pair(StatisticsConfig(heldout_fraction=0.3, heldout_sample_size=60, heldout_per_cluster=80))
+    assert small.heldout.priority.size < full.heldout.priority.size / 3
+    want, got = full.fit_intervention_vectors(centers), small.fit_intervention_vectors(centers)
+    for name in ("auroc", "auroc_hard"):
+        ci = getattr(got, f"{name}_ci")
+        assert ((ci[:, 0] - 0.01 <= getattr(want, name)) & (getattr(want, name) <= ci[:, 1] + 0.01)).all(), name
+    # the weights stand for every held-out token: positives + negatives of a cluster = all of them
+    np.testing.assert_allclose(got.positive_weight + got.negative_weight, full.heldout.priority.size, rtol=1e-9)
