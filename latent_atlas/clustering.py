@@ -29,7 +29,7 @@ import torch
 from latent_atlas.backends import Backend, LocalBackend
 from latent_atlas.chunks import DenseChunk, NpzKeys, load_npz_chunk, read_chunk
 from latent_atlas.errors import ChunkError
-from latent_atlas.estep import (GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, gemm_dtype, load_rows,
+from latent_atlas.estep import (GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, learning_dtype, load_rows,
                                 resolve_precision, scratch_space, weighted_cluster_sums)
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.memory import release_free_memory
@@ -89,12 +89,12 @@ class ClusteringConfig:
     d=2304 (19 MB fp32) stay in cache between conversion and GEMM; 4096 measured 5-11% slower."""
     learn_precision: str = "auto"
     """Precision of the similarity GEMM of the learning E-step. 'bfloat16': fp32 in and out, products
-    in bf16 with fp32 accumulation (oneDNN on AMX/AVX512-BF16, ~4x the fp32 GEMM; TF32/bf16 on CUDA);
-    cosines to ~1e-3, noise well below the step's own sampling noise. 'float32' for an exact learning
-    E-step. 'auto' (default): 'bfloat16' where the CPU has native bf16 units (or on CUDA), 'float32'
-    elsewhere (emulated bf16 is slower than fp32); the estimator resolves it once, when it is made, so
-    a run never mixes precisions across workers or a resume, and checkpoints hold what was chosen.
-    transform/predict always use fp32."""
+    in bf16 with fp32 accumulation (oneDNN on AMX, ~4x the fp32 GEMM; TF32/bf16 on CUDA; elsewhere
+    the same products from operands rounded to bf16, slower than fp32); cosines to ~1e-3, noise well
+    below the step's own sampling noise. 'float32' for an exact learning E-step. 'auto' (default):
+    'bfloat16' where the CPU has AMX-BF16 (or on CUDA), 'float32' elsewhere; the estimator resolves it
+    once, when it is made, so a run never mixes precisions across workers or a resume, and
+    checkpoints hold what was chosen. transform/predict always use fp32."""
     npz_keys: NpzKeys = field(default_factory=NpzKeys)
     """Array names inside seed-format NPZ chunks."""
 
@@ -178,7 +178,7 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     for start in range(0, len(selected), config.block_size):
         x, inv_norm = load_rows(rows.data, source_t, selected[start:start + config.block_size], scratch, config.device)
         result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold, scratch,
-                                   gemm_dtype(config.learn_precision))
+                                   learning_dtype(config.learn_precision))
         max_cosine = result.max_cosine
         _check_finite(result.inv_norm, name)
         sums += weighted_cluster_sums(x, result, k)

@@ -6,8 +6,8 @@ ONEDNN_MAX_CPU_ISA, ... are the environment's to set). Caps set from outside are
 ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 (the CI's AVX2 pass) the bf16 units count as
 absent, exactly as on a CPU without them.
 
-Native bf16 is read from /proc/cpuinfo (amx_bf16, avx512_bf16), not from torch's mkldnn bf16 check,
-which also accepts AVX-512 CPUs that only emulate bf16 (several times slower than fp32 there).
+Native bf16 is read from /proc/cpuinfo (amx_bf16), not from torch's mkldnn bf16 check, which also
+accepts AVX-512 CPUs without bf16 units, where the fp32 GEMM's bf16 hint is ignored.
 """
 
 from __future__ import annotations
@@ -76,23 +76,23 @@ def onednn_cap() -> str | None:
 
 
 def bf16_unit(flags: set[str], capability: str, onednn_isa: str | None) -> tuple[str | None, str]:
-    """(the native bf16 matrix unit torch's GEMM may use: 'AMX-BF16', 'AVX512-BF16' or None, why None).
+    """(the bf16 matrix unit torch's fp32 GEMM multiplies on under matmul precision 'medium', i.e.
+    'AMX-BF16', or None; and why None).
 
-    A pure function of the CPU's flags, torch's capability and the oneDNN cap, so every CPU kind can
-    be tested on any machine. An unknown oneDNN cap name is no cap (oneDNN ignores it too).
+    AVX512-BF16 alone does not count: oneDNN takes the bf16 hint of an fp32 GEMM only on AMX (on an
+    AMD EPYC with AVX512-BF16, 'medium' gave exact fp32 results at fp32 speed). A pure function of the
+    CPU's flags, torch's capability and the oneDNN cap, so every CPU kind can be tested on any
+    machine; an unknown oneDNN cap name is no cap (oneDNN ignores it too).
     """
-    has_amx, has_avx512_bf16 = "amx_bf16" in flags, "avx512_bf16" in flags
-    if not (has_amx or has_avx512_bf16):
+    if "amx_bf16" not in flags:
+        if "avx512_bf16" in flags:
+            return None, "AVX512-BF16 but no AMX: torch's fp32 GEMM takes bf16 only on AMX"
         return None, "no native bf16 on this CPU"
     if not capability.upper().startswith("AVX512"):
         return None, f"bf16 units capped: torch capability {capability}"
-    rank = _ONEDNN_RANK.get((onednn_isa or "ALL").upper(), _ONEDNN_RANK["ALL"])
-    if has_amx and rank >= _ONEDNN_RANK["AVX512_CORE_AMX"]:
-        return "AMX-BF16", ""
-    # AMX CPUs have AVX512-BF16 too, which a cap between the two leaves usable
-    if rank >= _ONEDNN_RANK["AVX512_CORE_BF16"]:
-        return "AVX512-BF16", ""
-    return None, f"bf16 units capped: ONEDNN_MAX_CPU_ISA={onednn_isa}"
+    if _ONEDNN_RANK.get((onednn_isa or "ALL").upper(), _ONEDNN_RANK["ALL"]) < _ONEDNN_RANK["AVX512_CORE_AMX"]:
+        return None, f"bf16 units capped: ONEDNN_MAX_CPU_ISA={onednn_isa}"
+    return "AMX-BF16", ""
 
 
 def native_bf16() -> tuple[str | None, str]:
@@ -102,7 +102,7 @@ def native_bf16() -> tuple[str | None, str]:
 
 def default_learn_precision(device: str) -> str:
     """What learn_precision='auto' means here: 'bfloat16' where the GEMM has native bf16 units
-    (CUDA, or a CPU with AMX-BF16 / AVX512-BF16), 'float32' elsewhere (emulated bf16 is slower)."""
+    (CUDA, or a CPU with AMX-BF16), 'float32' elsewhere."""
     import torch
 
     if torch.device(device).type == "cuda":

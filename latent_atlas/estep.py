@@ -17,6 +17,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -24,13 +25,14 @@ import torch.nn.functional as F
 
 from latent_atlas.cpu import default_learn_precision, native_bf16
 
+
 GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Learning GEMM precisions by name (see matmul_precision); 'auto' picks one (resolve_precision)."""
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:
     """A concrete learning precision: name itself, or for 'auto' 'bfloat16' where the GEMM has
-    native bf16 units (AMX-BF16 / AVX512-BF16 CPUs, CUDA) and 'float32' elsewhere."""
+    native bf16 units (AMX-BF16 CPUs, CUDA) and 'float32' elsewhere."""
     if name == "auto":
         return default_learn_precision(str(device))
     if name not in GEMM_DTYPES:
@@ -38,7 +40,7 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
     return name
 
 
-def gemm_dtype(name: str) -> torch.dtype:
+def learning_dtype(name: str) -> torch.dtype:
     """The dtype of a resolved learning precision. 'auto' is refused: it is resolved once, on the
     driver, so that workers on other CPUs (Dask) and resumed runs all use the precision it chose."""
     if name not in GEMM_DTYPES:
@@ -65,8 +67,9 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     centroids transposed [d, k] float32.
 
     gemm_dtype=torch.bfloat16 lets the similarity GEMM multiply in bf16 with fp32 accumulation and
-    fp32 output (oneDNN on AMX / AVX512-BF16 CPUs: ~4x the fp32 GEMM there; learn_precision='auto'
-    picks it only on such CPUs, see resolve_precision).
+    fp32 output (oneDNN on AMX: ~4x the fp32 GEMM there; learn_precision='auto' picks it only
+    there, see resolve_precision). Elsewhere the operands are rounded to bf16 and multiplied in fp32:
+    the same products, slower than plain fp32, so that a run's workers never mix precisions.
     Cosines then carry ~1e-3 relative error, so it is for learning only, never for `transform`,
     whose memberships are exact.
 
@@ -77,9 +80,16 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     """
     b, k = x.shape[0], centers_t.shape[1]
     sims = buffer(scratch, "sims", (b, k), x.device)
+    rows = x
+    if gemm_dtype == torch.bfloat16 and x.device.type == "cpu" and not _has_bf16_gemm():
+        # no bf16 GEMM here (no AMX, or a capped ISA: torch's GEMM would quietly stay fp32): the same
+        # bf16 products, exact in fp32, from operands rounded to bf16, so every worker of a run
+        # learns in the precision the driver chose for it
+        rows = buffer(scratch, "x_bf16", x.shape, x.device).copy_(x.to(torch.bfloat16))
+        centers_t, gemm_dtype = centers_t.to(torch.bfloat16).float(), torch.float32
     with matmul_precision(gemm_dtype):
         for lo, hi in _gemm_pieces(b, gemm_dtype):
-            torch.mm(x[lo:hi], centers_t, out=sims[lo:hi])
+            torch.mm(rows[lo:hi], centers_t, out=sims[lo:hi])
     g = group_size(k)
     n_groups = k // g
     group_max = torch.amax(sims.view(b, n_groups, g), dim=2)  # [b, n_groups]
@@ -154,6 +164,12 @@ def group_size(k: int) -> int:
 _GEMM_LOCK = threading.Lock()
 
 
+@lru_cache(maxsize=1)
+def _has_bf16_gemm() -> bool:
+    """Whether torch's fp32 GEMM multiplies in bf16 here under matmul precision 'medium' (AMX-BF16)."""
+    return native_bf16()[0] is not None
+
+
 @contextmanager
 def matmul_precision(dtype: torch.dtype):
     """fp32 matmuls inside multiply in bf16 (fp32 accumulation and output) when dtype is bfloat16
@@ -179,16 +195,11 @@ def effective_precision(name: str, device: torch.device | str) -> str:
     """What the learning GEMM of a resolved precision really multiplies in on this device, and on
     which units, for run metadata: e.g. 'bfloat16 (AMX-BF16)', 'float32 (no native bf16 on this CPU)'."""
     if torch.device(device).type == "cuda":
-        return "tf32/bfloat16" if gemm_dtype(name) == torch.bfloat16 else "float32"
+        return "tf32/bfloat16" if learning_dtype(name) == torch.bfloat16 else "float32"
     unit, why = native_bf16()
-    if gemm_dtype(name) == torch.float32:
+    if learning_dtype(name) == torch.float32:
         return "float32" if unit else f"float32 ({why})"
-    if unit:
-        return f"bfloat16 ({unit})"
-    # asked for explicitly: oneDNN emulates bf16 on plain AVX-512 (slow) and falls back to fp32 below it
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return f"bfloat16 (emulated: {why})"
-    return f"float32 ({why})"
+    return f"bfloat16 ({unit})" if unit else f"bfloat16 (operands rounded to bf16, fp32 GEMM; {why})"
 
 
 def weighted_cluster_sums(x: torch.Tensor, block: SparseBlock, k: int) -> torch.Tensor:
