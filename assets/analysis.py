@@ -5,7 +5,9 @@ context, intervention vectors, and the results directory `ClusterAnalyzer` reads
                                                  -> cluster_summaries (ATLAS_HOME/results/)
 
 The merge (a streaming fold over the chunk_stats files) runs once, in `merged_statistics`; the
-three global assets each load the merged file. `intervention_vectors` is an
+three global assets each load the merged file. The statistics files keep the sampled tokens'
+identities, not their vectors: `intervention_vectors` reads those back from the whitened chunk
+files, as `exemplars` reads contexts back. `intervention_vectors` is an
 `InterventionVectors` saved as one .npz by the tensor IO manager (vectors, diff_means [k, d];
 AUROC against random and hard negatives with intervals, the weights behind them, d_prime,
 within_variance [k]; cross_correlation [k, k]; shrinkage). Documents are held out whole (doc ids
@@ -39,6 +41,18 @@ from resources.model import decoder_for
 def _fan_in() -> dg.AssetIn:
     """All chunk partitions as {partition key: Path}, opened lazily."""
     return dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
+
+
+def _whitened_opener(whitened_activations: dict[str, Path]):
+    """open_chunk(chunk_id) -> memory-mapped whitened DenseChunk, naming a chunk not materialized."""
+
+    def open_chunk(chunk_id: str) -> DenseChunk:
+        if chunk_id not in whitened_activations:
+            raise ValueError(f"merged statistics sample chunk {chunk_id!r}, which has no materialized "
+                             "whitened_activations: materialize it or rematerialize merged_statistics")
+        return read_chunk(whitened_activations[chunk_id])
+
+    return open_chunk
 
 
 def _decoder(corpus: CorpusResource, model: ModelResource):
@@ -175,15 +189,17 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
     )
 
 
-@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis",
+@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"whitened_activations": _fan_in()},
           check_specs=[dg.AssetCheckSpec("vectors_finite_and_unit_norm", asset="intervention_vectors")],
           kinds={"numpy"})
-def intervention_vectors(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering):
+def intervention_vectors(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering,
+                         whitened_activations: dict[str, Path]):
     """Per-cluster LDA steering directions (Ledoit-Wolf shrunk pooled covariance), sign-aligned
     with the centroids, with held-out AUROC (and interval) against random and hard negatives and
-    d', beside difference-of-means directions."""
+    d', beside difference-of-means directions. The reservoirs' vectors are read back from the
+    whitened chunk files (memory-mapped, only the sampled rows, one chunk at a time)."""
     stats, centers = merged_statistics, centroids.cluster_centers_
-    vectors = stats.fit_intervention_vectors(centers)
+    vectors = stats.fit_intervention_vectors(centers, open_chunk=_whitened_opener(whitened_activations))
     passed, check_meta = check_vectors(vectors.vectors)
     flags = pa.table(cluster_measures(stats, center_cosines(centers), normalised_coactivation(stats)))
     return dg.MaterializeResult(

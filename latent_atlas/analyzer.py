@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from latent_atlas.chunks import atomic_dir
+from latent_atlas.chunks import DenseChunk, atomic_dir
 from latent_atlas.exemplars import Decode, fill_context, select_exemplars
 from latent_atlas.intervention import SCORES, InterventionVectors
 from latent_atlas.memberships import SparseMemberships
@@ -82,9 +82,12 @@ def score_summary(vectors: InterventionVectors, stats_table: pa.Table) -> dict:
 
 
 def build_results(results_path: str | Path, stats: ChunkStatistics, open_chunk: Callable[[str], tuple[np.ndarray, SparseMemberships]],
-                  decode: Decode, centers: np.ndarray | None = None, window: int = 10) -> Path:
-    """Merged statistics -> cluster_stats, exemplars with context, intervention vectors, on disk."""
-    vectors = stats.fit_intervention_vectors(centers)
+                  open_whitened: Callable[[str], DenseChunk], decode: Decode, centers: np.ndarray | None = None,
+                  window: int = 10) -> Path:
+    """Merged statistics -> cluster_stats, exemplars with context, intervention vectors, on disk.
+    open_chunk gives a chunk's token ids and memberships (contexts), open_whitened its whitened
+    DenseChunk (the reservoirs' vectors, which saved statistics do not keep)."""
+    vectors = stats.fit_intervention_vectors(centers, open_chunk=open_whitened)
     table = cluster_stats(stats, centers, decode)
     exemplars = fill_context(select_exemplars(stats.candidates), open_chunk, decode, window)
     return write_results(results_path, table, exemplars, vectors, centers, stats.coactivation,

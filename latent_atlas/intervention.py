@@ -13,14 +13,18 @@ Separation is measured on held-out tokens, split off by a seeded hash and never 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
 import scipy.stats
 import scipy.sparse as sp
 
+from latent_atlas.chunks import DenseChunk
+from latent_atlas.errors import ChunkError
 from latent_atlas.tables import read_npz, write_npz
 
 
@@ -87,25 +91,66 @@ class LdaMoments:
 
 @dataclass
 class VectorSample:
-    """Reservoir of tokens with their vectors and dense memberships: the `size` smallest seeded
-    priorities overall, plus the `per_stratum` smallest of each stratum (a token's hard cluster,
-    k for a token with no membership). One priority serves both, so within a stratum the kept
-    tokens are a uniform sample of it (priority below the larger of the two thresholds)."""
+    """Reservoir of tokens with their dense memberships: the `size` smallest seeded priorities
+    overall, plus the `per_stratum` smallest of each stratum (a token's hard cluster, k for a token
+    with no membership). One priority serves both, so within a stratum the kept tokens are a
+    uniform sample of it (priority below the larger of the two thresholds).
+
+    The vectors are not saved (per chunk they would be up to k x per_stratum rows of d values,
+    ~150 MB at d=2304, k=512): a saved sample holds token identities, and `read_vectors` reads the
+    selected rows back from the chunk files after merging, one chunk at a time."""
 
     priority: np.ndarray  # [n] float64 seeded hash; the n smallest are kept
     chunk_id: np.ndarray  # [n] str
     sequence: np.ndarray  # [n] int32
     position: np.ndarray  # [n] int32
-    vectors: np.ndarray  # [n, d] float16 (whitened activations are stored fp16: lossless)
-    memberships: np.ndarray  # [n, k] float32
+    memberships: np.ndarray  # [n, k] float32 (saved sparse: the nonzeros)
     group: np.ndarray  # [n] uint64 document key: the unit of the held-out split
     stratum: np.ndarray  # [n] int32 hard cluster (largest membership, ties to the lowest), k if none
+    vector_norm: np.ndarray  # [n] float32 L2 norm of the vector, to check the chunk read back is the one sampled
+    vectors: np.ndarray | None = None  # [n, d] float16 whitened activations (lossless), None until read
+
+    _IDENTITY = ("priority", "chunk_id", "sequence", "position", "memberships", "group", "stratum", "vector_norm")
 
     def merge(self, other: "VectorSample", size: int, per_stratum: int = 0) -> "VectorSample":
-        arrays = {f: np.concatenate([getattr(self, f), getattr(other, f)]) for f in self.__dataclass_fields__}
+        """Exact merge of the identities; vectors are kept only when both sides hold them."""
+        names = self._IDENTITY + (("vectors",) if self.vectors is not None and other.vectors is not None else ())
+        arrays = {f: np.concatenate([getattr(self, f), getattr(other, f)]) for f in names}
         keep = reservoir_rows(arrays["priority"], arrays["chunk_id"], arrays["sequence"], arrays["position"],
                               arrays["stratum"], size, per_stratum)
         return VectorSample(**{f: a[keep] for f, a in arrays.items()})
+
+    def read_vectors(self, open_chunk: Callable[[str], DenseChunk], dim: int) -> "VectorSample":
+        """This sample with `vectors` [n, dim] float16 read from the chunks' whitened activations:
+        open_chunk(chunk_id) -> DenseChunk (memory-mapped), each opened once, and only the kept
+        (sequence, position) rows read. Raises ChunkError when a chunk's row does not have the
+        norm recorded when the sample was drawn (the chunk was rewritten since)."""
+        vectors = np.zeros((self.priority.size, dim), np.float16)
+        for chunk_id in map(str, np.unique(self.chunk_id)):
+            rows = np.flatnonzero(self.chunk_id == chunk_id)
+            rows = rows[np.lexsort((self.position[rows], self.sequence[rows]))]  # file order: fewer page faults
+            chunk = open_chunk(chunk_id)
+            source = chunk.path or chunk_id
+            if chunk.dim != dim or self.sequence[rows].max() >= chunk.n_sequences \
+                    or self.position[rows].max() >= chunk.sequence_length:
+                raise ChunkError(source, f"chunk {chunk_id!r} of shape {chunk.activations.shape} cannot hold the "
+                                         f"sampled tokens (dim {dim}): rematerialize its statistics")
+            vectors[rows] = np.asarray(chunk.activations[self.sequence[rows], self.position[rows]], np.float16)
+            changed = ~np.isclose(vector_norms(vectors[rows]), self.vector_norm[rows], rtol=1e-5, atol=1e-6)
+            if changed.any():
+                r = rows[np.argmax(changed)]
+                raise ChunkError(source, f"chunk {chunk_id!r} changed since its statistics were computed: "
+                                         f"{int(changed.sum())} sampled tokens differ (first: sequence "
+                                         f"{self.sequence[r]}, position {self.position[r]}): rematerialize its statistics")
+        return dataclasses.replace(self, vectors=vectors)
+
+    def require_vectors(self, what: str) -> np.ndarray:
+        """[n, d] vectors, or a ValueError saying how to read them back."""
+        if self.vectors is None:
+            raise ValueError(f"the {what} reservoir holds no vectors (saved statistics keep token identities only): "
+                             "read them back with read_vectors(open_chunk, dim) or "
+                             "ChunkStatistics.fit_intervention_vectors(centers, open_chunk=...)")
+        return self.vectors
 
     def expansion_weights(self, stratum_count: np.ndarray | None) -> np.ndarray:
         """[n] float64: tokens of its stratum that each kept token stands for (stratum_count [k+1]
@@ -116,11 +161,24 @@ class VectorSample:
         return (stratum_count / np.maximum(kept, 1))[self.stratum].astype(np.float64)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        """Identities only (no vectors); memberships as their nonzeros (rows, clusters, values)."""
+        arrays = {f: getattr(self, f) for f in self._IDENTITY if f != "memberships"}
+        rows, clusters = np.nonzero(self.memberships)
+        return {**arrays, "membership_shape": np.array(self.memberships.shape, np.int64),
+                "membership_row": rows.astype(np.int32), "membership_cluster": clusters.astype(np.int32),
+                "membership_value": self.memberships[rows, clusters]}
 
     @classmethod
     def from_arrays(cls, a: dict) -> "VectorSample":
-        return cls(**{f: a[f] for f in cls.__dataclass_fields__})
+        memberships = np.zeros(tuple(a["membership_shape"]), np.float32)
+        memberships[a["membership_row"], a["membership_cluster"]] = a["membership_value"]
+        return cls(**{f: a[f] for f in cls._IDENTITY if f != "memberships"}, memberships=memberships)
+
+
+def vector_norms(vectors: np.ndarray) -> np.ndarray:
+    """L2 norm of each row of fp16 vectors (float32 is exact enough for a 1e-5 check).  # [n] float32"""
+    v = np.asarray(vectors, np.float32)
+    return np.sqrt(np.einsum("nd,nd->n", v, v))
 
 
 def reservoir_rows(priority: np.ndarray, chunk_id: np.ndarray, sequence: np.ndarray, position: np.ndarray,
@@ -155,7 +213,7 @@ def shrunk_pooled_covariance(moments: LdaMoments, fit_sample: VectorSample) -> t
     shrinkage; the fourth moment is estimated on `fit_sample` against the exact cluster means."""
     cov = moments.pooled_covariance()
     mu = moments.cluster_means()  # [k, d]
-    x = fit_sample.vectors.astype(np.float64)
+    x = fit_sample.require_vectors("fitting").astype(np.float64)
     m = fit_sample.memberships.astype(np.float64)
     sq = (x**2).sum(1)[:, None] - 2.0 * x @ mu.T + (mu**2).sum(1)[None, :]  # [n, k] ||x_i - mu_c||^2
     mean_fourth = float((m * sq**2).sum() / max(m.sum(), 1e-12))
@@ -267,7 +325,7 @@ def _separation(directions: np.ndarray, heldout: VectorSample, weight: np.ndarra
     random and hard negatives, mean / variance of positives and random negatives [k, 4], and the
     positive, negative and hard-negative weights [k, 3]."""
     k = directions.shape[0]
-    proj = heldout.vectors.astype(np.float64) @ directions.T  # [n, k]
+    proj = heldout.require_vectors("held-out").astype(np.float64) @ directions.T  # [n, k]
     groups = np.unique(heldout.group, return_inverse=True)[1]
     out = {"random": np.full((k, 3), np.nan), "hard": np.full((k, 3), np.nan),
            "mean_var": np.full((k, 4), np.nan), "weights": np.zeros((k, 3))}

@@ -8,14 +8,19 @@ allow_pickle=False).
 Held-out split: whole documents (sequences without a known document) are held out by a seeded
 hash; their tokens are never fitted (LDA moments, fitting reservoir) nor shown as exemplars, and
 the held-out reservoir keeps `heldout_per_cluster` tokens of every cluster beside a uniform sample.
+Saved statistics keep the reservoirs' token identities, not their vectors (those would make each
+file grow with k x heldout_per_cluster x d): `read_vectors` reads the kept rows back from the
+whitened chunk files after merging.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zipfile
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +32,7 @@ from latent_atlas.exemplars import (
     ExemplarCandidates, ExemplarConfig, first_n_per_group, sequence_keys_for, stream_salt, token_priority,
 )
 from latent_atlas.intervention import (
-    InterventionVectors, LdaMoments, VectorSample, intervention_vectors, reservoir_rows,
+    InterventionVectors, LdaMoments, VectorSample, intervention_vectors, reservoir_rows, vector_norms,
 )
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.tables import read_npz, write_npz
@@ -46,12 +51,12 @@ class StatisticsConfig:
     heldout_fraction: float = 0.1
     """Share of documents (by seeded hash) held out of the LDA fit and the exemplars, for scores."""
     heldout_sample_size: int = 2048
-    """Held-out tokens kept with vectors and memberships as a uniform sample (random negatives)."""
+    """Held-out tokens kept (with memberships; vectors read back after merging) as a uniform sample."""
     heldout_per_cluster: int = 64
     """Held-out tokens also kept per cluster (among those whose largest membership is that
     cluster), so every cluster with that many held-out members is scored on at least as many."""
     fit_sample_size: int = 2048
-    """Fitting tokens kept with vectors, to estimate the Ledoit-Wolf intensity."""
+    """Fitting tokens kept (vectors read back after merging), to estimate the Ledoit-Wolf intensity."""
     block_sequences: int = 256
     """Sequences per block when streaming a chunk (bounds memory: block x seq_len x d floats)."""
     gemm_dtype: str = "float32"
@@ -94,7 +99,7 @@ class ChunkStatistics:
     heldout_count: np.ndarray  # [k + 1] int64, held-out tokens per hard cluster (k: no membership)
     moments: LdaMoments
     candidates: ExemplarCandidates
-    heldout: VectorSample
+    heldout: VectorSample  # vectors held in memory after `compute`, not saved: `read_vectors` after `load`
     fit_sample: VectorSample
     config: StatisticsConfig
 
@@ -163,11 +168,22 @@ class ChunkStatistics:
                                          config.fit_sample_size, 0)
         return stats
 
-    def fit_intervention_vectors(self, centers: np.ndarray | None = None) -> InterventionVectors:
+    def fit_intervention_vectors(self, centers: np.ndarray | None = None,
+                                 open_chunk: Callable[[str], DenseChunk] | None = None) -> InterventionVectors:
         """Intervention vectors from these moments, scored on the held-out reservoir (each token
-        weighted for its stratum) against random and hard negatives."""
-        return intervention_vectors(self.moments, self.fit_sample, self.heldout, centers, self.heldout_count,
-                                    self.config.hard_negative_clusters)
+        weighted for its stratum) against random and hard negatives. Statistics loaded from disk
+        keep no vectors: pass open_chunk(chunk_id) -> whitened DenseChunk to read them back."""
+        stats = self if open_chunk is None else self.read_vectors(open_chunk)
+        return intervention_vectors(stats.moments, stats.fit_sample, stats.heldout, centers, stats.heldout_count,
+                                    stats.config.hard_negative_clusters)
+
+    def read_vectors(self, open_chunk: Callable[[str], DenseChunk]) -> "ChunkStatistics":
+        """These statistics with the held-out and fitting reservoirs' vectors read back from the
+        chunks' whitened activations (`VectorSample.read_vectors`); each chunk is opened once per
+        reservoir and only its sampled rows are read (float16, at most the reservoirs' size in memory)."""
+        dim = self.moments.sum_x.size
+        return dataclasses.replace(self, heldout=self.heldout.read_vectors(open_chunk, dim),
+                                   fit_sample=self.fit_sample.read_vectors(open_chunk, dim))
 
     def merge(self, other: "ChunkStatistics") -> "ChunkStatistics":
         """Exact merge: equals computing over both inputs' tokens at once."""
@@ -289,9 +305,10 @@ class _TokenIndex:
         ids = np.full(tokens.size, self.chunk_id)  # (dtype=str would cut the id to one character)
         rows = reservoir_rows(priority, ids, seq, pos, self.stratum[tokens], size, per_stratum)
         idx = tokens[rows]
+        vectors = np.asarray(self.chunk.activations[seq[rows], pos[rows]], np.float16)  # kept in memory, never saved
         return VectorSample(priority[rows], ids[rows], seq[rows], pos[rows],
-                            np.asarray(self.chunk.activations[seq[rows], pos[rows]], np.float16),
-                            self.memberships[idx].toarray().astype(np.float32), self.group[idx], self.stratum[idx])
+                            self.memberships[idx].toarray().astype(np.float32), self.group[idx], self.stratum[idx],
+                            vector_norms(vectors), vectors)
 
 
 def document_keys_for(doc_ids: list[str]) -> np.ndarray:

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
+from io_managers.tensors import load_artifact
 from latent_atlas.analyzer import ClusterAnalyzer
+from latent_atlas.chunks import read_chunk
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics
@@ -37,6 +39,19 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
 
     vectors = InterventionVectors.load(tensors / "intervention_vectors.npz")
     np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1.0, atol=1e-4)
+    # Statistics files keep the reservoirs' token identities, not their [tokens, d] vectors: the
+    # asset read those back from the whitened chunks, exactly the rows the chunk files hold.
+    d = vectors.vectors.shape[1]
+    for path in [tensors / "merged_statistics.npz", *(tensors / "chunk_stats" / f"{key}.npz" for key in keys)]:
+        with np.load(path, allow_pickle=False) as npz:
+            shapes = {name: npz[name].shape for name in npz.files if name.startswith(("heldout.", "fit_sample."))}
+        assert shapes and not [name for name, shape in shapes.items() if d in shape[1:]], (path, shapes)
+    read_back = merged.read_vectors(lambda key: read_chunk(tensors / "whitened_activations" / key))
+    held = read_back.heldout
+    chunk = read_chunk(tensors / "whitened_activations" / held.chunk_id[0])
+    np.testing.assert_array_equal(held.vectors[0], chunk.activations[held.sequence[0], held.position[0]])
+    centers = load_artifact(tensors / "centroids.npz").cluster_centers_
+    np.testing.assert_array_equal(read_back.fit_intervention_vectors(centers).auroc, vectors.auroc)
 
     results = atlas_home / "results"
     analyzer = ClusterAnalyzer(results)

@@ -47,7 +47,8 @@ def results(tmp_path_factory):
     def open_chunk(chunk_id):
         return read_chunk(root / chunk_id).token_ids, SparseMemberships.load(root / f"{chunk_id}.memberships.parquet")
 
-    path = build_results(root / "results", merged, open_chunk, decode, centers, window=3)
+    path = build_results(root / "results", merged, open_chunk, lambda chunk_id: read_chunk(root / chunk_id), decode,
+                         centers, window=3)
     return path, centers
 
 

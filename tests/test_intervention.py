@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.intervention import (
     LdaMoments, VectorSample, auroc_interval, check_vectors, intervention_vectors, shrunk_pooled_covariance,
-    weighted_auroc,
+    vector_norms, weighted_auroc,
 )
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics, StatisticsConfig
@@ -18,8 +18,8 @@ from latent_atlas.statistics import ChunkStatistics, StatisticsConfig
 def sample_of(x, m):
     n = x.shape[0]
     return VectorSample(np.arange(n, dtype=np.float64), np.full(n, "c"), np.arange(n, dtype=np.int32),
-                        np.zeros(n, np.int32), x, m.astype(np.float32), np.arange(n, dtype=np.uint64),
-                        m.argmax(1).astype(np.int32))
+                        np.zeros(n, np.int32), m.astype(np.float32), np.arange(n, dtype=np.uint64),
+                        m.argmax(1).astype(np.int32), vector_norms(x), x)
 
 
 @pytest.mark.parametrize("n, d", [(200, 20), (15, 30)])  # ordinary and n < d
@@ -174,3 +174,14 @@ def test_stratified_reservoir_scores_like_all_heldout_tokens():
         assert ((ci[:, 0] - 0.01 <= getattr(want, name)) & (getattr(want, name) <= ci[:, 1] + 0.01)).all(), name
     # the weights stand for every held-out token: positives + negatives of a cluster = all of them
     np.testing.assert_allclose(got.positive_weight + got.negative_weight, full.heldout.priority.size, rtol=1e-9)
+
+
+def test_scores_need_the_vectors_read_back():
+    """A reservoir loaded from disk holds no vectors: scoring it says how to read them back
+    instead of failing on None deep in the algebra."""
+    stats, centers = close_pair(StatisticsConfig(heldout_fraction=0.3))
+    bare = VectorSample.from_arrays(stats.heldout.to_arrays())
+    assert bare.vectors is None
+    np.testing.assert_array_equal(bare.memberships, stats.heldout.memberships)  # saved sparse, read back exact
+    with pytest.raises(ValueError, match="held-out reservoir holds no vectors.*read_vectors"):
+        intervention_vectors(stats.moments, stats.fit_sample, bare, centers)

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import DenseChunk
+from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.errors import ChunkError
 from latent_atlas.exemplars import ExemplarCandidates, ExemplarConfig, select_exemplars
 from latent_atlas.intervention import intervention_vectors
 from latent_atlas.memberships import SparseMemberships
@@ -46,7 +47,7 @@ def data():
     sa = ChunkStatistics.compute("a", ma, a, K, CONFIG, sequence_keys=np.arange(40))
     sb = ChunkStatistics.compute("b", mb, b, K, CONFIG, sequence_keys=np.arange(40, 65))
     sw = ChunkStatistics.compute("whole", mw, whole, K, CONFIG, sequence_keys=np.arange(65))
-    return dict(centers=centers, a=a, ma=ma, sa=sa, sb=sb, sw=sw, whole=whole, mw=mw)
+    return dict(centers=centers, a=a, ma=ma, b=b, mb=mb, sa=sa, sb=sb, sw=sw, whole=whole, mw=mw)
 
 
 def test_values_match_dense_memberships(data):
@@ -113,7 +114,8 @@ def test_save_load_round_trip_and_streaming_merge(data, tmp_path):
     direct = data["sa"].merge(data["sb"])
     np.testing.assert_array_equal(merged.coactivation, direct.coactivation)
     np.testing.assert_array_equal(merged.candidates.value, direct.candidates.value)
-    np.testing.assert_array_equal(merged.heldout.vectors, direct.heldout.vectors)
+    for name in ("priority", "sequence", "position", "memberships", "group", "stratum", "vector_norm"):
+        np.testing.assert_array_equal(getattr(merged.heldout, name), getattr(direct.heldout, name), err_msg=name)
     assert merged.config == CONFIG and merged.chunk_ids == ["a", "b"]
     assert not list(tmp_path.glob(".*tmp*"))
 
@@ -293,3 +295,72 @@ def test_measures_flag_window_start_artifact_and_near_duplicates():
     assert rows[2]["token_entropy"] == 0.0 and rows[2]["top_token_share"] == pytest.approx(1.0)
     assert min(rows[c]["token_entropy"] for c in (0, 1, 3, 4)) > 0.7
     json.dumps(rows)
+
+
+SMALL = StatisticsConfig(**{**CONFIG.__dict__, "heldout_sample_size": 10, "heldout_per_cluster": 3, "fit_sample_size": 12})
+
+
+def chunk_files(data, root, scale=1.0):
+    """Chunks a and b written as chunk directories (activations times `scale`); opener(chunk_id)
+    reads one memory-mapped and records the ids it opened."""
+    for name in ("a", "b"):
+        chunk = data[name]
+        write_chunk(root / name, (chunk.activations * scale).astype(np.float16), chunk.attention_mask, chunk.token_ids, {})
+    opened = []
+
+    def opener(chunk_id):
+        opened.append(chunk_id)
+        return read_chunk(root / chunk_id)
+
+    return opener, opened
+
+
+@pytest.mark.parametrize("config", [CONFIG, SMALL], ids=["every_token", "small_reservoirs"])
+def test_vectors_read_back_equal_the_sampled_vectors(data, tmp_path, config):
+    """Saved statistics keep the reservoirs' identities only; reading the selected rows back from
+    the chunk files gives exactly the vectors the reservoirs held in memory, and so the same
+    intervention vectors and scores."""
+    sa = ChunkStatistics.compute("a", data["ma"], data["a"], K, config, sequence_keys=np.arange(40))
+    sb = ChunkStatistics.compute("b", data["mb"], data["b"], K, config, sequence_keys=np.arange(40, 65))
+    kept = sa.merge(sb)  # in memory: the reservoirs carry their vectors through the merge
+    loaded = merge_statistics([sa.save(tmp_path / "a.npz"), sb.save(tmp_path / "b.npz")])
+    assert loaded.heldout.vectors is None and loaded.fit_sample.vectors is None
+    opener, opened = chunk_files(data, tmp_path)
+    read = loaded.read_vectors(opener)
+    for name in ("heldout", "fit_sample"):
+        np.testing.assert_array_equal(getattr(read, name).vectors, getattr(kept, name).vectors, err_msg=name)
+        assert getattr(read, name).vectors.dtype == np.float16
+    assert sorted(opened) == ["a", "a", "b", "b"]  # each chunk opened once per reservoir
+    want, got = kept.fit_intervention_vectors(data["centers"]), loaded.fit_intervention_vectors(data["centers"], opener)
+    for name in want._arrays():
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert got.shrinkage == want.shrinkage
+
+
+def reservoir_arrays(stats, tmp_path, name):
+    with np.load(stats.save(tmp_path / name), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files if key.startswith(("heldout.", "fit_sample."))}
+
+
+def test_saved_reservoirs_do_not_grow_with_the_dimension(tmp_path):
+    """The same tokens at d=8 and d=256: the reservoirs on disk are the same size, and no
+    [tokens, d] array is stored (at d=2304, k=512 the vectors made a chunk's file ~150 MB)."""
+    wide, mem = many_clusters(60, 16, 16, seed=6, dim=256)
+    narrow = DenseChunk(np.ascontiguousarray(wide.activations[..., :8]), wide.attention_mask, wide.token_ids)
+    at = {d: reservoir_arrays(ChunkStatistics.compute("c", mem, chunk, 16, everything_kept()), tmp_path, f"{d}.npz")
+          for d, chunk in ((8, narrow), (256, wide))}
+    assert at[8].keys() == at[256].keys()
+    for key, value in at[256].items():
+        assert value.nbytes == at[8][key].nbytes, key
+        assert 256 not in value.shape[1:], key
+    n_kept = at[256]["heldout.priority"].size + at[256]["fit_sample.priority"].size
+    assert n_kept == 60 * 16 and sum(v.nbytes for v in at[256].values()) < 100 * n_kept  # vs 512 bytes of fp16 vector
+
+
+def test_read_back_refuses_a_rewritten_chunk(data, tmp_path):
+    """A chunk rewritten since its statistics (e.g. a whitening refit) would give vectors the
+    moments never saw: reading back names the chunk instead of scoring silently."""
+    loaded = merge_statistics([data["sa"].save(tmp_path / "a.npz"), data["sb"].save(tmp_path / "b.npz")])
+    opener, _ = chunk_files(data, tmp_path, scale=1.5)
+    with pytest.raises(ChunkError, match="chunk 'a' changed since its statistics were computed"):
+        loaded.fit_intervention_vectors(data["centers"], opener)
