@@ -18,14 +18,14 @@ bits over the sample. Dividing by n scales F, dF and alpha's term alike, so gree
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from latent_atlas.ensemble import partition_distance
+from latent_atlas.ensemble import align_centers, partition_distance
 
 
 @dataclass
@@ -148,8 +148,21 @@ def merge_iteration(memberships: np.ndarray, config: MergeConfig) -> MergeHistor
     return MergeHistory(group_idxs, pairs, costs, k0 - 1 - np.arange(n_iters))
 
 
+def aligned_merge_histories(reference_centers: np.ndarray, member_centers: Mapping[str, np.ndarray],
+                            memberships_of: Callable[[np.ndarray], np.ndarray],
+                            config: MergeConfig) -> dict[str, MergeHistory]:
+    """MDL merges of every ensemble member, its clusters first aligned to reference_centers [k, d] (the
+    atlas's): column j of each member's memberships is its match of reference cluster j, so members' merge
+    states (partitions of components) compare component by component. A run's cluster order is arbitrary;
+    unaligned, even two identical runs would differ. memberships_of(centers [k, d]) -> memberships [n, k]
+    of one shared sample under those centers."""
+    return {name: merge_iteration(memberships_of(align_centers(centers, reference_centers)), config)
+            for name, centers in member_centers.items()}
+
+
 def history_distances(histories: Sequence[MergeHistory], method: str = "perm_invariant_hamming") -> np.ndarray:
-    """Distances between ensemble members' group assignments at each iteration -> [n_iters, n_ens, n_ens]."""
+    """Distances between ensemble members' group assignments at each iteration -> [n_iters, n_ens, n_ens].
+    Component i must mean the same cluster in every member (see aligned_merge_histories)."""
     n_iters = {h.group_idxs.shape[0] for h in histories}
     if len(n_iters) != 1:
         raise ValueError(f"histories must have the same number of iterations, got {sorted(n_iters)}")

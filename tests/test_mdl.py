@@ -7,6 +7,7 @@ import pytest
 
 from latent_atlas.mdl import (
     MergeConfig,
+    aligned_merge_histories,
     coactivation,
     description_length,
     history_distances,
@@ -101,3 +102,24 @@ def test_histories_table_has_a_row_per_member_and_merge():
         assert table["distance_median"][row] == np.median(per_pair[t]) and table["distance_max"][row] == per_pair[t].max()
     with pytest.raises(ValueError, match="merges"):
         histories_table(histories, distances[:2])
+
+
+def test_a_permuted_copy_of_a_member_is_at_distance_zero_at_every_merge():
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(10, 24))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x = centers[rng.integers(0, 10, 400)] + 0.4 * rng.normal(size=(400, 24))
+
+    def memberships_of(c):  # softmax over cosines, temperature 0.1
+        logits = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ c.T / 0.1
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    permuted = centers[rng.permutation(10)]  # the same run, its clusters listed in another order
+    config = MergeConfig(activation_threshold=0.1)
+    histories = aligned_merge_histories(centers, {"a": centers, "b": permuted}, memberships_of, config)
+    distances = history_distances(list(histories.values()))
+    assert distances.shape == (9, 2, 2) and np.all(distances == 0)
+    # unaligned, component j is another cluster in each member: the same run looks different
+    unaligned = [merge_iteration(memberships_of(c), config) for c in (centers, permuted)]
+    assert history_distances(unaligned)[:-1, 0, 1].max() > 0
