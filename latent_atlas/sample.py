@@ -4,6 +4,11 @@ drawn by streaming over chunks, plus every document's summed unit token vector.
 Every token gets a priority from a generator seeded by (seed, chunk key); the `size` smallest
 priorities over all chunks are a uniform sample without replacement. Only the current chunk and the
 kept rows are in memory, and a chunk's draws do not depend on which other chunks exist or their order.
+
+The ensemble needs more tokens than the trees (enough per cluster to re-find every cluster, while
+UMAP + HDBSCAN slow down with the sample), so the reservoir may keep `ensemble_size` > `size` tokens:
+the trees' sample is the `size` smallest priorities, i.e. the first rows of the ensemble's sample,
+itself uniform.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class HierarchySample:
     doc_tokens: np.ndarray  # [D] int64 attended tokens of each document
     doc_member_clusters: np.ndarray  # [D, m] memberships of the document direction
     doc_member_values: np.ndarray  # [D, m]
+    ensemble_vectors: np.ndarray  # [N, d] N >= n tokens in the chunks' dtype for the ensemble; first n rows are `vectors`
     n_clusters: int
     sequence_length: int
     tokens_seen: int
@@ -63,7 +69,8 @@ class HierarchySample:
     @classmethod
     def load(cls, path) -> HierarchySample:
         with np.load(path, allow_pickle=False) as z:
-            values = {f.name: z[f.name] for f in fields(cls)}
+            values = {f.name: z[f.name] for f in fields(cls) if f.name in z.files}
+        values.setdefault("ensemble_vectors", values["vectors"])  # a sample saved before ensemble_vectors
         values.update(n_clusters=int(values["n_clusters"]), sequence_length=int(values["sequence_length"]),
                       tokens_seen=int(values["tokens_seen"]), version=str(values["version"]))
         return cls(**values)
@@ -97,7 +104,7 @@ class _Reservoir:
         p = np.random.default_rng([self.seed, zlib.crc32(key.encode())]).random(len(seq))
         take = np.argsort(p, kind="stable")[:self.size]  # no more than `size` of one chunk can survive
         seq, pos = seq[take], pos[take]
-        new = {"vectors": np.asarray(chunk.activations[seq, pos], np.float32), "chunk": np.full(len(take), key),
+        new = {"vectors": np.asarray(chunk.activations[seq, pos]), "chunk": np.full(len(take), key),
                "sequence": seq, "position": pos, "token_id": np.asarray(chunk.token_ids[seq, pos], np.int32),
                "doc_id": docs[seq], "category": categories[seq]}
         priority = np.concatenate([self.priority, p[take]])
@@ -140,13 +147,16 @@ class _DocumentSums:
 
 
 def draw_sample(chunks: Iterable[SampleChunk], size: int, seed: int, model: SequentialSoftClustering,
-                document_vectors: bool = True, block_sequences: int = 64) -> HierarchySample:
+                document_vectors: bool = True, block_sequences: int = 64, ensemble_size: int = 0) -> HierarchySample:
     """Stream over chunks once: a uniform reservoir of `size` attended tokens (seeded per chunk key) with
     their memberships under `model`, and, with document_vectors, every document's summed unit token
-    vector read `block_sequences` sequences at a time. One chunk in memory at a time."""
+    vector read `block_sequences` sequences at a time. One chunk in memory at a time.
+    ensemble_vectors holds max(size, ensemble_size) tokens, the first `size` of them the sample's."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    reservoir, documents = _Reservoir(size, seed), _DocumentSums()
+    if ensemble_size < 0:
+        raise ValueError(f"ensemble_size must be >= 0, got {ensemble_size}")
+    reservoir, documents = _Reservoir(max(size, ensemble_size), seed), _DocumentSums()
     keys, tokens_seen, sequence_length = [], 0, 0
     for key, chunk, docs, categories in chunks:
         docs, categories = np.asarray(docs, dtype=str), np.asarray(categories, dtype=str)
@@ -162,7 +172,8 @@ def draw_sample(chunks: Iterable[SampleChunk], size: int, seed: int, model: Sequ
                 documents.add(block, docs[start:start + block.n_sequences], categories[start:start + block.n_sequences])
     if not keys:
         raise ValueError("no chunks to sample from")
-    kept = reservoir.columns
+    ensemble_vectors = reservoir.columns["vectors"]
+    kept = {name: column[:size] for name, column in reservoir.columns.items()}  # the smallest priorities come first
     vectors = np.ascontiguousarray(kept["vectors"], np.float32)
     clusters, values = model.soft_memberships(vectors)
     n_docs = len(documents.index)
@@ -171,13 +182,14 @@ def draw_sample(chunks: Iterable[SampleChunk], size: int, seed: int, model: Sequ
         doc_clusters, doc_values = model.soft_memberships(doc_vectors)
     else:
         doc_clusters, doc_values = np.zeros((0, clusters.shape[1]), np.int32), np.zeros((0, clusters.shape[1]), np.float32)
-    config = {"sample_size": size, "seed": seed, "document_vectors": document_vectors, "block_sequences": block_sequences}
+    config = {"sample_size": size, "seed": seed, "document_vectors": document_vectors, "block_sequences": block_sequences,
+              "ensemble_size": ensemble_size}
     h = hashlib.sha256(json.dumps([config, keys]).encode())
-    for array in (vectors, doc_vectors, np.asarray(model.cluster_centers_)):
+    for array in (ensemble_vectors, doc_vectors, np.asarray(model.cluster_centers_)):
         h.update(np.ascontiguousarray(array).tobytes())
     return HierarchySample(
         vectors, kept["chunk"], kept["sequence"].astype(np.int32), kept["position"].astype(np.int32),
         kept["token_id"], kept["doc_id"], kept["category"], clusters, values,
         np.asarray(list(documents.index), dtype=str), np.asarray(documents.categories, dtype=str), doc_vectors,
-        documents.tokens[:n_docs].copy(), doc_clusters, doc_values,
+        documents.tokens[:n_docs].copy(), doc_clusters, doc_values, ensemble_vectors,
         int(model.cluster_centers_.shape[0]), sequence_length, tokens_seen, h.hexdigest()[:16])

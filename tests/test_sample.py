@@ -109,6 +109,7 @@ def test_save_load_round_trip(model, tmp_path):
     t = HierarchySample.load(tmp_path / "sample.npz")
     assert t.version == s.version and t.n_clusters == 4 and t.tokens_seen == s.tokens_seen
     np.testing.assert_array_equal(t.doc_vectors, s.doc_vectors)
+    np.testing.assert_array_equal(t.ensemble_vectors, s.ensemble_vectors)
     assert t.chunk.tolist() == s.chunk.tolist()
 
 
@@ -122,9 +123,43 @@ def test_memberships_for_other_centers_leave_the_model_alone(model):
     np.testing.assert_array_equal(model.cluster_centers_, before)
 
 
+def test_ensemble_sample_is_a_larger_uniform_sample_holding_the_trees_sample(model):
+    chunks = make_chunks()
+    total = sum(c.n_tokens for _, c, _, _ in chunks)
+    trees_only = draw_sample(chunks, 10, seed=2, model=model)
+    s = draw_sample(chunks, 10, seed=2, model=model, ensemble_size=30)
+    assert len(s.vectors) == 10 and len(s.ensemble_vectors) == 30 and len(s.member_clusters) == 10
+    np.testing.assert_array_equal(s.vectors, trees_only.vectors)  # the trees see the same tokens as before
+    np.testing.assert_array_equal(s.ensemble_vectors[:10].astype(np.float32), s.vectors)
+    every_token = np.concatenate([c.activations[c.attention_mask] for _, c, _, _ in chunks])
+    rows = {r.tobytes() for r in every_token}
+    assert all(r.tobytes() in rows for r in s.ensemble_vectors)  # real tokens, each drawn once
+    assert len({r.tobytes() for r in s.ensemble_vectors}) == 30
+    reversed_order = draw_sample(chunks[::-1], 10, seed=2, model=model, ensemble_size=30)
+    np.testing.assert_array_equal(reversed_order.ensemble_vectors, s.ensemble_vectors)
+    assert s.version != trees_only.version
+    assert len(draw_sample(chunks, 10, seed=2, model=model, ensemble_size=10 * total).ensemble_vectors) == total
+    assert len(draw_sample(chunks, 10, seed=2, model=model, ensemble_size=4).ensemble_vectors) == 10
+
+
+def test_every_token_equally_likely_in_the_ensemble_sample(model):
+    chunks = make_chunks(sizes=(2, 6, 1))
+    total = sum(c.n_tokens for _, c, _, _ in chunks)
+    counts = {}
+    for seed in range(300):
+        s = draw_sample(chunks, 2, seed=seed, model=model, document_vectors=False, ensemble_size=6)
+        for row in s.ensemble_vectors:
+            counts[row.tobytes()] = counts.get(row.tobytes(), 0) + 1
+    frequency = np.array(list(counts.values())) / 300
+    assert len(counts) == total  # random fp16 rows: distinct tokens, distinct bytes
+    assert np.all(np.abs(frequency - 6 / total) < 0.12), (6 / total, frequency.min(), frequency.max())
+
+
 def test_bad_input_is_named(model):
     key, chunk, docs, cats = make_chunks()[0]
     with pytest.raises(ValueError, match="chunk-0"):
         draw_sample([(key, chunk, docs[:-1], cats)], 5, 0, model)
     with pytest.raises(ValueError, match="no chunks"):
         draw_sample([], 5, 0, model)
+    with pytest.raises(ValueError, match="ensemble_size"):
+        draw_sample([(key, chunk, docs, cats)], 5, 0, model, ensemble_size=-1)
