@@ -6,8 +6,11 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from latent_atlas.ensemble import EnsembleResult, RunRegistry, cluster_stability
-from latent_atlas.tree import ClusterTree
+from assets.hierarchy import EnsembleConfig, ensemble_fit_params, tree_structure_check
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.ensemble import (EnsembleResult, RunRegistry, cluster_stability, fit_ensemble, soft_clustering_fit_fn,
+                                   stability_floor)
+from latent_atlas.tree import ClusterTree, TreeConfig, TreeNode
 from resources import CorpusResource
 from tests.conftest import check_results, materialized
 
@@ -22,7 +25,7 @@ def _run_config(seeds, **document_paths):
         "hierarchy_sample": {"config": {"sample_size": 600}},
         "cluster_tree": {"config": SMALL_TREE},
         "document_tree": {"config": SMALL_TREE},
-        "ensemble": {"config": {"seeds": seeds, "points_per_step": 200}},
+        "ensemble": {"config": {"seeds": seeds, "n_epochs": 10}},
         "document_paths": {"config": document_paths},
     }}
 
@@ -47,7 +50,8 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         assert document_tree.nodes["root"].size == 15  # every document of the corpus, not a sample
 
         ens = EnsembleResult.load(atlas_home / "tensors" / "ensemble.npz")
-        assert ens.stability.shape == (3, 16)
+        assert ens.stability.shape == (3, 16) and ens.atlas.stability.shape == (16,)
+        assert ens.labels.shape[1] > 600  # the ensemble's own, larger sample (up to 100 tokens per cluster)
         assert np.all(ens.stability >= -1 - 1e-6) and np.all(ens.stability <= 1 + 1e-6)
         # seeds 0 and 0: the same run, so the same partition and the same centers
         assert ens.distances["ari"][0, 1] == 1.0 and ens.distances["perm_invariant_hamming"][0, 1] == 0
@@ -63,12 +67,15 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         docs = pq.read_table(atlas_home / "tables" / "document_paths.parquet").to_pydict()
         assert len(docs["doc_id"]) == 15 and len(set(docs["outcome"])) == 5
         association = pq.read_table(atlas_home / "tables" / "outcome_association.parquet").to_pylist()
-        assert all(0 <= r["depth_cramers_v"] <= 1 and 0 <= r["p_value"] <= 1 for r in association)
+        in_range = [v for r in association for v in (r["depth_cramers_v"], r["p_value"]) if v is not None and v == v]
+        assert all(0 <= v <= 1 for v in in_range)  # NaN where a depth is untestable
         for depth in {r["depth"] for r in association}:  # every document counted once per depth
             assert sum(r["observed"] for r in association if r["depth"] == depth) == 15
 
         checks = check_results(instance)
-        assert checks["tree_sizes_consistent"] and checks["ensemble_distances_valid"] and checks["cramers_v_in_range"]
+        assert checks["tree_has_structure"] and "association_testable" in checks
+        assert checks["atlas_stability_floor"] == stability_floor(ens.atlas.stability, 0.8, 0.2).passed
+        assert checks["ensemble_members_converged"] == bool(ens.final_shift.max() <= 1e-3)
 
         # a CSV of texts and labels instead of the corpus categories, on the token tree
         outcomes = tmp_path / "outcomes.csv"
@@ -89,3 +96,40 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         depth = max(n.depth for n in tree.nodes.values())  # token tree paths: one column per depth of that tree
         assert sum(c.startswith("cluster_depth_") for c in docs) == depth
         assert all(p == "root" or p.split("/")[0] in tree.nodes for p in docs["path"])
+
+
+def _node(node_id, parent, size, children=(), noise=0):
+    return TreeNode(node_id, parent, 0 if parent is None else 1, size, float("nan"), np.zeros(4), np.arange(size),
+                    noise=np.arange(noise), children=list(children))
+
+
+def test_tree_structure_check_fails_on_a_tree_without_structure():
+    config = TreeConfig(min_split_size=50)
+    split = ClusterTree({"root": _node("root", None, 500, ["0", "1"], noise=100),
+                         "0": _node("0", "root", 250), "1": _node("1", "root", 150)}, config)
+    assert tree_structure_check(split, 0.5)[0]
+    unsplit = ClusterTree({"root": _node("root", None, 500)}, config)  # HDBSCAN found one cluster or only noise
+    passed, metadata = tree_structure_check(unsplit, 0.5)
+    assert not passed and metadata["root_children"] == 0 and metadata["root_can_split"]
+    noisy = ClusterTree({"root": _node("root", None, 500, ["0", "1"], noise=400),
+                         "0": _node("0", "root", 60), "1": _node("1", "root", 40)}, config)
+    passed, metadata = tree_structure_check(noisy, 0.5)
+    assert not passed and metadata["root_noise_share"] == 0.8
+    too_small = ClusterTree({"root": _node("root", None, 30)}, config)  # a leaf by configuration
+    assert tree_structure_check(too_small, 0.5)[0]
+
+
+def test_ensemble_defaults_converge_and_find_the_planted_clusters():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(16, 32))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    labels = rng.permutation(np.repeat(np.arange(16), 100))  # the default 100 tokens per cluster
+    x = (centers[labels] + 0.3 * rng.normal(size=(len(labels), 32))).astype(np.float32)
+    atlas = SequentialSoftClustering(16, seed=100, max_points=len(x), n_epochs=30).fit(x)
+    config = EnsembleConfig()
+    params = ensemble_fit_params(atlas, config, len(x))
+    result = fit_ensemble(x, config.seeds, soft_clustering_fit_fn(16, config.refine_iters, **params),
+                          atlas_centers=atlas.cluster_centers_, atlas_labels=atlas.predict(x))
+    assert result.final_shift.max() <= config.max_final_shift, result.final_shift
+    assert stability_floor(result.atlas.stability, config.stability_floor, config.max_unstable_share).passed
+    assert np.median(result.atlas.stability) > 0.95 and np.median(result.atlas.agreement) > 0.9
