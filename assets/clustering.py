@@ -1,9 +1,8 @@
 """Soft spherical clustering: centroids learned online over all chunks, memberships per chunk."""
 
 import base64
-import hashlib
 import io
-import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from latent_atlas.chunks import DenseChunk
-from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key, last_epoch_churn
 from latent_atlas.estep import effective_precision
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
@@ -36,7 +35,8 @@ class CentroidsConfig(dg.Config):
     learn_precision: str = Field(default="auto", description="Learning GEMM: 'auto' (bf16 where the CPU has native "
                                  "bf16 units, else fp32), 'bfloat16' (bf16 products, fp32 accumulation) or "
                                  "'float32'; memberships are always fp32")
-    max_dead_fraction: float = Field(default=0.05, description="Asset check: at most this fraction of dead clusters")
+    max_dead_fraction: float = Field(default=0.05, description="Asset check: at most this share of clusters dead at "
+                                     "the end or moved (reseeded, swapped) in the last epoch")
 
 
 def _plot_history(history: list[dict]) -> str:
@@ -66,7 +66,8 @@ def _plot_history(history: list[dict]) -> str:
                                             metadata={"allow_missing_partitions": True})},
     check_specs=[
         dg.AssetCheckSpec("centroids_unit_norm_and_finite", asset="centroids"),
-        dg.AssetCheckSpec("few_dead_clusters", asset="centroids"),
+        dg.AssetCheckSpec("few_dead_clusters", asset="centroids",
+                          description="Clusters dead at the end or moved in the last epoch: at most max_dead_fraction"),
     ],
     kinds={"torch"},
 )
@@ -78,29 +79,33 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
         raise ValueError("no materialized whitened_activations partitions to learn centroids from")
     params = config.model_dump(exclude={"max_dead_fraction"})
     paths = [str(p) for p in whitened_activations.values()]
-    # One checkpoint directory per (config, chunk list): a rerun of the same fit resumes, a new one starts fresh.
-    run_id = hashlib.sha256(json.dumps([params, paths]).encode()).hexdigest()[:16]
-    model = SequentialSoftClustering(
-        **params, device=str(device.torch_device()), checkpoint_dir=atlas_home() / "checkpoints" / "centroids" / run_id,
-    ).fit_chunks(paths, backend=compute.backend())
-    centers, last = model.cluster_centers_, model.history_[-1]
+    model = SequentialSoftClustering(**params, device=str(device.torch_device()))
+    # One checkpoint directory per (resolved config, chunk contents): the same fit resumes, a refit of
+    # the whitening (new chunk contents under the same paths) starts afresh; older fits are dropped.
+    root = atlas_home() / "checkpoints" / "centroids"
+    model.checkpoint_dir = root / checkpoint_key(model.config, paths)
+    model.fit_chunks(paths, backend=compute.backend())
+    for old in root.iterdir():
+        if old != model.checkpoint_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    centers = model.cluster_centers_
     norms = np.linalg.norm(centers, axis=1)
-    dead_fraction = float(last["n_dead"]) / config.n_clusters
+    churn = last_epoch_churn(model.history_, config.n_clusters)
     return dg.MaterializeResult(
         value=model,
         metadata={
             "n_clusters": config.n_clusters, "dim": int(centers.shape[1]), "chunks": len(paths),
             "steps": model.n_steps_,
             "learning_gemm": effective_precision(model.learn_precision, model.device),  # what ran, 'auto' resolved
-            **{f"final_{k}": float(last[k]) for k in CONVERGENCE},
+            **{f"final_{k}": float(model.history_[-1][k]) for k in CONVERGENCE},
             "convergence": dg.MetadataValue.md(_plot_history(model.history_)),
         },
         check_results=[
             dg.AssetCheckResult(check_name="centroids_unit_norm_and_finite",
                                 passed=bool(np.isfinite(centers).all() and np.allclose(norms, 1, atol=1e-4)),
                                 metadata={"max_norm_error": float(np.abs(norms - 1).max())}),
-            dg.AssetCheckResult(check_name="few_dead_clusters", passed=dead_fraction <= config.max_dead_fraction,
-                                metadata={"dead_fraction": dead_fraction}),
+            dg.AssetCheckResult(check_name="few_dead_clusters", passed=churn["share"] <= config.max_dead_fraction,
+                                metadata=churn),
         ],
     )
 

@@ -17,6 +17,7 @@ draws the same samples as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -56,7 +57,8 @@ class ClusteringConfig:
     n_epochs: int = 3
     """Passes over the chunk stream."""
     init: str = "random"
-    """'random' (uniform on the unit sphere, the seed's choice) or 'kmeans++' on a sample of the first chunk."""
+    """'random' (uniform on the unit sphere, the seed's choice) or 'kmeans++' on a sample drawn evenly
+    from every chunk."""
     init_points: int = 20_000
     """Sample size for k-means++ initialization."""
     seed: int = 0
@@ -71,11 +73,21 @@ class ClusteringConfig:
     """kappa of the step size, in (0.5, 1] (Robbins-Monro)."""
     dead_fraction: float = 0.05
     """A cluster is dead in a step when its usage is below this fraction of the mean usage."""
-    dead_window: int = 2
-    """Dead for this many consecutive steps -> reseeded on the most poorly explained points."""
+    dead_window: int = 0
+    """Steps over which a cluster's usage (and removal loss) is summed to decide that it is dead (then
+    it is reseeded on the most poorly explained points) or can be swapped; 0 = two epochs of steps
+    (2 for partial_fit). In a stream kept in topic order a real cluster is absent from most chunks,
+    and judging it on the last step or two would reseed it; two epochs see every chunk."""
     duplicate_cosine: float = 0.95
     """A cluster whose centroid is this close (cosine) to one with more usage is redundant: it is
     reseeded at once, like a dead one (two centroids stuck on one mode never die on their own)."""
+    swap_margin: float = 2.0
+    """A cluster is also moved onto a group of poorly explained points when the cosine those points
+    gain exceeds this multiple of what the cluster explains over the last window (its removal loss):
+    a stream kept in topic order can leave a mode without a cluster and two clusters on another, and
+    no cluster ever dies. 0 switches swaps off."""
+    swaps_per_step: int = 2
+    """At most this many swaps per step."""
     reseed_candidates: int = 512
     """Poorly explained points each chunk offers as reseed candidates."""
     reseed_neighbors: int = 8
@@ -120,7 +132,9 @@ class ClusteringConfig:
         check("step_decay", isinstance(self.step_decay, (int, float)) and 0.5 < self.step_decay <= 1, "in (0.5, 1]")
         check("dead_fraction", isinstance(self.dead_fraction, (int, float)) and 0 <= self.dead_fraction < 1, "in [0, 1)")
         check("duplicate_cosine", isinstance(self.duplicate_cosine, (int, float)) and 0 < self.duplicate_cosine <= 1, "in (0, 1]")
-        check("dead_window", is_int(self.dead_window) and self.dead_window >= 1, "a positive integer")
+        check("dead_window", is_int(self.dead_window) and self.dead_window >= 0, "a non-negative integer")
+        check("swap_margin", isinstance(self.swap_margin, (int, float)) and self.swap_margin >= 0, ">= 0")
+        check("swaps_per_step", is_int(self.swaps_per_step) and self.swaps_per_step >= 0, "a non-negative integer")
         check("reseed_candidates", is_int(self.reseed_candidates) and self.reseed_candidates >= 0, "a non-negative integer")
         check("reseed_neighbors", is_int(self.reseed_neighbors) and self.reseed_neighbors >= 1, "a positive integer")
         check("learn_precision", self.learn_precision in ("auto", *GEMM_DTYPES),
@@ -152,6 +166,7 @@ class ChunkStatistics:
     weighted_cosine_sum: float  # sum_i sum_c p_ic cos(x_i, c)
     candidates: np.ndarray  # [r, d] float32 unit rows, the sample's most poorly explained points
     candidate_scores: np.ndarray  # [r] their max cosine (lower = worse explained)
+    removal_loss: np.ndarray  # [k] float64, sum over points whose top cluster is c of cos(top) - cos(second)
 
 
 def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig) -> ChunkStatistics:
@@ -171,6 +186,7 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     _check_dim(rows, d, name)
     sums = torch.zeros(k, d, dtype=torch.float32, device=config.device)
     mass = torch.zeros(k, dtype=torch.float64, device=config.device)
+    loss = np.zeros(k, np.float64)
     max_cos_sum = weighted_cos_sum = 0.0
     cand, cand_scores = [], []
     scratch = scratch_space()
@@ -183,6 +199,8 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
         _check_finite(result.inv_norm, name)
         sums += weighted_cluster_sums(x, result, k)
         mass += torch.bincount(result.clusters, result.values, minlength=k)
+        top, gap = removal_gaps(result, config.temperature * math.log(1 / max(config.threshold, 1e-12)))
+        loss += np.bincount(top, weights=gap.astype(np.float64), minlength=k)
         # numpy's pairwise float64 sums: the same bits whatever torch's thread count (Dask workers differ)
         max_cos_sum += float(np.sum(max_cosine.cpu().numpy(), dtype=np.float64))
         weighted_cos_sum += float(np.sum(result.values.cpu().numpy().astype(np.float64) * result.cosines.cpu().numpy()))
@@ -196,7 +214,21 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
             cand_scores.append(max_cosine[worst].cpu())
     candidates, scores = _worst(cand, cand_scores, config.reseed_candidates, d)
     return ChunkStatistics(int(chunk_index), int(len(selected)), sums.double().cpu().numpy(), mass.cpu().numpy(),
-                           float(max_cos_sum), float(weighted_cos_sum), candidates, scores)
+                           float(max_cos_sum), float(weighted_cos_sum), candidates, scores, loss)
+
+
+def removal_gaps(block: SparseBlock, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(top cluster [b], cos(top) - cos(second best) [b]) per row: what the objective (mean max
+    cosine) would lose on that row without its top cluster. A second cluster that was not kept has
+    p < threshold, so its gap is at least `floor` = T log(1 / threshold)."""
+    rows, clusters, cosines = (t.cpu().numpy() for t in (block.rows, block.clusters, block.cosines))
+    top_cos = block.max_cosine.cpu().numpy()
+    is_top = cosines >= top_cos[rows]  # exact: the top entry's cosine is max_cosine itself
+    top = np.zeros(len(top_cos), np.int64)
+    top[rows[is_top][::-1]] = clusters[is_top][::-1]  # ties: the lowest cluster
+    second = top_cos - floor
+    np.maximum.at(second, rows[~is_top], cosines[~is_top])
+    return top, np.maximum(top_cos - second, 0.0)
 
 
 def _worst(blocks: list, scores: list, r: int, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,10 +327,16 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np
     return x[chosen].numpy().copy()
 
 
-def _unit_sample(source: Any, config: ClusteringConfig, n: int) -> np.ndarray:
-    rows, _ = open_rows(source, config.npz_keys)
-    picked = sample_positions(rows, n, np.random.default_rng([config.seed, 2]))
-    x = np.asarray(rows[picked], dtype=np.float32)
+def _unit_sample(sources: Sequence[Any], config: ClusteringConfig, n: int) -> np.ndarray:
+    """About n unit rows drawn evenly from every chunk (one open at a time): a stream kept in topic
+    order has only a few topics in its first chunk, and seeds drawn there would all sit on them."""
+    per_chunk = max(1, -(-n // len(sources)))
+    parts = []
+    for i, source in enumerate(sources):
+        rows, _ = open_rows(source, config.npz_keys)
+        picked = sample_positions(rows, per_chunk, np.random.default_rng([config.seed, 2, i]))
+        parts.append(np.asarray(rows[picked], dtype=np.float32))
+    x = np.concatenate(parts)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -360,17 +398,19 @@ class SequentialSoftClustering:
         if isinstance(chunk, np.ndarray):
             chunk = _check_array(chunk, "chunk")
         if not hasattr(self, "cluster_centers_"):
-            self._initialize(chunk)
+            self._initialize([chunk])
         stats = chunk_statistics((chunk, 0, self.n_steps_), self.cluster_centers_, self.config)
         self._step([stats], epoch=0)
         return self
 
     def _run(self, sources: list, backend: Backend) -> None:
         cfg = self.config
-        fingerprint = [_describe(s) for s in sources]
-        epoch, position = self._resume(fingerprint) if self.checkpoint_dir else (0, 0)
+        fingerprints = [fingerprint(s) for s in sources] if self.checkpoint_dir else []
+        epoch, position = self._resume(fingerprints) if self.checkpoint_dir else (0, 0)
         if epoch == 0 and position == 0:
-            self._initialize(sources[_epoch_order(cfg, 0, len(sources))[0]])
+            self._initialize([sources[i] for i in _epoch_order(cfg, 0, len(sources))])
+            # two epochs of steps: with chunks shuffled per epoch, any 2n - 1 consecutive steps see every chunk
+            self._start_window(2 * -(-len(sources) // cfg.chunks_per_step))
         while epoch < cfg.n_epochs:
             order = _epoch_order(cfg, epoch, len(sources))
             group = order[position:position + cfg.chunks_per_step]
@@ -383,23 +423,32 @@ class SequentialSoftClustering:
             if position >= len(sources):
                 epoch, position = epoch + 1, 0
             if self.checkpoint_dir:
-                self._save_checkpoint(epoch, position, fingerprint)
+                self._save_checkpoint(epoch, position, fingerprints)
 
-    def _initialize(self, first_source: Any) -> None:
+    def _initialize(self, sources: Sequence[Any]) -> None:
         cfg = self.config
         self._rng = np.random.default_rng([cfg.seed, 0])
-        d = open_rows(first_source, cfg.npz_keys)[0].shape[1]
+        d = open_rows(sources[0], cfg.npz_keys)[0].shape[1]
         if cfg.init == "random":
             centers = random_centers(cfg.n_clusters, d, self._rng)
         else:
-            centers = kmeans_plus_plus(_unit_sample(first_source, cfg, cfg.init_points), cfg.n_clusters, self._rng)
+            centers = kmeans_plus_plus(_unit_sample(sources, cfg, cfg.init_points), cfg.n_clusters, self._rng)
         self.cluster_centers_ = centers
         self.n_features_in_ = d
         self.n_steps_ = 0
         self.history_: list[dict] = []
-        self._sums = np.zeros((cfg.n_clusters, d), np.float64)  # running E[p_ic x_i / ||x_i||]
-        self.usage_ = np.zeros(cfg.n_clusters, np.float64)  # running E[p_ic]
-        self._dead_steps = np.zeros(cfg.n_clusters, np.int64)
+        # running E[p_ic x_i / ||x_i||] and E[p_ic], started as if each initial centroid had average
+        # usage: with rho_0 < 1 the first chunk then cannot overwrite clusters it holds no data for
+        self.usage_ = np.full(cfg.n_clusters, 1.0 / cfg.n_clusters)
+        self._sums = centers.astype(np.float64) * self.usage_[:, None]
+        self._start_window(2)
+
+    def _start_window(self, steps: int) -> None:
+        """Batch usage of the last `steps` steps (a ring) and each cluster's steps since (re)seeding."""
+        k = self.config.n_clusters
+        self._usage_window = np.zeros((self.config.dead_window or steps, k), np.float64)
+        self._loss_window = np.zeros_like(self._usage_window)
+        self._age = np.zeros(k, np.int64)
 
     def _step(self, stats: Sequence[ChunkStatistics], epoch: int) -> None:
         """M-step: blend the reduced statistics into the running ones, renormalize, reseed dead clusters."""
@@ -423,11 +472,18 @@ class SequentialSoftClustering:
         empty = norms[:, 0] == 0  # a cluster with no mass yet keeps its centroid
         centers[empty] = old[empty]
 
-        dead = batch_usage < cfg.dead_fraction * batch_usage.mean()
-        self._dead_steps = np.where(dead, self._dead_steps + 1, 0)
+        window = self._usage_window
+        slot = self.n_steps_ % len(window)
+        window[slot] = batch_usage
+        self._loss_window[slot] = np.sum([s.removal_loss for s in stats], axis=0)
+        self._age += 1
+        recent = window.sum(axis=0)  # usage over the last window of steps
+        judged = self._age >= len(window)  # only a cluster that has had a whole window is judged
+        dead = judged & (recent < cfg.dead_fraction * recent.mean())
         duplicates = _duplicates(centers, self.usage_, cfg.duplicate_cosine)
-        self._dead_steps[duplicates] = cfg.dead_window
-        reseeded = self._reseed(centers, stats)
+        due = dead.copy()
+        due[duplicates] = True
+        reseeded, swapped = self._reseed(centers, stats, np.flatnonzero(due), judged & ~due)
 
         self.cluster_centers_ = centers
         self.n_steps_ += 1
@@ -447,37 +503,56 @@ class SequentialSoftClustering:
             "n_dead": int(dead.sum()),
             "n_duplicates": int(len(duplicates)),
             "n_reseeded": int(reseeded),
+            "n_swapped": int(swapped),
         })
 
-    def _reseed(self, centers: np.ndarray, stats: Sequence[ChunkStatistics]) -> int:
-        """Move clusters due for reseeding onto poorly explained points of the step, one apart.
+    def _reseed(self, centers: np.ndarray, stats: Sequence[ChunkStatistics], due: np.ndarray,
+                swappable: np.ndarray) -> tuple[int, int]:
+        """(reseeded, swapped): move clusters due for reseeding onto poorly explained points of the
+        step, then swap clusters that explain little onto groups of points that would gain more.
 
-        Each pick is the candidate least similar to all centroids kept so far and to earlier picks,
-        so several reseeded clusters do not land on the same uncovered mode.
+        Picks go farthest first: each is the candidate least similar to all centroids kept so far
+        and to earlier picks, so several moved clusters do not land on the same uncovered mode. A
+        moved centroid is the mean of its pick and the pick's nearest candidates.
         """
-        due = np.flatnonzero(self._dead_steps >= self.config.dead_window)
+        cfg = self.config
         candidates = np.concatenate([s.candidates for s in stats])
-        if not len(due) or not len(candidates):
-            return 0
-        kept = np.delete(centers, due, axis=0)
-        closest = (candidates @ kept.T).max(axis=1) if len(kept) else np.full(len(candidates), -1.0, np.float32)
-        picks = []
-        for _ in range(min(len(due), len(candidates))):
-            best = int(np.argmin(closest))  # first minimum: deterministic
-            picks.append(best)
-            closest = np.maximum(closest, candidates @ candidates[best])
-            closest[best] = np.inf
+        if not len(candidates):
+            return 0, 0
+        n_swaps = cfg.swaps_per_step if cfg.swap_margin > 0 else 0
+        picks = _farthest_picks(candidates, np.delete(centers, due, axis=0), len(due) + 4 * n_swaps)
+        seeds = _seeds_near(candidates, picks, cfg.reseed_neighbors)
         due = due[: len(picks)]
-        q = min(self.config.reseed_neighbors, len(candidates))
-        near = np.argsort(-(candidates[picks] @ candidates.T), axis=1, kind="stable")[:, :q]  # [p, q], the pick first
-        seeds = candidates[near].mean(axis=1)
-        seeds /= np.maximum(np.linalg.norm(seeds, axis=1, keepdims=True), 1e-12)
+        self._move(centers, due, seeds[: len(due)])
+        if not n_swaps or len(seeds) <= len(due):
+            return len(due), 0
+        # what each further seed would add to the cosine of the candidates it explains better
+        best = np.maximum(np.concatenate([s.candidate_scores for s in stats]),
+                          (candidates @ seeds[: len(due)].T).max(axis=1, initial=-1.0))
+        offers = candidates @ seeds[len(due):].T  # [r, p]
+        loss = self._loss_window.sum(axis=0)
+        order = np.flatnonzero(swappable)[np.argsort(loss[swappable], kind="stable")]
+        moved, targets = [], []
+        while len(moved) < min(n_swaps, len(order)):
+            gains = np.maximum(offers - best[:, None], 0).sum(axis=0)
+            j = int(np.argmax(gains))
+            if gains[j] <= cfg.swap_margin * loss[order[len(moved)]]:
+                break
+            moved.append(order[len(moved)])
+            targets.append(seeds[len(due) + j])
+            best = np.maximum(best, offers[:, j])  # the next seed gains only what this one leaves
+        if moved:
+            self._move(centers, np.array(moved), np.stack(targets))
+        return len(due), len(moved)
+
+    def _move(self, centers: np.ndarray, clusters: np.ndarray, seeds: np.ndarray) -> None:
         mean_usage = self.usage_.mean()
-        centers[due] = seeds
-        self._sums[due] = seeds * mean_usage  # as if it had average usage, so it is not re-killed at once
-        self.usage_[due] = mean_usage
-        self._dead_steps[due] = 0
-        return len(due)
+        centers[clusters] = seeds
+        self._sums[clusters] = seeds * mean_usage  # as if it had average usage, so it is not re-killed at once
+        self.usage_[clusters] = mean_usage
+        self._age[clusters] = 0  # judged again after a whole window of its own
+        self._usage_window[:, clusters] = 0
+        self._loss_window[:, clusters] = 0
 
     # ------------------------------------------------------------ memberships
 
@@ -555,7 +630,9 @@ class SequentialSoftClustering:
             "cluster_centers": self.cluster_centers_,
             "sums": self._sums,
             "usage": self.usage_,
-            "dead_steps": self._dead_steps,
+            "usage_window": self._usage_window,
+            "loss_window": self._loss_window,
+            "age": self._age,
             "n_steps": np.array(self.n_steps_),
             "history": np.array(json.dumps(self.history_)),
             "rng_state": np.array(json.dumps(self._rng.bit_generator.state)),
@@ -564,7 +641,8 @@ class SequentialSoftClustering:
     def _restore(self, npz) -> None:
         self.cluster_centers_ = npz["cluster_centers"]
         self.n_features_in_ = int(self.cluster_centers_.shape[1])
-        self._sums, self.usage_, self._dead_steps = npz["sums"], npz["usage"], npz["dead_steps"]
+        self._sums, self.usage_ = npz["sums"], npz["usage"]
+        self._usage_window, self._loss_window, self._age = npz["usage_window"], npz["loss_window"], npz["age"]
         self.n_steps_ = int(npz["n_steps"])
         self.history_ = json.loads(str(npz["history"]))
         self._rng = np.random.default_rng()
@@ -584,14 +662,14 @@ class SequentialSoftClustering:
             model._restore(npz)
         return model
 
-    def _save_checkpoint(self, epoch: int, position: int, fingerprint: list[str]) -> None:
+    def _save_checkpoint(self, epoch: int, position: int, fingerprints: list[str]) -> None:
         state = {**self._state(), "epoch": np.array(epoch), "position": np.array(position),
-                 "sources": np.array(json.dumps(fingerprint))}
+                 "sources": np.array(json.dumps(fingerprints))}
         save_npz(self.checkpoint_dir / f"checkpoint-{self.n_steps_:07d}.npz", state)
         for old in sorted(self.checkpoint_dir.glob(_CHECKPOINT_GLOB))[:-_KEEP_CHECKPOINTS]:
             old.unlink(missing_ok=True)
 
-    def _resume(self, fingerprint: list[str]) -> tuple[int, int]:
+    def _resume(self, fingerprints: list[str]) -> tuple[int, int]:
         """(epoch, position) to continue from; (0, 0) when there is no checkpoint."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.checkpoint_dir.glob(".*.tmp-*"):  # left by a run killed mid-write
@@ -600,13 +678,36 @@ class SequentialSoftClustering:
         if not found:
             return 0, 0
         with np.load(found[-1], allow_pickle=False) as npz:
-            if str(npz["config"]) != self.config.to_json() or json.loads(str(npz["sources"])) != fingerprint:
+            if str(npz["config"]) != self.config.to_json() or json.loads(str(npz["sources"])) != fingerprints:
                 raise ValueError(
-                    f"checkpoint_dir {self.checkpoint_dir} holds a run with another config or chunk list; "
-                    "use a new checkpoint_dir or delete it"
+                    f"checkpoint_dir {self.checkpoint_dir} holds a run with another config or other chunk "
+                    "contents; use a new checkpoint_dir (checkpoint_key names one per fit) or delete it"
                 )
             self._restore(npz)
             return int(npz["epoch"]), int(npz["position"])
+
+
+def _farthest_picks(candidates: np.ndarray, kept: np.ndarray, n: int) -> list[int]:
+    """Up to n candidates, each the least similar to the kept centroids and to the earlier picks."""
+    closest = (candidates @ kept.T).max(axis=1) if len(kept) else np.full(len(candidates), -1.0, np.float32)
+    picks = []
+    for _ in range(min(n, len(candidates))):
+        best = int(np.argmin(closest))  # first minimum: deterministic
+        picks.append(best)
+        closest = np.maximum(closest, candidates @ candidates[best])
+        closest[best] = np.inf
+    return picks
+
+
+def _seeds_near(candidates: np.ndarray, picks: list[int], neighbors: int) -> np.ndarray:
+    """[p, d] unit means of each pick and its nearest candidates (`neighbors` in all): in high
+    dimensions one noisy point is far from its mode, the mean of a few from one mode is not."""
+    if not picks:
+        return np.zeros((0, candidates.shape[1]), np.float32)
+    q = min(neighbors, len(candidates))
+    near = np.argsort(-(candidates[picks] @ candidates.T), axis=1, kind="stable")[:, :q]  # [p, q], the pick first
+    seeds = candidates[near].mean(axis=1)
+    return seeds / np.maximum(np.linalg.norm(seeds, axis=1, keepdims=True), 1e-12)
 
 
 def _duplicates(centers: np.ndarray, usage: np.ndarray, max_cosine: float) -> np.ndarray:
@@ -628,13 +729,44 @@ def _epoch_order(config: ClusteringConfig, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([config.seed, 3, epoch]).permutation(n)
 
 
-def _describe(source: Any) -> str:
-    """What a chunk source is, to check that a checkpoint belongs to the same chunk list."""
+def fingerprint(source: Any) -> str:
+    """What a chunk source holds, cheaply: for files, each one's name, size and modification time
+    plus a hash of 64 evenly spaced 4 KB pieces; for arrays, a hash of the data. A rewritten chunk
+    (a whitening refit rewrites every whitened chunk under the same path) gets a new fingerprint, so
+    a checkpoint of a fit on the old contents is never resumed on the new ones."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(source, DenseChunk) and source.path is None:
+        source = source.activations
     if isinstance(source, np.ndarray):
-        return f"array{list(source.shape)}"
-    if isinstance(source, DenseChunk):
-        return str(source.path) if source.path else f"chunk{list(source.activations.shape)}"
-    return str(Path(source))
+        digest.update(repr((source.shape, str(source.dtype))).encode())
+        digest.update(np.ascontiguousarray(source).view(np.uint8).reshape(-1))
+        return f"array{list(source.shape)}:{digest.hexdigest()}"
+    path = Path(source.path if isinstance(source, DenseChunk) else source)
+    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+        stat = file.stat()
+        digest.update(repr((file.name, stat.st_size, stat.st_mtime_ns)).encode())
+        with open(file, "rb") as f:
+            for offset in np.linspace(0, max(stat.st_size - 4096, 0), 64).astype(np.int64):
+                f.seek(int(offset))
+                digest.update(f.read(4096))
+    return f"{path}:{digest.hexdigest()}"
+
+
+def last_epoch_churn(history: list[dict], n_clusters: int) -> dict:
+    """Clusters dead at the end plus clusters moved (reseeded or swapped) during the last epoch, as
+    a share of k: a fit whose clusters still die or move in its last pass has not settled."""
+    last = [h for h in history if h["epoch"] == history[-1]["epoch"]]
+    moved = sum(h["n_reseeded"] + h.get("n_swapped", 0) for h in last)
+    dead = history[-1]["n_dead"]
+    return {"dead_at_end": int(dead), "moved_in_last_epoch": int(moved),
+            "share": min(1.0, (dead + moved) / n_clusters)}
+
+
+def checkpoint_key(config: ClusteringConfig, sources: Sequence[Any]) -> str:
+    """A name for the checkpoints of one fit: the (resolved) config and every chunk's fingerprint.
+    The same fit resumes; a new config or any changed chunk starts afresh."""
+    text = json.dumps([config.to_json(), [fingerprint(s) for s in sources]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check_array(X: Any, name: str, dim: int | None = None) -> np.ndarray:

@@ -40,10 +40,15 @@ def synthetic_chunk(
     separation: float,
     padding_fraction: float,
     rng: np.random.Generator,
+    modes: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Arrays of one chunk: activations [n_seq, seq_len, d] float16, mask, token ids, labels."""
+    """Arrays of one chunk: activations [n_seq, seq_len, d] float16, mask, token ids, labels.
+
+    modes: the mixture components this chunk draws from (default: all of them).
+    """
     k, d = directions.shape
-    labels = rng.integers(0, k, size=(n_sequences, seq_len))
+    modes = np.arange(k) if modes is None else np.asarray(modes)
+    labels = modes[rng.integers(0, len(modes), size=(n_sequences, seq_len))]
     lengths = seq_len - rng.integers(0, int(padding_fraction * 2 * seq_len) + 1, size=n_sequences)
     mask = np.arange(seq_len)[None, :] < lengths[:, None]
     mask[:, 0] = False  # special token at the start of each sequence
@@ -71,12 +76,15 @@ def write_synthetic_chunks(
     padding_fraction: float = 0.1,
     seed: int = 0,
     format: str = "npz",
+    modes_per_chunk: int | None = None,
 ) -> list[Path]:
     """Write `n_chunks` chunks to `out` and return their paths (`chunk_00000.npz` or directories).
 
     separation: cosine between a token and its true direction, in (0, 1); lower is harder.
     padding_fraction: mean fraction of masked padding positions per sequence.
     format: "npz" (seed format, labels inside) or "dir" (chunk directory + labels_<chunk>.npy).
+    modes_per_chunk: a sorted stream, as a corpus kept in topic order gives: chunk c holds only the
+        components c*m .. c*m+m-1 (mod n_clusters); default: every chunk holds all of them.
     """
     if not 0 < separation < 1:
         raise ValueError(f"separation must be in (0, 1), got {separation!r}")
@@ -89,7 +97,8 @@ def write_synthetic_chunks(
     paths = []
     for c in range(n_chunks):
         rng = np.random.default_rng([seed, 1, c])
-        arrays = synthetic_chunk(directions, n_sequences, seq_len, separation, padding_fraction, rng)
+        modes = None if modes_per_chunk is None else (c * modes_per_chunk + np.arange(modes_per_chunk)) % n_clusters
+        arrays = synthetic_chunk(directions, n_sequences, seq_len, separation, padding_fraction, rng, modes)
         name = f"chunk_{c:05d}"
         if format == "npz":
             path = save_npz(out / f"{name}.npz", arrays)
