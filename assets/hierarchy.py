@@ -23,7 +23,8 @@ from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.corpus import file_documents, tokenize_documents
 from latent_atlas.device import batch_size_for_budget
-from latent_atlas.ensemble import EnsembleResult, RunRegistry, fit_ensemble, soft_clustering_fit_fn, stability_floor
+from latent_atlas.ensemble import (MAX_UNSTABLE_SHARE, STABILITY_FLOOR, EnsembleResult, RunRegistry, fit_ensemble,
+                                   soft_clustering_fit_fn, stability_floor)
 from latent_atlas.mdl import (MergeConfig, aligned_merge_histories, histories_table, history_distances, merge_iteration,
                               pair_distances, plot_history_distances)
 from latent_atlas.models import extract_activations
@@ -212,9 +213,9 @@ class EnsembleConfig(dg.Config):
     n_epochs: int = Field(default=10, description="Online passes over the ensemble sample (steps when points_per_step is 0)")
     refine_iters: int = Field(default=100, description="Then at most this many batch EM passes, stopping once no "
                               "center moves by more than 1e-4 (1 - cosine)")
-    stability_floor: float = Field(default=0.8, description="Check atlas_stability_floor: an atlas cluster is unstable "
+    stability_floor: float = Field(default=STABILITY_FLOOR, description="Check atlas_stability_floor: an atlas cluster is unstable "
                                    "when its median best-match cosine to the runs is below this")
-    max_unstable_share: float = Field(default=0.2, description="Check atlas_stability_floor: at most this share of the "
+    max_unstable_share: float = Field(default=MAX_UNSTABLE_SHARE, description="Check atlas_stability_floor: at most this share of the "
                                       "atlas clusters unstable")
     max_final_shift: float = Field(default=1e-3, description="Check ensemble_members_converged: every run's last pass "
                                    "moved no center by more than this (1 - cosine)")

@@ -31,6 +31,8 @@ from latent_atlas.tables import save_npz
 FitFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, float]]
 
 DISTANCE_METHODS = ("perm_invariant_hamming", "matching_dist", "ari")
+STABILITY_FLOOR = 0.8  # an atlas cluster whose median best-match cosine to the runs is below this is unstable
+MAX_UNSTABLE_SHARE = 0.2  # a stability floor passes with at most this share of unstable clusters
 
 
 def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -257,7 +259,8 @@ class StabilityFloor:
     max_share: float
 
 
-def stability_floor(stability: np.ndarray, floor: float = 0.8, max_share: float = 0.1) -> StabilityFloor:
+def stability_floor(stability: np.ndarray, floor: float = STABILITY_FLOOR,
+                    max_share: float = MAX_UNSTABLE_SHARE) -> StabilityFloor:
     """Passes when the share of clusters with stability < floor (NaN counts as below) is <= max_share."""
     stability = np.asarray(stability, np.float64)
     below = int(np.sum(~(stability >= floor)))
