@@ -227,13 +227,18 @@ class ChunkPlan:
 
 
 def plan_chunks(
-    docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str = ""
+    docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str = "",
+    shuffle_seed: int | None = 0,
 ) -> list[ChunkPlan]:
     """Group whole documents into chunks of about `sequences_per_chunk` sequences.
 
-    Keys are `<corpus>-00000`, `<corpus>-00001`, ... in document order, so re-planning the same
-    corpus gives the same keys.
+    Documents are shuffled first (seeded; `shuffle_seed=None` keeps their order): corpora come
+    sorted (BBC by category), and a chunk of one topic makes online clustering see a sorted stream.
+    Keys are `<corpus>-00000`, `<corpus>-00001`, ..., so re-planning the same corpus with the same
+    seed gives the same keys and chunks.
     """
+    if shuffle_seed is not None:
+        docs = [docs[i] for i in np.random.default_rng([shuffle_seed, 7]).permutation(len(docs))]
     layout = SequenceLayout.of(tokenizer)
     body = sequence_length - len(layout.prefix) - len(layout.suffix)
     plans: list[ChunkPlan] = []

@@ -43,10 +43,11 @@ def read_manifest(key: str) -> ChunkPlan | NpzPlan:
 
 
 def register_text(
-    docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str
+    docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str,
+    shuffle_seed: int | None = 0,
 ) -> list[str]:
     """Plan documents into chunks and write their manifests; returns the partition keys."""
-    plans = plan_chunks(docs, tokenizer, safe_key(corpus), sequence_length, sequences_per_chunk, model)
+    plans = plan_chunks(docs, tokenizer, safe_key(corpus), sequence_length, sequences_per_chunk, model, shuffle_seed)
     for plan in plans:
         write_manifest(plan.key, plan.to_json())
     return [plan.key for plan in plans]

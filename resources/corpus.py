@@ -25,6 +25,9 @@ class CorpusResource(dg.ConfigurableResource):
     npz_token_ids_key: str = Field(default="token_ids", description="NPZ array holding token ids")
     expected_dim: int = Field(default=0, description="NPZ only: reject files of another dimension (0 = any)")
     already_whitened: bool = Field(default=False, description="Inputs are whitened already: whitening is the identity")
+    shuffle_documents: bool = Field(default=True, description="Text sources: shuffle documents into chunks (seeded), so "
+                                    "no chunk is one topic of a sorted corpus")
+    shuffle_seed: int = Field(default=0, description="Seed of the document shuffle")
 
     def npz_keys(self) -> NpzKeys:
         return NpzKeys(self.npz_activations_key, self.npz_attention_mask_key, self.npz_token_ids_key)
@@ -34,4 +37,5 @@ class CorpusResource(dg.ConfigurableResource):
         if self.source == "npz":
             return register_npz(sorted(Path(self.path).glob("*.npz")), self.npz_keys().__dict__)
         docs = corpus_documents(self.source, self.path, self.documents_per_category or None)
-        return register_text(docs, tokenizer, self.name, self.sequence_length, self.sequences_per_chunk, model_name)
+        return register_text(docs, tokenizer, self.name, self.sequence_length, self.sequences_per_chunk, model_name,
+                             self.shuffle_seed if self.shuffle_documents else None)

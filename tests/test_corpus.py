@@ -60,10 +60,23 @@ def test_plan_is_deterministic_and_covers_every_document(tokenizer):
     plans = plan_chunks(docs, tokenizer, "bbc", 128, sequences_per_chunk=20)
     again = plan_chunks(docs, tokenizer, "bbc", 128, sequences_per_chunk=20)
     assert [p.key for p in plans] == [p.key for p in again] == [f"bbc-{i:05d}" for i in range(len(plans))]
-    assert [d for p in plans for d in p.documents] == docs
+    assert sorted(d.doc_id for p in plans for d in p.documents) == sorted(d.doc_id for d in docs)
     assert all(p.n_sequences >= 20 for p in plans[:-1])
     total = sum(len(tokenize_documents(p.documents, tokenizer, 128).doc_ids) for p in plans)
     assert total == sum(p.n_sequences for p in plans)
+
+
+def test_documents_are_shuffled_into_chunks(tokenizer):
+    """BBC is stored by category: kept in order, each chunk would be one topic (a sorted stream)."""
+    docs = bbc_documents(per_category=8)
+
+    def categories_per_chunk(seed):
+        plans = plan_chunks(docs, tokenizer, "bbc", 128, sequences_per_chunk=10, shuffle_seed=seed)
+        return [len({d.category for d in p.documents}) for p in plans]
+
+    assert np.mean(categories_per_chunk(None)) < 1.5  # in order: mostly one category per chunk
+    assert np.mean(categories_per_chunk(0)) > 2.0  # shuffled: chunks mix topics
+    assert categories_per_chunk(0) == categories_per_chunk(0)
 
 
 def test_jsonl_and_parquet_sources(tmp_path, tokenizer):
