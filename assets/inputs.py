@@ -12,8 +12,9 @@ from orchestration.partitions import chunks
 from resources import CorpusResource, ModelResource, TorchDeviceResource
 
 ACTIVATION_CHECKS = [
-    dg.AssetCheckSpec("finite_and_shaped", asset="activations", partitions_def=chunks,
-                      description="Activations are finite, [n_seq, seq_len, d] with the declared d"),
+    dg.AssetCheckSpec("finite_and_shaped", asset="activations", partitions_def=chunks, blocking=True,
+                      description="Activations are finite, [n_seq, seq_len, d] with the declared d (blocking: a bad "
+                                  "chunk stops its run before whitened_activations)"),
     dg.AssetCheckSpec("mask_token_alignment", asset="activations", partitions_def=chunks,
                       description="Mask and token ids match the activations, and some tokens are attended"),
 ]
@@ -29,7 +30,7 @@ def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, mode
     """Fixed-length token sequences of one chunk, with doc id, category and window per sequence."""
     plan = read_manifest(context.partition_key)
     if isinstance(plan, ChunkPlan):
-        tokens = tokenize_documents(plan.documents, model.tokenizer(), plan.sequence_length)
+        tokens = tokenize_documents(plan.documents, model.tokenizer(), plan.sequence_length, corpus.skip_first_positions)
         source = f"{len(plan.documents)} documents"
     else:
         npz = _npz_chunk(plan, corpus)

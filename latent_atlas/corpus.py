@@ -184,8 +184,15 @@ class TokenChunk:
         )
 
 
-def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int) -> TokenChunk:
-    """Tokenize documents into padded windows with doc id and category per sequence."""
+def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int, skip_first: int = 0) -> TokenChunk:
+    """Tokenize documents into padded windows with doc id and category per sequence.
+
+    skip_first: the first positions of every window are left out of the analysis (the model still
+    reads them): a window cut out of a document starts with no context, and its first activations
+    behave like the start of a text whatever the token (window-start clusters).
+    """
+    if skip_first < 0 or skip_first >= sequence_length:
+        raise ValueError(f"skip_first must be in [0, sequence_length={sequence_length}), got {skip_first}")
     layout = SequenceLayout.of(tokenizer)
     rows, doc_ids, categories, windows = [], [], [], []
     for doc in docs:
@@ -201,6 +208,7 @@ def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int
         token_ids[i, : len(row)] = row
         model_mask[i, : len(row)] = True
     analysis_mask = model_mask & ~np.isin(token_ids, list(layout.special_ids))
+    analysis_mask[:, :skip_first] = False
     return TokenChunk(token_ids, model_mask, analysis_mask, doc_ids, categories, windows)
 
 

@@ -66,6 +66,17 @@ def test_plan_is_deterministic_and_covers_every_document(tokenizer):
     assert total == sum(p.n_sequences for p in plans)
 
 
+def test_first_positions_of_every_window_can_be_left_out(tokenizer):
+    docs = bbc_documents(per_category=1)[:2]
+    full = tokenize_documents(docs, tokenizer, 32)
+    skipped = tokenize_documents(docs, tokenizer, 32, skip_first=4)
+    assert not skipped.analysis_mask[:, :4].any()
+    np.testing.assert_array_equal(skipped.analysis_mask[:, 4:], full.analysis_mask[:, 4:])
+    np.testing.assert_array_equal(skipped.model_mask, full.model_mask)  # the model still reads them
+    with pytest.raises(ValueError, match="skip_first"):
+        tokenize_documents(docs, tokenizer, 32, skip_first=32)
+
+
 def test_documents_are_shuffled_into_chunks(tokenizer):
     """BBC is stored by category: kept in order, each chunk would be one topic (a sorted stream)."""
     docs = bbc_documents(per_category=8)
