@@ -25,6 +25,7 @@ from pydantic import Field
 from latent_atlas.analyzer import results_summary, score_summary, write_results
 from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.ensemble import EnsembleResult, atlas_stability_columns
 from latent_atlas.exemplars import ExemplarConfig, check_exemplars, fill_context, select_exemplars
 from latent_atlas.intervention import InterventionVectors, check_vectors
 from latent_atlas.memberships import SparseMemberships
@@ -133,20 +134,31 @@ def merged_statistics(chunk_stats: dict[str, Path]):
                                          description="Merged usage per cluster equals the sum of stored memberships")],
           kinds={"parquet"})
 def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering,
-                  memberships: dict[str, Path], corpus: CorpusResource, model: ModelResource):
+                  memberships: dict[str, Path], ensemble: EnsembleResult, corpus: CorpusResource, model: ModelResource):
     """One row per cluster: usage, density, membership moments and histogram, position
-    distribution, top tokens, most coactivating and most similar clusters."""
+    distribution, top tokens, most coactivating and most similar clusters, the measures a cluster is
+    judged by (position concentration, token entropy, near-duplicates) and its stability across the
+    ensemble's re-fits (matched cosine, agreement of token assignments)."""
     stats = merged_statistics
     missing = sorted(set(stats.chunk_ids) - set(memberships))
     if missing:
         raise ValueError(f"memberships missing for merged chunks {missing[:5]}: rematerialize them")
     table = stats_table(stats, centroids.cluster_centers_, _decoder(corpus, model))
+    stability = atlas_stability_columns(ensemble)
+    if len(stability["cluster"]) != table.num_rows:
+        raise ValueError(f"the ensemble's stability covers {len(stability['cluster'])} clusters, the atlas has "
+                         f"{table.num_rows}: rematerialize ensemble")
+    for name, values in stability.items():
+        if name != "cluster":
+            table = table.append_column(name, pa.array(values))
     # Streams the memberships files of the merged chunks: one loaded at a time.
     passed, check_meta = check_usage(stats, (SparseMemberships.load(memberships[c]) for c in stats.chunk_ids))
     usage = stats.usage / max(stats.n_tokens, 1)
     return dg.MaterializeResult(
         value=table,
         metadata={"clusters": stats.n_clusters, "tokens": stats.n_tokens,
+                  "median_stability": float(np.nanmedian(stability["stability"])),
+                  "clusters_below_stability_0.8": int(np.sum(~(stability["stability"] >= 0.8))),
                   "max_usage_fraction": float(usage.max()), "unused_clusters": int(np.sum(stats.usage == 0))},
         check_results=[dg.AssetCheckResult(check_name="usage_matches_memberships", passed=passed, metadata=check_meta)],
     )
@@ -214,7 +226,7 @@ def intervention_vectors(merged_statistics: ChunkStatistics, centroids: Sequenti
 # cluster_stats columns the cluster_summaries index carries (those present), then score columns.
 INDEX_COLUMNS = ("cluster", "usage_fraction", "density", "first_positions_share", "position_entropy",
                  "position_artifact", "token_entropy", "top_token_share", "near_duplicate", "near_duplicate_partners",
-                 "top_tokens")
+                 "stability", "stability_min", "assignment_agreement", "top_tokens")
 INDEX_SCORES = ("auroc", "auroc_low", "auroc_high", "auroc_hard", "auroc_hard_low", "auroc_hard_high",
                 "diff_means_auroc", "diff_means_auroc_hard", "positive_tokens", "hard_negative_tokens")
 

@@ -32,6 +32,9 @@ from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics, cluster_stats
 from latent_atlas.tables import write_table
 
+# cluster_stats columns from the ensemble (latent_atlas.ensemble.atlas_stability_columns), when present
+STABILITY = ("stability", "stability_min", "assignment_agreement", "assignment_jaccard", "stability_tokens")
+
 # 256-colour backgrounds from faint to strong, indexed by membership.
 _SHADES = (236, 22, 28, 34, 40, 46)
 
@@ -153,6 +156,7 @@ class ClusterAnalyzer:
             "flags": [flag for flag in ("position_artifact", "near_duplicate") if stats.get(flag)],
             "measures": {key: stats.get(key) for key in ("first_positions_share", "position_entropy", "token_entropy",
                                                          "top_token_share", "near_duplicate_partners")},
+            "stability": {key: stats.get(key) for key in STABILITY},
             "intervention_stats": {"separation_strength": iv["auroc"], "d_prime": iv["d_prime"],
                                    **{name: score(name) for name in SCORES},
                                    "hard_negative_clusters": iv["hard_negative_clusters"],
@@ -199,6 +203,7 @@ class ClusterAnalyzer:
         col = lambda name: np.array([row.get(name, np.nan) for row in self.intervention_], dtype=float)  # noqa: E731
         auroc, hard, low, high = col("auroc"), col("auroc_hard"), col("auroc_hard_low"), col("auroc_hard_high")
         flagged = {name: sum(bool(row.get(name)) for row in self.stats_) for name in ("position_artifact", "near_duplicate")}
+        stability = np.array([row.get("stability", np.nan) for row in self.stats_], dtype=float)
         lines = [f"ClusterAnalyzer({self.path})",
                  f"{k} clusters, {s.get('n_tokens', '?')} tokens from {len(s.get('chunk_ids', []))} chunks; "
                  f"Ledoit-Wolf shrinkage {s.get('shrinkage', float('nan')):.3f}",
@@ -206,8 +211,10 @@ class ClusterAnalyzer:
                  f"{_median(hard):.3f} (min {_min(hard):.3f}) against hard negatives (members of the most similar clusters)",
                  f"flagged: {flagged['position_artifact']} position artifacts (weight in the first positions of the "
                  f"window), {flagged['near_duplicate']} near-duplicates",
+                 f"stability across ensemble re-fits: median {_median(stability):.3f}, "
+                 f"{int(np.sum(~(stability >= 0.8)))} of {k} clusters below 0.8",
                  "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6} {'hard':>6} "
-                     f"{'hard 95% CI':>13} {'tok.H':>5} flags  top tokens"]
+                     f"{'hard 95% CI':>13} {'tok.H':>5} {'stab.':>5} flags  top tokens"]
         for row in sorted(self.stats_, key=lambda r: -r["total_usage"])[:15]:
             c = row["cluster"]
             tokens = " ".join(repr(t) for t in row["top_tokens"][:6])
@@ -215,10 +222,12 @@ class ClusterAnalyzer:
             lines.append(f"{c:>7} {100 * row['usage_fraction']:>7.2f} {row['density']:>8.4f} "
                          f"{row['max_membership']:>6.3f} {auroc[c]:>6.3f} {hard[c]:>6.3f} "
                          f"{f'[{low[c]:.2f}, {high[c]:.2f}]':>13} {row.get('token_entropy', np.nan):>5.2f} "
+                         f"{stability[c]:>5.2f} "
                          f"{flags:>5}  {tokens}")
         if k > 15:
             lines.append(f"... {k - 15} more clusters (sorted by usage)")
-        lines.append("flags: P position artifact, D near-duplicate; tok.H normalised token entropy")
+        lines.append("flags: P position artifact, D near-duplicate; tok.H normalised token entropy; stab. median "
+                     "matched cosine across ensemble re-fits")
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from io_managers.tensors import load_artifact
 from latent_atlas.analyzer import ClusterAnalyzer
 from latent_atlas.chunks import read_chunk
+from latent_atlas.ensemble import stability_floor
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics
@@ -23,7 +24,8 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
         assert report.failed == {}
         checks = {(name, passed) for name, passed in check_results(instance).items()}
     assert {(name, True) for name in ANALYSIS_CHECKS} <= checks
-    assert not any(passed is False for _, passed in checks), checks
+    # 20 documents do not make stable clusters: that check may fail, and must say what the table says
+    assert not any(passed is False for name, passed in checks if name != "atlas_stability_floor"), checks
 
     tables, tensors = atlas_home / "tables", atlas_home / "tensors"
     # Usage merged from the per-chunk statistics equals the memberships summed directly.
@@ -33,6 +35,12 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     direct = sum(np.bincount(m.cluster, m.value.astype(np.float64), k) for m in mems)
     stats = pq.read_table(tables / "cluster_stats.parquet")
     np.testing.assert_allclose(stats.column("total_usage").to_numpy(), direct, rtol=1e-6)
+    # every atlas cluster carries its stability across the ensemble's re-fits
+    stability = stats.column("stability").to_numpy()
+    assert np.all((stability > -1) & (stability <= 1 + 1e-6)) and np.all(stats.column("stability_tokens").to_numpy() >= 0)
+    assert ("atlas_stability_floor", stability_floor(stability).passed) in checks
+    summary = ClusterAnalyzer(atlas_home / "results").get_cluster_summary(0)
+    assert summary["stability"]["stability"] == stability[0]
     assert sorted(merged.chunk_ids) == keys
     assert merged.n_tokens == sum(int(np.load(tensors / "whitened_activations" / key / "attention_mask.npy").sum())
                                   for key in keys)
