@@ -13,10 +13,14 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def compute_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """fp32 on CPU (this CPU runs bf16/fp16 GEMMs 4x slower), fp16/bf16 on GPU."""
+    """The model's forward pass: fp32 on CPU (bf16 GEMMs are fast only with AMX, and fp32 is exact);
+    bf16 on a GPU that has it (fp16's range, 65504, is exceeded by the massive activations of some
+    models' residual streams), else fp16."""
     if requested != "auto":
         return getattr(torch, requested)
-    return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def batch_size_for_budget(

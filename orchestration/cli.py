@@ -20,7 +20,8 @@ def _demo(args: argparse.Namespace) -> int:
     from resources import CorpusResource, ModelResource
 
     per_category = 0 if args.full else args.documents_per_category
-    corpus = CorpusResource(documents_per_category=per_category, sequences_per_chunk=args.sequences_per_chunk)
+    skip = {} if args.skip_first is None else {"skip_first_positions": args.skip_first}
+    corpus = CorpusResource(documents_per_category=per_category, sequences_per_chunk=args.sequences_per_chunk, **skip)
     model = ModelResource(name=args.model, layer=args.layer)
     defs = build_definitions(corpus=corpus, model=model)
     instance = dg.DagsterInstance.get()
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--sequences-per-chunk", type=int, default=128, help="sequences per chunk partition")
     demo.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default) or minilm-l6")
     demo.add_argument("--layer", type=int, default=0, help="residual stream layer (0 = middle)")
+    demo.add_argument("--skip-first", type=int, default=None,
+                      help="leave the first N positions of every window out of the analysis (default: the corpus default)")
     demo.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
     demo.set_defaults(func=_demo)
     status = sub.add_parser("status", help="partitions and what is materialized")
