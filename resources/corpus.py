@@ -28,8 +28,9 @@ class CorpusResource(dg.ConfigurableResource):
     shuffle_documents: bool = Field(default=True, description="Text sources: shuffle documents into chunks (seeded), so "
                                     "no chunk is one topic of a sorted corpus")
     shuffle_seed: int = Field(default=0, description="Seed of the document shuffle")
-    skip_first_positions: int = Field(default=0, description="Text sources: leave the first N positions of every "
-                                      "window out of the analysis (the model still reads them as context)")
+    skip_first_positions: int = Field(default=4, description="Text sources: leave the first N positions of every "
+                                      "window out of the analysis (the model still reads them as context). On the "
+                                      "demo, 4 removed both window-start clusters at no cost in separation or stability")
 
     def npz_keys(self) -> NpzKeys:
         return NpzKeys(self.npz_activations_key, self.npz_attention_mask_key, self.npz_token_ids_key)
