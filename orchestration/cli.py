@@ -1,8 +1,9 @@
-"""`latent-atlas`: run the demo, show status, write synthetic chunks."""
+"""`latent-atlas`: run the demo, show status, analyze a sentence, write synthetic chunks."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -61,6 +62,43 @@ def _ui(args: argparse.Namespace) -> int:
     os.execv(str(dagster), [str(dagster), "dev", "-w", str(root / "workspace.yaml"), "-p", str(args.port)])
 
 
+def _chat_client(name: str):
+    """The chat client for --llm, or None (then the meta-interpretation is the deterministic summary)."""
+    if name == "none":
+        return None
+    try:
+        from latent_atlas.labels.llm import LocalChatClient  # lazily: loads a second model
+    except ImportError as exc:
+        print(f"latent-atlas analyze: no local LLM client ({exc}); showing the deterministic summary", file=sys.stderr)
+        return None
+    return LocalChatClient()
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    """Per-token clusters, labels and confidences of one sentence (read-only on ATLAS_HOME)."""
+    from latent_atlas.analyze import SentenceAnalyzer, table, to_json
+
+    try:
+        analyzer = SentenceAnalyzer(args.home or None, top=args.top)
+    except FileNotFoundError as exc:
+        print(f"latent-atlas analyze: {exc}", file=sys.stderr)
+        return 2
+    rows = analyzer.analyze_sentence(args.sentence)
+    wants_meta = args.meta or args.llm != "none"
+    meta = analyzer.interpret_with_meta_model(args.sentence, _chat_client(args.llm), rows) if wants_meta else None
+    if args.json and meta is not None:
+        print(json.dumps({"tokens": json.loads(to_json(rows)), "meta_interpretation": meta}, indent=1, ensure_ascii=False))
+    elif args.json:
+        print(to_json(rows))
+    else:
+        print(table(rows))
+        if not analyzer.labels:
+            print(f"(no labels under {analyzer.home / 'labels' / 'clusters'} yet: materialize cluster_labels)")
+        if meta is not None:
+            print("\n" + meta)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latent-atlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--home", default="")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=_ui)
+    analyze = sub.add_parser("analyze", help="which clusters each token of a sentence falls into, with labels")
+    analyze.add_argument("sentence", help='the text to analyze, e.g. "The quick brown fox jumps over the lazy dog."')
+    analyze.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
+    analyze.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    analyze.add_argument("--top", type=int, default=2, help="clusters per token (default 2)")
+    analyze.add_argument("--meta", action="store_true", help="add a meta-interpretation of the whole sentence")
+    analyze.add_argument("--llm", choices=["none", "local"], default="none",
+                         help="who writes the meta-interpretation: 'none' (a deterministic summary of the table) or "
+                              "'local' (SmolLM2-Instruct; implies --meta)")
+    analyze.set_defaults(func=_analyze)
     synthetic = sub.add_parser("synthetic", help="write seed-format NPZ chunks from a known mixture",
                                add_help=False)
     synthetic.set_defaults(func=None)
