@@ -11,6 +11,8 @@ from pathlib import Path
 
 from orchestration.instance import use_atlas_home
 
+META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
+
 
 def _demo(args: argparse.Namespace) -> int:
     home = use_atlas_home(args.home)
@@ -62,16 +64,17 @@ def _ui(args: argparse.Namespace) -> int:
     os.execv(str(dagster), [str(dagster), "dev", "-w", str(root / "workspace.yaml"), "-p", str(args.port)])
 
 
-def _chat_client(name: str):
+def _chat_client(name: str, home: Path):
     """The chat client for --llm, or None (then the meta-interpretation is the deterministic summary)."""
     if name == "none":
         return None
     try:
-        from latent_atlas.labels.llm import LocalChatClient  # lazily: loads a second model
+        from latent_atlas.labels.llm import LocalChatClient  # lazily: it loads a second model
     except ImportError as exc:
         print(f"latent-atlas analyze: no local LLM client ({exc}); showing the deterministic summary", file=sys.stderr)
         return None
-    return LocalChatClient()
+    # a few sentences need more room than the labeler's default cap on new tokens
+    return LocalChatClient(cache_dir=home / "models", max_new_tokens=META_MAX_TOKENS)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -85,7 +88,8 @@ def _analyze(args: argparse.Namespace) -> int:
         return 2
     rows = analyzer.analyze_sentence(args.sentence)
     wants_meta = args.meta or args.llm != "none"
-    meta = analyzer.interpret_with_meta_model(args.sentence, _chat_client(args.llm), rows) if wants_meta else None
+    client = _chat_client(args.llm, analyzer.home) if wants_meta else None
+    meta = analyzer.interpret_with_meta_model(args.sentence, client, rows, META_MAX_TOKENS) if wants_meta else None
     if args.json and meta is not None:
         print(json.dumps({"tokens": json.loads(to_json(rows)), "meta_interpretation": meta}, indent=1, ensure_ascii=False))
     elif args.json:
