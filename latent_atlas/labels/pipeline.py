@@ -1,0 +1,130 @@
+"""The labeling driver: requests -> cache lookup -> labeler (misses only) -> scorers -> cache.
+
+Each finished record is written to the cache before the next is started, so a run that fails
+half way keeps what it finished and a rerun labels only the rest. LLM labelers get the misses in
+batches of `batch_size` (each batch runs concurrently inside the labeler).
+
+A labeler whose labels depend on every cluster (`sees_all_requests`, the c-TF-IDF keyword
+labeler: its IDF is over all classes) is handled differently, by design: its cache keys include
+a digest of every request's examples (any change relabels all, none relabels nothing), and when
+anything misses it labels all requests in one call (cheap, no model) but only the misses are
+scored and written, so the labels stay those of a single pass over every cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+
+from latent_atlas.labels.cache import LabelCache, cache_key
+from latent_atlas.labels.examples import HeldoutExamples
+from latent_atlas.labels.records import CentroidExplanation, Draft, Labeler, LabelRequest
+from latent_atlas.labels.scorers import ScorerConfig, confidence, embedding_scores
+
+USAGE = ("prompt_tokens", "completion_tokens", "requests")
+
+
+def score_label(draft: Draft, heldout: HeldoutExamples, config: ScorerConfig,
+                memo: dict | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """Score components of one label on its held-out examples, and the LLM usage scoring cost."""
+    text = f"{draft.label}. {draft.explanation}"
+    components: dict[str, Any] = {}
+    usage = dict.fromkeys(USAGE, 0)
+    if config.embedding:
+        scored = embedding_scores(text, heldout.positives, {"random": heldout.random_negatives,
+                                                            "hard": heldout.hard_negatives}, config, memo)
+        components.update({f"embedding_{name}": score for name, score in scored.items()})
+    if config.detection_client is not None:
+        from latent_atlas.labels.llm import detection_score  # optional: needs the LLM stage
+
+        n = config.detection_examples
+        members, others = heldout.positives[:n], heldout.random_negatives[:n] + heldout.hard_negatives[:n]
+        result = detection_score(config.detection_client, text, members + others,
+                                 [True] * len(members) + [False] * len(others))
+        components["detection"] = result
+        usage["requests"] += int(result.get("requests", 0))
+    return components, usage
+
+
+def _requests_digest(requests: Sequence[LabelRequest]) -> str:
+    return hashlib.sha256("\n".join(cache_key("", "", "", r.examples, r.parent_label) for r in requests)
+                          .encode()).hexdigest()
+
+
+def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutExamples], labeler: Labeler,
+                   cache: LabelCache, scorer_config: ScorerConfig = ScorerConfig(),
+                   metadata: dict[str, Any] | None = None, force_regenerate: bool = False,
+                   batch_size: int = 8) -> tuple[list[CentroidExplanation], dict[str, Any]]:
+    """One record per request, in order: from the cache when its key matches, else labeled,
+    scored on `heldout[centroid_id]` and written at once. Returns (records, stats): cache_hits,
+    new_labels, prompt/completion tokens and requests (labeling and scoring), seconds spent
+    labeling and scoring and their sum per new label."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sees_all = bool(getattr(labeler, "sees_all_requests", False))
+    context = _requests_digest(requests) if sees_all else ""
+    keys = [cache_key(labeler.name, labeler.model, labeler.prompt_version, r.examples, r.parent_label, context)
+            for r in requests]
+    records: list[CentroidExplanation | None] = [cache.get(r.centroid_id, key, force_regenerate)
+                                                 for r, key in zip(requests, keys)]
+    misses = [i for i, record in enumerate(records) if record is None]
+    stats: dict[str, Any] = {"cache_hits": len(requests) - len(misses), "new_labels": 0,
+                             **dict.fromkeys(USAGE, 0), "labeling_seconds": 0.0, "scoring_seconds": 0.0}
+    missing = [requests[i].centroid_id for i in misses if requests[i].centroid_id not in heldout]
+    if missing:
+        raise ValueError(f"no held-out examples for clusters {missing[:5]}: pass heldout for every request")
+    base = {**(metadata or {}), "labeler": labeler.name, "model": labeler.model,
+            "prompt_version": labeler.prompt_version,
+            "generation_method": getattr(labeler, "generation_method", labeler.name)}
+    memo: dict = {}
+    if sees_all and misses:
+        batches = [(misses, _timed_label(labeler, list(requests), stats))]
+    else:
+        batches = ((batch, None) for batch in (misses[s:s + batch_size] for s in range(0, len(misses), batch_size)))
+    for batch, all_drafts in batches:
+        drafts = ([all_drafts[i] for i in batch] if all_drafts is not None
+                  else _timed_label(labeler, [requests[i] for i in batch], stats))
+        if len(drafts) != len(batch):
+            raise ValueError(f"labeler {labeler.name!r} returned {len(drafts)} drafts for {len(batch)} requests")
+        for i, draft in zip(batch, drafts):
+            request = requests[i]
+            started = time.perf_counter()
+            components, usage = score_label(draft, heldout[request.centroid_id], scorer_config, memo)
+            stats["scoring_seconds"] += time.perf_counter() - started
+            for name in USAGE:
+                stats[name] += usage[name]
+            value, interval = confidence(components)
+            record = CentroidExplanation(
+                centroid_id=request.centroid_id, label=draft.label, explanation=draft.explanation,
+                confidence=value, confidence_interval=interval,
+                scores={**components, "n_shown": len(request.examples)},
+                top_k_examples=[e.text for e in request.examples],
+                timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                metadata={**base, "cache_key": keys[i], "usage": dict(draft.usage),
+                          **({"node_id": request.node_id, "parent_label": request.parent_label}
+                             if request.node_id else {})})
+            cache.put(record)
+            records[i] = record
+            stats["new_labels"] += 1
+    spent = stats["labeling_seconds"] + stats["scoring_seconds"]
+    stats["seconds_per_cluster"] = spent / stats["new_labels"] if stats["new_labels"] else 0.0
+    return records, stats  # type: ignore[return-value]
+
+
+def _timed_label(labeler: Labeler, requests: list[LabelRequest], stats: dict) -> list[Draft]:
+    started = time.perf_counter()
+    drafts = labeler.label(requests)
+    stats["labeling_seconds"] += time.perf_counter() - started
+    for draft in drafts:
+        for name in USAGE:
+            stats[name] += int(draft.usage.get(name, 0))
+    return drafts
+
+
+def median_confidence(records: Sequence[CentroidExplanation]) -> float:
+    values = np.array([r.confidence for r in records], float)
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")

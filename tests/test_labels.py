@@ -1,0 +1,226 @@
+"""Labeling core: c-TF-IDF against a brute-force recomputation, the keyword labeler on planted
+clusters, the MiniLM embedding scorer on real text, the confidence rule, and the cache (hits,
+force_regenerate, partial progress after a failure)."""
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from latent_atlas.labels.cache import LabelCache, cache_key
+from latent_atlas.labels.examples import HeldoutExamples, check_disjoint
+from latent_atlas.labels.keywords import KeywordLabeler, class_term_weights, ctfidf, term_of
+from latent_atlas.labels.pipeline import label_clusters
+from latent_atlas.labels.records import CentroidExplanation, Draft, Example, LabelRequest
+from latent_atlas.labels.scorers import ScorerConfig, bootstrap_auroc, confidence, embedding_score
+
+WEEKDAYS = [" Monday", " Tuesday", " Wednesday", " Thursday", " Friday"]
+MONTHS = [" January", " March", " April", " June", " October"]
+FILLER = " the report said that on the day a new plan was shown to the board".split(" ")[1:]
+
+
+def window(token: str, cluster: int, i: int, strength: float = 1.0, sequence: int = 0) -> Example:
+    """A real-looking window with `token` at its centre; the cluster's membership peaks there."""
+    left, right = [" " + w for w in FILLER[i % 5: i % 5 + 4]], [" " + w for w in FILLER[(i + 3) % 6: (i + 3) % 6 + 4]]
+    tokens = left + [token] + right
+    memberships = [0.05] * 4 + [strength] + [0.05] * 4
+    return Example(tokens, memberships, 4, cluster, chunk_id="c0", sequence=sequence, token_position=i)
+
+
+def planted_requests() -> list[LabelRequest]:
+    days = [window(WEEKDAYS[i % 5], 0, i, sequence=0) for i in range(10)]
+    months = [window(MONTHS[i % 5], 1, i, sequence=1) for i in range(10)]
+    commas = [window(",", 2, i, sequence=2) for i in range(10)]
+    return [LabelRequest(0, days), LabelRequest(1, months), LabelRequest(2, commas)]
+
+
+def test_ctfidf_matches_brute_force_formula():
+    requests = planted_requests()
+    terms, counts = class_term_weights(requests)
+    weights = ctfidf(counts)
+    # brute force: W(x, c) = tf(x, c) / sum tf(., c) * log(1 + A / f_x), tf weighted by membership
+    tf = [Counter() for _ in requests]
+    for c, request in enumerate(requests):
+        for e in request.examples:
+            for token, m in zip(e.tokens, e.memberships):
+                tf[c][term_of(token)] += m
+    f = Counter()
+    for counter in tf:
+        f.update(counter)
+    average = sum(sum(counter.values()) for counter in tf) / len(tf)
+    for c, counter in enumerate(tf):
+        total = sum(counter.values())
+        for t, term in enumerate(terms):
+            expected = counter[term] / total * math.log(1 + average / f[term])
+            assert weights[c, t] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_keyword_labeler_names_planted_clusters():
+    drafts = KeywordLabeler().label(planted_requests())
+    assert any(day.strip() in drafts[0].label for day in WEEKDAYS), drafts[0]
+    assert any(month.strip() in drafts[1].label for month in MONTHS), drafts[1]
+    assert not any(day.strip() in drafts[1].label for day in WEEKDAYS)
+    # a cluster that only fires on punctuation is named by it, quoted
+    assert drafts[2].label == "','", drafts[2]
+    # filler words carry a trace of membership in every cluster: they never name one
+    assert not set(drafts[0].label.split(" / ")) & set(FILLER)
+    assert "60%" in drafts[0].explanation  # 3 of the 5 weekdays, equally often
+
+
+SPORT = ["The striker scored twice as the home side won the football match",
+         "Their goalkeeper saved a penalty in the second half of the cup tie",
+         "The coach praised his players after the league victory on Saturday",
+         "Fans cheered as the team lifted the trophy at the stadium",
+         "The midfielder was sent off before the final whistle",
+         "A late goal gave the visitors a draw in the derby",
+         "The tennis champion won the final in straight sets",
+         "The club signed a new defender ahead of the season"]
+FINANCE = ["The central bank raised interest rates to curb inflation",
+           "Shares fell sharply as investors worried about company profits",
+           "The firm reported quarterly earnings above analysts' forecasts",
+           "Bond yields rose after the government announced more borrowing",
+           "The pound weakened against the dollar on currency markets",
+           "Oil prices pushed the stock market lower on Tuesday",
+           "The bank cut its growth forecast for the economy",
+           "Investors sold shares in the troubled retailer"]
+
+
+def sentence_examples(sentences: list[str], cluster: int) -> list[Example]:
+    out = []
+    for s, sentence in enumerate(sentences):
+        tokens = [w if i == 0 else " " + w for i, w in enumerate(sentence.split())]
+        out.append(Example(tokens, [1.0] * len(tokens), len(tokens) // 2, cluster, "held", s, len(tokens) // 2))
+    return out
+
+
+def test_embedding_scorer_prefers_the_matching_explanation():
+    sport, finance = sentence_examples(SPORT, 0), sentence_examples(FINANCE, 1)
+    config = ScorerConfig(score_window=None, n_bootstrap=300)
+    match = embedding_score("football and sport: goals, matches, players", sport, finance, config)
+    mismatch = embedding_score("banks, shares and interest rates", sport, finance, config)
+    assert match["value"] > 0.9 and mismatch["value"] < 0.2, (match, mismatch)
+    assert match["low"] <= match["value"] <= match["high"] and match["n_pos"] == match["n_neg"] == 8
+    assert match["low"] > mismatch["high"]
+
+
+def test_bootstrap_auroc_interval_and_chance():
+    rng = np.random.default_rng(0)
+    value, low, high = bootstrap_auroc(rng.normal(size=200), rng.normal(size=200), 500, 0.95, 0)
+    assert low < 0.5 < high and abs(value - 0.5) < 0.1
+    value, low, high = bootstrap_auroc(rng.normal(3, 1, 200), rng.normal(size=200), 500, 0.95, 0)
+    assert 0.95 < low <= value <= high <= 1.0
+
+
+def test_confidence_rule_rescales_hard_components():
+    def score(value, low, high):
+        return {"value": value, "low": low, "high": high}
+    value, (low, high) = confidence({"embedding_random": score(1.0, 1.0, 1.0), "embedding_hard": score(0.5, 0.4, 0.6)})
+    assert value == 0.0 and low == 0.0 and high == pytest.approx(0.2)  # random negatives do not count
+    value, (low, high) = confidence({"embedding_hard": score(0.9, 0.8, 1.0), "detection": score(0.7, 0.6, 0.8)})
+    assert value == pytest.approx((0.8 + 0.4) / 2) and low == pytest.approx(0.4) and high == pytest.approx(0.8)
+    # without hard negatives the random-negative AUROC stands in
+    value, _ = confidence({"embedding_random": score(0.75, 0.7, 0.8), "embedding_hard": score(float("nan"), 0, 0)})
+    assert value == pytest.approx(0.5)
+    assert math.isnan(confidence({})[0])
+
+
+class CountingLabeler:
+    """A real labeler (wraps another) that counts the requests it is asked to label."""
+
+    def __init__(self, inner, fail_at: int | None = None):
+        self.inner, self.fail_at, self.requests, self.calls = inner, fail_at, 0, 0
+        self.name, self.model, self.prompt_version = inner.name, inner.model, inner.prompt_version
+        self.sees_all_requests = getattr(inner, "sees_all_requests", False)
+
+    def label(self, requests):
+        self.calls += 1
+        for _ in requests:
+            self.requests += 1
+            if self.fail_at is not None and self.requests == self.fail_at:
+                raise RuntimeError(f"request {self.requests} failed")
+        return self.inner.label(requests)
+
+
+class ActivatingTokenLabeler:
+    """Labels each cluster on its own by its most frequent activating token (no cross-cluster state)."""
+
+    name, model, prompt_version = "activating-token", "", "1"
+
+    def label(self, requests):
+        drafts = []
+        for r in requests:
+            top = Counter(term_of(e.tokens[e.position]) for e in r.examples).most_common(1)[0][0]
+            drafts.append(Draft(top, f"The token {top!r}."))
+        return drafts
+
+
+def many_requests(n: int = 6) -> list[LabelRequest]:
+    return [LabelRequest(c, [window(WEEKDAYS[(c + i) % 5], c, i, sequence=c) for i in range(4)]) for c in range(n)]
+
+
+NO_SCORES = ScorerConfig(embedding=False)
+
+
+def test_cache_hit_makes_no_calls_and_force_regenerate_redoes_them(tmp_path):
+    requests = many_requests()
+    held = {r.centroid_id: HeldoutExamples() for r in requests}
+    cache = LabelCache(tmp_path / "labels")
+    for inner in (KeywordLabeler(), ActivatingTokenLabeler()):
+        first = CountingLabeler(inner)
+        records, stats = label_clusters(requests, held, first, cache, NO_SCORES, {"layer": 3})
+        assert first.requests == len(requests) and stats["new_labels"] == len(requests)
+        assert {p.name for p in cache.directory.iterdir()} == {f"centroid_{c}.json" for c in range(len(requests))}
+        again = CountingLabeler(inner)
+        cached, stats = label_clusters(requests, held, again, cache, NO_SCORES, {"layer": 3})
+        assert again.calls == 0 and stats["cache_hits"] == len(requests) and stats["new_labels"] == 0
+        assert [r.to_json() for r in cached] == [r.to_json() for r in records]
+        forced = CountingLabeler(inner)
+        label_clusters(requests, held, forced, cache, NO_SCORES, {"layer": 3}, force_regenerate=True)
+        assert forced.requests == len(requests)
+    record = CentroidExplanation.from_json(cache.path(0).read_text())
+    assert record.metadata["layer"] == 3 and record.metadata["labeler"] == "activating-token"
+    assert record.metadata["cache_key"] == cache_key("activating-token", "", "1", requests[0].examples)
+    # a changed example changes the key: that cluster is relabeled, the others are not
+    changed = list(requests)
+    changed[1] = LabelRequest(1, [window(" Sunday", 1, i, sequence=1) for i in range(4)])
+    counting = CountingLabeler(ActivatingTokenLabeler())
+    records, stats = label_clusters(changed, held, counting, cache, NO_SCORES)
+    assert counting.requests == 1 and records[1].label == "Sunday" and stats["cache_hits"] == len(requests) - 1
+
+
+def test_failure_half_way_keeps_finished_labels_and_rerun_does_the_rest(tmp_path):
+    requests = many_requests()
+    held = {r.centroid_id: HeldoutExamples() for r in requests}
+    cache = LabelCache(tmp_path / "labels")
+    failing = CountingLabeler(ActivatingTokenLabeler(), fail_at=3)
+    with pytest.raises(RuntimeError, match="request 3 failed"):
+        label_clusters(requests, held, failing, cache, NO_SCORES, batch_size=2)
+    assert sorted(cache.all()) == [0, 1]
+    rerun = CountingLabeler(ActivatingTokenLabeler())
+    records, stats = label_clusters(requests, held, rerun, cache, NO_SCORES, batch_size=2)
+    assert rerun.requests == len(requests) - 2 and stats["cache_hits"] == 2
+    assert sorted(cache.all()) == list(range(len(requests))) and all(r.label for r in records)
+    assert not list(cache.directory.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_scored_records_carry_components_and_counts(tmp_path):
+    sport, finance = sentence_examples(SPORT, 0), sentence_examples(FINANCE, 1)
+    shown = [LabelRequest(0, [window(" football", 0, i, sequence=9) for i in range(3)])]
+    held = {0: HeldoutExamples(sport, finance, finance[:4])}
+    records, stats = label_clusters(shown, held, ActivatingTokenLabeler(), LabelCache(tmp_path), ScorerConfig())
+    scores = records[0].scores
+    assert set(scores) == {"embedding_random", "embedding_hard", "n_shown"} and scores["n_shown"] == 3
+    assert scores["embedding_hard"]["n_neg"] == 4 and scores["embedding_random"]["n_pos"] == 8
+    low, high = records[0].confidence_interval
+    assert 0 <= low <= records[0].confidence <= high <= 1
+    assert stats["seconds_per_cluster"] > 0
+    json.loads(records[0].to_json())
+
+
+def test_heldout_and_shown_overlap_is_an_error():
+    shown = {0: [window(" Monday", 0, 1)]}
+    check_disjoint(shown, {0: HeldoutExamples([window(" Monday", 0, 2)])})
+    with pytest.raises(ValueError, match="also shown"):
+        check_disjoint(shown, {1: HeldoutExamples([], [window(" Tuesday", 1, 1)])})
