@@ -1,0 +1,223 @@
+"""How examples are shown to an LLM, and how its free-text answers are read back.
+
+Two tasks (after delphi): *explain* (name a cluster from its top windows, the activating tokens
+marked `<<token>>(0.93)` with their membership) and *detect* (given an explanation, say which
+windows' marked token fits it; the answer scores the explanation). Both prompts are few-shot: a
+135M-parameter model copies the format of a worked example far more reliably than it follows an
+instruction. The parsers never raise: small models add markdown, drop prefixes or ramble, and a
+garbled answer must become a usable label (or `None` for detection) rather than a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from latent_atlas.labels.records import Example, LabelRequest
+
+PROMPT_VERSION = "explain-v1+detect-v1"  # change it whenever a prompt or parser changes: it is in every cache key
+
+MARK_THRESHOLD = 0.25  # tokens of a window at or above this membership are marked (the example's own token always is)
+
+_SYSTEM = (
+    "You name features of a language model. A feature is active on some tokens of a text. "
+    "In each example the tokens where it is active are marked <<like this>>, followed by the "
+    "strength of the activation from 0 to 1. Say what the marked tokens have in common. Answer in "
+    "exactly two lines:\nLabel: <2-5 words>\nExplanation: <one or two sentences>"
+)
+
+
+def _shown(token: str) -> str:
+    return token.replace("\n", "\\n").replace("\r", "\\r").replace("\t", " ")
+
+
+def format_window(example: Example, strengths: bool = True, threshold: float = MARK_THRESHOLD) -> str:
+    """The window as text with its activating tokens marked: `<<tok>>(0.93)`, or `<<tok>>` without
+    strengths. A token's leading space stays outside the marks so the words still read normally."""
+    parts = []
+    for i, token in enumerate(example.tokens):
+        value = float(example.memberships[i]) if i < len(example.memberships) else 0.0
+        marked = i == example.position if not strengths else (i == example.position or value >= threshold)
+        text = _shown(token)
+        if marked:
+            core = text.lstrip(" ")
+            text = f"{text[:len(text) - len(core)]}<<{core}>>" + (f"({value:.2f})" if strengths else "")
+        parts.append(text)
+    return "".join(parts).strip()
+
+
+def _explain_user(examples: Sequence[Example], parent_label: str) -> str:
+    lines = ["Examples:"]
+    lines += [f"{i}. {format_window(e)}" for i, e in enumerate(examples, 1)]
+    if parent_label:
+        lines.append(f'This feature is a narrower part of the parent feature "{parent_label}": '
+                     "name what is specific to it.")
+    lines.append("Answer in exactly two lines: Label: <2-5 words> / Explanation: <one or two sentences>")
+    return "\n".join(lines)
+
+
+def _example(words: list[str], marks: dict[int, float], position: int) -> Example:
+    memberships = [marks.get(i, 0.0) for i in range(len(words))]
+    return Example(tokens=words, memberships=memberships, position=position, cluster=-1)
+
+
+# Worked examples in the format the demo's windows have (leading-space tokens, 0-1 memberships).
+_FEW_SHOT: list[tuple[list[Example], str, str]] = [
+    (
+        [
+            _example(["Sales", " rose", " in", " March", " after", " a", " weak", " winter"], {3: 0.97}, 3),
+            _example(["The", " law", " takes", " effect", " on", " 1", " January", " next", " year"], {6: 0.91}, 6),
+            _example(["Results", " are", " due", " in", " late", " October", ",", " the", " firm", " said"],
+                     {5: 0.88}, 5),
+        ],
+        "",
+        "Label: Month names in dates\nExplanation: Names of calendar months, mostly in dates and time phrases.",
+    ),
+    (
+        [
+            _example(["\"", "We", " will", " win", ",\"", " the", " coach", " said", " on", " Friday"], {7: 0.95}, 7),
+            _example(["\"", "It", " is", " over", ",\"", " she", " told", " reporters", "."], {6: 0.83}, 6),
+            _example(["Prices", " will", " fall", ",", " analysts", " said", " in", " a", " note"], {5: 0.79}, 5),
+        ],
+        "Reported speech",
+        "Label: Verbs of saying\nExplanation: Verbs such as said and told that attribute a quote to its speaker.",
+    ),
+]
+
+
+def explain_messages(request: LabelRequest, few_shot: bool = True) -> list[dict]:
+    """Chat messages asking for a label of `request`'s cluster (or tree node): system, the worked
+    examples as user/assistant turns, then the request, its parent's label included for a node."""
+    messages = [{"role": "system", "content": _SYSTEM}]
+    if few_shot:
+        for examples, parent, answer in _FEW_SHOT:
+            messages.append({"role": "user", "content": _explain_user(examples, parent)})
+            messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": _explain_user(request.examples, request.parent_label)})
+    return messages
+
+
+_DECORATION = " \t\"'`*_#<>[]()."
+_TRAILING_FILLER = {"and", "or", "of", "the", "a", "an", "in", "on", "to", "for", "with", "that"}
+_FIELD = re.compile(r"^[\s*_#>-]*(label|name|feature|explanation|description)\s*[*_]*\s*[:\-–]\s*[*_]*\s*(.*)$",
+                    re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("<<", "").replace(">>", "")).strip(_DECORATION + "\n")
+
+
+def _label_words(text: str) -> str:
+    words = _clean(text).split()[:5]
+    while len(words) > 2 and words[-1].lower().strip(",;:") in _TRAILING_FILLER:
+        words.pop()
+    words = [w.strip(",;:") for w in words if w.strip(",;:")]
+    if len(words) == 1:
+        words.append("tokens")  # a bare word names what the tokens are; keep the 2-word minimum
+    return " ".join(words)
+
+
+def _sentences(text: str, most: int = 2) -> str:
+    found = re.findall(r"[^.!?]+[.!?]+|[^.!?]+$", _clean(text))
+    kept = " ".join(s.strip() for s in found[:most] if s.strip())
+    return kept if not kept or kept[-1] in ".!?" else kept + "."
+
+
+def parse_explanation(text: str) -> tuple[str, str]:
+    """(label of 2-5 words, explanation of one or two sentences) from an LLM's answer.
+
+    Reads `Label:` / `Explanation:` lines in any case, with markdown or dashes around them;
+    without a `Label:` line the first line is the label; without an explanation the rest of the
+    text is. An empty answer gives ('', '')."""
+    fields: dict[str, list[str]] = {}
+    current = None
+    loose: list[str] = []
+    for line in text.strip().splitlines():
+        match = _FIELD.match(line)
+        if match:
+            kind = match.group(1).lower()
+            current = "label" if kind in ("label", "name", "feature") else "explanation"
+            fields.setdefault(current, []).append(match.group(2))
+        elif current == "explanation":
+            fields[current].append(line)  # an explanation that wraps onto further lines
+        elif line.strip():
+            loose.append(line)
+    label_text = fields.get("label", [""])[0] if fields.get("label") else ""
+    if not _clean(label_text):
+        label_text = loose.pop(0) if loose else ""
+    explanation_text = " ".join(fields.get("explanation", [])) or " ".join(loose)
+    label = _label_words(label_text) if _clean(label_text) else ""
+    if not label and explanation_text:
+        label = _label_words(explanation_text)
+    return label, _sentences(explanation_text)
+
+
+# --- detection: does each window's marked token fit the explanation? ---
+
+_DETECT_SYSTEM = (
+    "You check explanations of language model features. You get an explanation and numbered text "
+    "windows, each with one token marked <<like this>>. For every window decide if the marked token "
+    "fits the explanation. Answer with one line: Fits: [list of 1 or 0, one per window, in order]"
+)
+
+_DETECT_FEW_SHOT = (
+    "Names of calendar months, mostly in dates.",
+    [
+        _example(["Talks", " resume", " in", " June", " in", " Paris"], {3: 1.0}, 3),
+        _example(["The", " bank", " raised", " rates", " again"], {1: 1.0}, 1),
+        _example(["By", " 5", " December", " the", " deal", " was", " done"], {2: 1.0}, 2),
+        _example(["Shares", " fell", " sharply", " on", " Monday"], {2: 1.0}, 2),
+    ],
+    "Fits: [1, 0, 1, 0]",
+)
+
+
+def _detect_user(explanation: str, examples: Sequence[Example]) -> str:
+    lines = [f"Explanation: {explanation}", "Windows:"]
+    lines += [f"{i}. {format_window(e, strengths=False)}" for i, e in enumerate(examples, 1)]
+    lines.append(f"Answer for all {len(examples)} windows: Fits: [..]")
+    return "\n".join(lines)
+
+
+def detection_messages(explanation: str, examples: Sequence[Example], few_shot: bool = True) -> list[dict]:
+    """Chat messages asking which windows' marked token fits `explanation` (memberships hidden)."""
+    messages = [{"role": "system", "content": _DETECT_SYSTEM}]
+    if few_shot:
+        shot_explanation, shot_examples, answer = _DETECT_FEW_SHOT
+        messages.append({"role": "user", "content": _detect_user(shot_explanation, shot_examples)})
+        messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": _detect_user(explanation, examples)})
+    return messages
+
+
+_YES = {"1", "yes", "y", "true", "fits", "fit"}
+_NO = {"0", "no", "n", "false"}
+
+
+def parse_detection(text: str, n: int) -> list[bool] | None:
+    """One yes/no per window from a detection answer, or None when it cannot be read.
+
+    Accepts a 0/1 (or yes/no) list of exactly n entries (`Fits: [1, 0, 1]`), per-window lines
+    (`2: yes`), or a list of the 1-based numbers of the windows that fit (`Fits: 2, 5`)."""
+    bracket = re.search(r"\[([^\]]*)\]", text)
+    if bracket:
+        first = bracket.group(1)
+    else:
+        fits = re.search(r"fits\s*[*_]*\s*:(.*)", text, re.IGNORECASE)
+        body = (fits.group(1) if fits else text).strip()
+        first = body.splitlines()[0] if body else ""
+    tokens = re.findall(r"[A-Za-z]+|\d+", first.lower())
+    if len(tokens) == n and all(t in _YES or t in _NO for t in tokens):
+        return [t in _YES for t in tokens]
+    per_line = re.findall(r"^\s*(\d+)\s*[.:)\-]\s*(yes|no|1|0|true|false)\b", text, re.IGNORECASE | re.MULTILINE)
+    if per_line:
+        answers = {int(i): v.lower() in _YES for i, v in per_line if 1 <= int(i) <= n}
+        if len(answers) == n:
+            return [answers[i] for i in range(1, n + 1)]
+    numbers = [int(t) for t in tokens if t.isdigit()]
+    if "none" in tokens and not numbers:
+        return [False] * n
+    if numbers and all(1 <= k <= n for k in numbers) and len(set(numbers)) == len(numbers):
+        chosen = set(numbers)
+        return [i in chosen for i in range(1, n + 1)]
+    return None
