@@ -11,6 +11,9 @@ Layout of a results directory (written to a temp directory, then renamed):
                                   within_variance, hard-negative and most correlated clusters
     intervention_vectors.npz      vectors [k, d], diff_means [k, d], centers [k, d] (if given),
                                   cross_correlation [k, k], coactivation [k, k]
+
+Labels (the `cluster_labels` asset) live beside it, in ATLAS_HOME/labels/clusters/centroid_<id>.json;
+`ClusterAnalyzer` reads them from there (or from `labels_path`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import pyarrow.parquet as pq
 from latent_atlas.chunks import DenseChunk, atomic_dir
 from latent_atlas.exemplars import Decode, fill_context, select_exemplars
 from latent_atlas.intervention import SCORES, InterventionVectors
+from latent_atlas.labels.cache import LabelCache
+from latent_atlas.labels.records import CentroidExplanation
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics, cluster_stats
 from latent_atlas.tables import write_table
@@ -105,10 +110,15 @@ def results_summary(stats: ChunkStatistics, window: int) -> dict:
 
 
 class ClusterAnalyzer:
-    """Read-only view of a results directory written by `write_results`."""
+    """Read-only view of a results directory written by `write_results`, and of the cluster labels.
 
-    def __init__(self, results_path: str | Path):
+    labels_path: directory of the `centroid_<id>.json` label records; default `labels/clusters`
+    beside the results directory (both under ATLAS_HOME)."""
+
+    def __init__(self, results_path: str | Path, labels_path: str | Path | None = None):
         self.path = Path(results_path)
+        self.labels_path = Path(labels_path) if labels_path is not None else self.path.parent / "labels" / "clusters"
+        self._labels: dict[int, CentroidExplanation] | None = None
         missing = [n for n in ("summary.json", "cluster_stats.parquet", "exemplars.parquet",
                                "intervention_vectors.parquet", "intervention_vectors.npz") if not (self.path / n).exists()]
         if missing:
@@ -137,6 +147,16 @@ class ClusterAnalyzer:
         rows = self.exemplars_.filter(pa.array((self._cluster_col == c) & (self._kind_col == kind))).to_pylist()
         return sorted(rows, key=lambda r: (r["band"], r["rank"]))
 
+    def labels(self) -> dict[int, CentroidExplanation]:
+        """Every cluster's label record, by cluster id ({} before cluster_labels has run); read once."""
+        if self._labels is None:
+            self._labels = LabelCache(self.labels_path).all()
+        return self._labels
+
+    def label(self, cluster_id: int) -> CentroidExplanation | None:
+        """One cluster's label record, None when it has not been labeled."""
+        return self.labels().get(self._check(cluster_id))
+
     def vector(self, cluster_id: int, kind: str = "vectors") -> np.ndarray:
         """Unit intervention vector [d] ("vectors"), or "diff_means" / "centers"."""
         return self.arrays_[kind][self._check(cluster_id)]
@@ -150,8 +170,14 @@ class ClusterAnalyzer:
         chunks = sorted({r["chunk_id"] for kind in ("top_k", "random_k", "quantile") for r in self.exemplars(c, kind)})
         iv = self.intervention_[c]
         score = lambda name: {"value": iv[name], "low": iv[f"{name}_low"], "high": iv[f"{name}_high"]}  # noqa: E731
+        record = self.label(c)
+        label = None if record is None else {
+            "label": record.label, "explanation": record.explanation, "confidence": record.confidence,
+            "confidence_interval": list(record.confidence_interval), "scores": record.scores,
+            "labeler": record.metadata.get("labeler"), "model": record.metadata.get("model")}
         return {
             "cluster_id": c,
+            "label": label,
             "statistics": stats,
             "flags": [flag for flag in ("position_artifact", "near_duplicate") if stats.get(flag)],
             "measures": {key: stats.get(key) for key in ("first_positions_share", "position_entropy", "token_entropy",
@@ -214,7 +240,8 @@ class ClusterAnalyzer:
                  f"stability across ensemble re-fits: median {_median(stability):.3f}, "
                  f"{int(np.sum(~(stability >= 0.8)))} of {k} clusters below 0.8",
                  "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6} {'hard':>6} "
-                     f"{'hard 95% CI':>13} {'tok.H':>5} {'stab.':>5} flags  top tokens"]
+                     f"{'hard 95% CI':>13} {'tok.H':>5} {'stab.':>5} flags  top tokens"
+                     + ("  | label (confidence)" if self.labels() else "")]
         for row in sorted(self.stats_, key=lambda r: -r["total_usage"])[:15]:
             c = row["cluster"]
             tokens = " ".join(repr(t) for t in row["top_tokens"][:6])
@@ -223,11 +250,15 @@ class ClusterAnalyzer:
                          f"{row['max_membership']:>6.3f} {auroc[c]:>6.3f} {hard[c]:>6.3f} "
                          f"{f'[{low[c]:.2f}, {high[c]:.2f}]':>13} {row.get('token_entropy', np.nan):>5.2f} "
                          f"{stability[c]:>5.2f} "
-                         f"{flags:>5}  {tokens}")
+                         f"{flags:>5}  {tokens}" + self._label_cell(c))
         if k > 15:
             lines.append(f"... {k - 15} more clusters (sorted by usage)")
         lines.append("flags: P position artifact, D near-duplicate; tok.H normalised token entropy; stab. median "
                      "matched cosine across ensemble re-fits")
         return "\n".join(lines)
+
+    def _label_cell(self, cluster_id: int) -> str:
+        record = self.labels().get(cluster_id)
+        return "" if record is None else f"  | {record.label} ({record.confidence:.2f})"
 
     __repr__ = __str__

@@ -7,7 +7,7 @@ from io_managers import ParquetIOManager, TensorIOManager
 from orchestration.jobs import chunk_job, refit_job
 from orchestration.schedules import nightly_refit
 from orchestration.sensors import incoming_chunks
-from resources import ComputeBackendResource, CorpusResource, ModelResource, TorchDeviceResource
+from resources import ComputeBackendResource, CorpusResource, LabelerResource, ModelResource, TorchDeviceResource
 
 
 def build_definitions(
@@ -15,6 +15,7 @@ def build_definitions(
     model: ModelResource = ModelResource(),
     device: TorchDeviceResource = TorchDeviceResource(),
     compute: ComputeBackendResource = ComputeBackendResource(),
+    labeler: LabelerResource = LabelerResource(),
 ) -> dg.Definitions:
     """Definitions with the given resources (the defaults are the embedded demo: SmolLM2 on BBC News)."""
     return dg.Definitions(
@@ -27,6 +28,7 @@ def build_definitions(
             "model": model,
             "device": device,
             "compute": compute,
+            "labeler": labeler,
             "parquet_io_manager": ParquetIOManager(),
             "tensor_io_manager": TensorIOManager(),
         },

@@ -1,0 +1,91 @@
+"""cluster_labels materialized in process on a tiny real corpus (MiniLM on BBC News), keyword labeler."""
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import dagster as dg
+from latent_atlas.analyzer import ClusterAnalyzer
+from latent_atlas.labels.cache import LabelCache
+from latent_atlas.labels.examples import HeldoutConfig, heldout_examples, shown_examples
+from latent_atlas.chunks import read_chunk
+from latent_atlas.intervention import InterventionVectors
+from latent_atlas.memberships import SparseMemberships
+from latent_atlas.statistics import ChunkStatistics
+from resources import CorpusResource, LabelerResource, ModelResource
+from tests.conftest import check_results, materialized
+
+CONFIG = {"ops": {"cluster_labels": {"config": {"max_positives": 16, "max_negatives": 16, "n_bootstrap": 100}}}}
+
+
+def _labels_run(defs, instance, labeler: LabelerResource | None = None):
+    resources = dict(defs.resources)
+    if labeler is not None:
+        resources["labeler"] = labeler
+    result = dg.materialize(list(defs.assets), instance=instance, resources=resources, run_config=CONFIG,
+                            selection=dg.AssetSelection.assets("cluster_labels"))
+    assert result.success
+    return result.asset_materializations_for_node("cluster_labels")[0].metadata
+
+
+def test_cluster_labels_end_to_end_with_keywords(atlas_home):
+    corpus = CorpusResource(documents_per_category=2, sequences_per_chunk=12)
+    with materialized(atlas_home, corpus, ["cluster_summaries"]) as (defs, instance, keys, report):
+        assert report.failed == {}
+        first = _labels_run(defs, instance)
+        second = _labels_run(defs, instance)
+        forced = _labels_run(defs, instance, LabelerResource(force_regenerate=True))
+        checks = check_results(instance)
+
+    tables, tensors = atlas_home / "tables", atlas_home / "tensors"
+    table = pq.read_table(tables / "cluster_labels.parquet")
+    k = InterventionVectors.load(tensors / "intervention_vectors.npz").vectors.shape[0]
+    assert table.num_rows == k and table.column("centroid_id").to_pylist() == list(range(k))
+    records = LabelCache(atlas_home / "labels" / "clusters").all()
+    assert sorted(records) == list(range(k))
+    conf = table.column("confidence").to_numpy()
+    low, high = table.column("confidence_low").to_numpy(), table.column("confidence_high").to_numpy()
+    finite = np.isfinite(conf)
+    assert finite.sum() >= k // 2  # clusters without held-out members cannot be scored
+    assert np.all((low[finite] <= conf[finite] + 1e-9) & (conf[finite] <= high[finite] + 1e-9))
+    assert np.all((conf[finite] >= 0) & (conf[finite] <= 1))
+    assert set(table.column("labeler").to_pylist()) == {"keywords"}
+    for c, record in records.items():
+        assert record.label and record.explanation and record.metadata["labeler"] == "keywords"
+        assert record.metadata["prompt_version"] == "ctfidf-1" and record.metadata["cache_key"]
+        assert len(record.top_k_examples) == record.scores["n_shown"] <= 10
+    # the first materialization labeled everything, the second came from the cache, force redid it
+    meta = lambda m, name: m[name].value  # noqa: E731
+    assert meta(first, "new_labels") == k and meta(first, "cache_hits") == 0
+    assert meta(second, "new_labels") == 0 and meta(second, "cache_hits") == k
+    assert meta(forced, "new_labels") == k
+    assert meta(first, "labeler") == "keywords" and meta(first, "prompt_tokens") == 0
+    assert "| cluster | label |" in meta(first, "first_labels")
+    median_low = float(np.nanmedian(low))
+    assert checks["labels_beat_chance"] == (median_low > 0)
+
+    # shown (fitted documents) and held-out (held-out documents) examples never share a token
+    stats = ChunkStatistics.load(tensors / "merged_statistics.npz")
+    vectors = InterventionVectors.load(tensors / "intervention_vectors.npz")
+    tokenizer = ModelResource(name="minilm-l6").tokenizer()
+
+    def open_chunk(chunk_id):
+        chunk = read_chunk(tensors / "whitened_activations" / chunk_id)
+        return (np.where(chunk.attention_mask, chunk.token_ids, -1),
+                SparseMemberships.load(tables / "memberships" / f"{chunk_id}.parquet"))
+
+    decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
+    held = heldout_examples(stats.heldout, vectors.hard_negatives, open_chunk, decode, HeldoutConfig(16, 16))
+    shown = shown_examples(pq.read_table(tables / "exemplars.parquet"))
+    held_keys = {e.key() for h in held.values() for e in h.all()}
+    assert held_keys and not held_keys & {e.key() for v in shown.values() for e in v}
+    # every positive is a held-out member of its cluster, every hard negative a member of a similar one
+    for c, h in held.items():
+        assert all(e.cluster == c for e in h.positives)
+        assert all(e.cluster in set(vectors.hard_negatives[c]) for e in h.hard_negatives)
+        assert all(e.cluster != c for e in h.random_negatives)
+
+    analyzer = ClusterAnalyzer(atlas_home / "results")
+    summary = analyzer.get_cluster_summary(0)
+    assert summary["label"]["label"] == records[0].label
+    assert summary["label"]["confidence_interval"] == list(records[0].confidence_interval)
+    assert "label (confidence)" in str(analyzer)
