@@ -224,3 +224,41 @@ def test_heldout_and_shown_overlap_is_an_error():
     check_disjoint(shown, {0: HeldoutExamples([window(" Monday", 0, 2)])})
     with pytest.raises(ValueError, match="also shown"):
         check_disjoint(shown, {1: HeldoutExamples([], [window(" Tuesday", 1, 1)])})
+
+
+class PartlyFailed(RuntimeError):
+    def __init__(self, drafts):
+        super().__init__("some labels failed")
+        self.drafts = drafts
+
+
+class UnreliableLabeler(ActivatingTokenLabeler):
+    """Fails on the clusters in `broken`; with `fallback` it labels them some other way instead,
+    marking the draft as a fallback's (as LLMLabeler does), else it raises with the rest."""
+
+    def __init__(self, broken: set[int], fallback: bool):
+        self.broken, self.fallback = broken, fallback
+
+    def label(self, requests):
+        drafts = super().label(requests)
+        out = [Draft("stand-in", "A fallback label.", {"fallback": 1}) if r.centroid_id in self.broken and self.fallback
+               else None if r.centroid_id in self.broken else d for r, d in zip(requests, drafts)]
+        if None in out:
+            raise PartlyFailed(out)
+        return out
+
+
+def test_labels_finished_before_a_failure_in_the_same_batch_are_kept(tmp_path):
+    requests = many_requests(4)
+    held = {r.centroid_id: HeldoutExamples() for r in requests}
+    cache = LabelCache(tmp_path)
+    with pytest.raises(PartlyFailed):
+        label_clusters(requests, held, UnreliableLabeler({1}, fallback=False), cache, NO_SCORES, batch_size=8)
+    assert sorted(cache.all()) == [0, 2, 3]
+    # a fallback's label is written but not trusted as a cache hit: the next run asks again
+    records, stats = label_clusters(requests, held, UnreliableLabeler({1}, fallback=True), cache, NO_SCORES)
+    assert stats["cache_hits"] == 3 and stats["fallbacks"] == 1 and records[1].label == "stand-in"
+    assert cache.all()[1].metadata["fallback"] is True
+    counting = CountingLabeler(ActivatingTokenLabeler())
+    records, stats = label_clusters(requests, held, counting, cache, NO_SCORES)
+    assert counting.requests == 1 and records[1].label != "stand-in" and stats["cache_hits"] == 3

@@ -89,3 +89,22 @@ def test_cluster_labels_end_to_end_with_keywords(atlas_home):
     assert summary["label"]["label"] == records[0].label
     assert summary["label"]["confidence_interval"] == list(records[0].confidence_interval)
     assert "label (confidence)" in str(analyzer)
+
+
+def test_labeler_resource_builds_each_kind_and_keeps_the_key_out_of_metadata():
+    import json
+
+    import pytest
+
+    assert LabelerResource().labeler().name == "keywords" and LabelerResource().chat_client() is None
+    with pytest.raises(ValueError, match="kind"):
+        LabelerResource(kind="gpt").labeler()
+    pytest.importorskip("latent_atlas.labels.llm")
+    secret = "sk-test-not-a-real-key-4711"
+    resource = LabelerResource(kind="openai", base_url="http://127.0.0.1:9/v1", model="tiny", api_key=secret,
+                               fallback_to_keywords=True)
+    labeler = resource.labeler()
+    assert labeler.name == "openai" and labeler.model == "tiny" and labeler.fallback.name == "keywords"
+    assert secret not in json.dumps(resource.public_config()) and secret not in repr(labeler)
+    local = LabelerResource(kind="local").labeler()
+    assert local.name == "local-llm" and local.model

@@ -61,8 +61,10 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
                    batch_size: int = 8) -> tuple[list[CentroidExplanation], dict[str, Any]]:
     """One record per request, in order: from the cache when its key matches, else labeled,
     scored on `heldout[centroid_id]` and written at once. Returns (records, stats): cache_hits,
-    new_labels, prompt/completion tokens and requests (labeling and scoring), seconds spent
-    labeling and scoring and their sum per new label."""
+    new_labels, fallbacks (labels a labeler's fallback made: written, but relabeled next run),
+    prompt/completion tokens and requests (labeling and scoring), seconds spent labeling and
+    scoring and their sum per new label. When the labeler raises, the drafts it finished (an
+    exception's `drafts`, as LLMLabeler's LabelingFailed carries) are written first."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sees_all = bool(getattr(labeler, "sees_all_requests", False))
@@ -72,7 +74,7 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
     records: list[CentroidExplanation | None] = [cache.get(r.centroid_id, key, force_regenerate)
                                                  for r, key in zip(requests, keys)]
     misses = [i for i, record in enumerate(records) if record is None]
-    stats: dict[str, Any] = {"cache_hits": len(requests) - len(misses), "new_labels": 0,
+    stats: dict[str, Any] = {"cache_hits": len(requests) - len(misses), "new_labels": 0, "fallbacks": 0,
                              **dict.fromkeys(USAGE, 0), "labeling_seconds": 0.0, "scoring_seconds": 0.0}
     missing = [requests[i].centroid_id for i in misses if requests[i].centroid_id not in heldout]
     if missing:
@@ -85,31 +87,45 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
         batches = [(misses, _timed_label(labeler, list(requests), stats))]
     else:
         batches = ((batch, None) for batch in (misses[s:s + batch_size] for s in range(0, len(misses), batch_size)))
+    def finish(i: int, draft: Draft) -> None:
+        request = requests[i]
+        started = time.perf_counter()
+        components, usage = score_label(draft, heldout[request.centroid_id], scorer_config, memo)
+        stats["scoring_seconds"] += time.perf_counter() - started
+        for name in USAGE:
+            stats[name] += usage[name]
+        value, interval = confidence(components)
+        # A fallback's label is kept and shown, but under a key no lookup matches: the next run
+        # asks the LLM again instead of keeping the stand-in for good.
+        fallback = bool(draft.usage.get("fallback"))
+        record = CentroidExplanation(
+            centroid_id=request.centroid_id, label=draft.label, explanation=draft.explanation,
+            confidence=value, confidence_interval=interval,
+            scores={**components, "n_shown": len(request.examples)},
+            top_k_examples=[e.text for e in request.examples],
+            timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            metadata={**base, "cache_key": keys[i] + (":fallback" if fallback else ""), "usage": dict(draft.usage),
+                      **({"fallback": True} if fallback else {}),
+                      **({"node_id": request.node_id, "parent_label": request.parent_label} if request.node_id else {})})
+        cache.put(record)
+        records[i] = record
+        stats["new_labels"] += 1
+        stats["fallbacks"] += int(fallback)
+
     for batch, all_drafts in batches:
-        drafts = ([all_drafts[i] for i in batch] if all_drafts is not None
-                  else _timed_label(labeler, [requests[i] for i in batch], stats))
+        try:
+            drafts = ([all_drafts[i] for i in batch] if all_drafts is not None
+                      else _timed_label(labeler, [requests[i] for i in batch], stats))
+        except Exception as error:
+            # A labeler that failed on some requests may hand back the others (LabelingFailed.drafts): keep them.
+            for i, draft in zip(batch, getattr(error, "drafts", None) or []):
+                if draft is not None:
+                    finish(i, draft)
+            raise
         if len(drafts) != len(batch):
             raise ValueError(f"labeler {labeler.name!r} returned {len(drafts)} drafts for {len(batch)} requests")
         for i, draft in zip(batch, drafts):
-            request = requests[i]
-            started = time.perf_counter()
-            components, usage = score_label(draft, heldout[request.centroid_id], scorer_config, memo)
-            stats["scoring_seconds"] += time.perf_counter() - started
-            for name in USAGE:
-                stats[name] += usage[name]
-            value, interval = confidence(components)
-            record = CentroidExplanation(
-                centroid_id=request.centroid_id, label=draft.label, explanation=draft.explanation,
-                confidence=value, confidence_interval=interval,
-                scores={**components, "n_shown": len(request.examples)},
-                top_k_examples=[e.text for e in request.examples],
-                timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                metadata={**base, "cache_key": keys[i], "usage": dict(draft.usage),
-                          **({"node_id": request.node_id, "parent_label": request.parent_label}
-                             if request.node_id else {})})
-            cache.put(record)
-            records[i] = record
-            stats["new_labels"] += 1
+            finish(i, draft)
     spent = stats["labeling_seconds"] + stats["scoring_seconds"]
     stats["seconds_per_cluster"] = spent / stats["new_labels"] if stats["new_labels"] else 0.0
     return records, stats  # type: ignore[return-value]
