@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from latent_atlas.chunks import DenseChunk
-from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key, last_epoch_churn
+from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
 from latent_atlas.estep import effective_precision
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
@@ -90,7 +90,7 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
             shutil.rmtree(old, ignore_errors=True)
     centers = model.cluster_centers_
     norms = np.linalg.norm(centers, axis=1)
-    churn = last_epoch_churn(model.history_, config.n_clusters)
+    churn = model.churn()
     return dg.MaterializeResult(
         value=model,
         metadata={

@@ -199,7 +199,7 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
         _check_finite(result.inv_norm, name)
         sums += weighted_cluster_sums(x, result, k)
         mass += torch.bincount(result.clusters, result.values, minlength=k)
-        top, gap = removal_gaps(result, config.temperature * math.log(1 / max(config.threshold, 1e-12)))
+        top, gap = removal_gaps(result, config.temperature, config.threshold)
         loss += np.bincount(top, weights=gap.astype(np.float64), minlength=k)
         # numpy's pairwise float64 sums: the same bits whatever torch's thread count (Dask workers differ)
         max_cos_sum += float(np.sum(max_cosine.cpu().numpy(), dtype=np.float64))
@@ -217,16 +217,18 @@ def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig)
                            float(max_cos_sum), float(weighted_cos_sum), candidates, scores, loss)
 
 
-def removal_gaps(block: SparseBlock, floor: float) -> tuple[np.ndarray, np.ndarray]:
+def removal_gaps(block: SparseBlock, temperature: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(top cluster [b], cos(top) - cos(second best) [b]) per row: what the objective (mean max
     cosine) would lose on that row without its top cluster. A second cluster that was not kept has
-    p < threshold, so its gap is at least `floor` = T log(1 / threshold)."""
-    rows, clusters, cosines = (t.cpu().numpy() for t in (block.rows, block.clusters, block.cosines))
+    p < threshold, and p / p_top = exp((cos - cos_top) / T), so its gap is at least T log(p_top / threshold)."""
+    rows, clusters, cosines, values = (t.cpu().numpy() for t in (block.rows, block.clusters, block.cosines, block.values))
     top_cos = block.max_cosine.cpu().numpy()
     is_top = cosines >= top_cos[rows]  # exact: the top entry's cosine is max_cosine itself
     top = np.zeros(len(top_cos), np.int64)
+    p_top = np.ones(len(top_cos), np.float64)
     top[rows[is_top][::-1]] = clusters[is_top][::-1]  # ties: the lowest cluster
-    second = top_cos - floor
+    p_top[rows[is_top][::-1]] = values[is_top][::-1]
+    second = top_cos - temperature * np.log(np.maximum(p_top / max(threshold, 1e-12), 1.0))
     np.maximum.at(second, rows[~is_top], cosines[~is_top])
     return top, np.maximum(top_cos - second, 0.0)
 
@@ -409,8 +411,10 @@ class SequentialSoftClustering:
         epoch, position = self._resume(fingerprints) if self.checkpoint_dir else (0, 0)
         if epoch == 0 and position == 0:
             self._initialize([sources[i] for i in _epoch_order(cfg, 0, len(sources))])
-            # two epochs of steps: with chunks shuffled per epoch, any 2n - 1 consecutive steps see every chunk
-            self._start_window(2 * -(-len(sources) // cfg.chunks_per_step))
+            # two epochs of steps (with chunks shuffled per epoch, any 2n - 1 consecutive steps see every
+            # chunk), but at most half the fit, so that a short fit still judges and reseeds its clusters
+            epoch_steps = -(-len(sources) // cfg.chunks_per_step)
+            self._start_window(min(2 * epoch_steps, max(2, cfg.n_epochs * epoch_steps // 2)), epoch_steps)
         while epoch < cfg.n_epochs:
             order = _epoch_order(cfg, epoch, len(sources))
             group = order[position:position + cfg.chunks_per_step]
@@ -441,12 +445,14 @@ class SequentialSoftClustering:
         # usage: with rho_0 < 1 the first chunk then cannot overwrite clusters it holds no data for
         self.usage_ = np.full(cfg.n_clusters, 1.0 / cfg.n_clusters)
         self._sums = centers.astype(np.float64) * self.usage_[:, None]
-        self._start_window(2)
+        self._start_window(2, 2)
 
-    def _start_window(self, steps: int) -> None:
-        """Batch usage of the last `steps` steps (a ring) and each cluster's steps since (re)seeding."""
+    def _start_window(self, steps: int, epoch_steps: int) -> None:
+        """Batch usage and removal loss of the last `steps` steps (rings), each cluster's steps since
+        (re)seeding, and the steps of one epoch (the removal loss is compared per epoch)."""
         k = self.config.n_clusters
         self._usage_window = np.zeros((self.config.dead_window or steps, k), np.float64)
+        self._epoch_steps = int(epoch_steps)
         self._loss_window = np.zeros_like(self._usage_window)
         self._age = np.zeros(k, np.int64)
 
@@ -504,6 +510,7 @@ class SequentialSoftClustering:
             "n_duplicates": int(len(duplicates)),
             "n_reseeded": int(reseeded),
             "n_swapped": int(swapped),
+            "moved": self._moved,  # clusters reseeded or swapped in this step
         })
 
     def _reseed(self, centers: np.ndarray, stats: Sequence[ChunkStatistics], due: np.ndarray,
@@ -517,6 +524,7 @@ class SequentialSoftClustering:
         """
         cfg = self.config
         candidates = np.concatenate([s.candidates for s in stats])
+        self._moved = []
         if not len(candidates):
             return 0, 0
         n_swaps = cfg.swaps_per_step if cfg.swap_margin > 0 else 0
@@ -524,13 +532,17 @@ class SequentialSoftClustering:
         seeds = _seeds_near(candidates, picks, cfg.reseed_neighbors)
         due = due[: len(picks)]
         self._move(centers, due, seeds[: len(due)])
+        self._moved = [int(c) for c in due]
         if not n_swaps or len(seeds) <= len(due):
             return len(due), 0
         # what each further seed would add to the cosine of the candidates it explains better
         best = np.maximum(np.concatenate([s.candidate_scores for s in stats]),
                           (candidates @ seeds[: len(due)].T).max(axis=1, initial=-1.0))
         offers = candidates @ seeds[len(due):].T  # [r, p]
-        loss = self._loss_window.sum(axis=0)
+        # per epoch: in a stream kept in topic order an uncovered group is seen once an epoch, and so is
+        # a real cluster's data. (The gain comes from <= reseed_candidates points a chunk: a lower bound,
+        # so on large unsorted chunks swaps rarely fire; dead and duplicate reseeding cover those.)
+        loss = self._loss_window.sum(axis=0) * (self._epoch_steps / len(self._loss_window))
         order = np.flatnonzero(swappable)[np.argsort(loss[swappable], kind="stable")]
         moved, targets = [], []
         while len(moved) < min(n_swaps, len(order)):
@@ -543,7 +555,21 @@ class SequentialSoftClustering:
             best = np.maximum(best, offers[:, j])  # the next seed gains only what this one leaves
         if moved:
             self._move(centers, np.array(moved), np.stack(targets))
+        self._moved += [int(c) for c in moved]
         return len(due), len(moved)
+
+    def churn(self) -> dict:
+        """Clusters dead now (usage per step over their window below dead_fraction of the mean, judged
+        or not) or moved (reseeded, swapped) during the last epoch, as a share of k: a fit whose
+        clusters still die or move in its last pass has not settled."""
+        self._check_fitted()
+        steps = np.maximum(np.minimum(self._age, len(self._usage_window)), 1)
+        rate = self._usage_window.sum(axis=0) / steps
+        dead = set(np.flatnonzero(rate < self.config.dead_fraction * rate.mean()).tolist())
+        last = [h for h in self.history_ if h["epoch"] == self.history_[-1]["epoch"]]
+        moved = {c for h in last for c in h.get("moved", [])}
+        return {"dead_now": len(dead - moved), "moved_in_last_epoch": len(moved),
+                "share": len(dead | moved) / self.config.n_clusters}
 
     def _move(self, centers: np.ndarray, clusters: np.ndarray, seeds: np.ndarray) -> None:
         mean_usage = self.usage_.mean()
@@ -632,6 +658,7 @@ class SequentialSoftClustering:
             "usage": self.usage_,
             "usage_window": self._usage_window,
             "loss_window": self._loss_window,
+            "epoch_steps": np.array(self._epoch_steps),
             "age": self._age,
             "n_steps": np.array(self.n_steps_),
             "history": np.array(json.dumps(self.history_)),
@@ -642,7 +669,11 @@ class SequentialSoftClustering:
         self.cluster_centers_ = npz["cluster_centers"]
         self.n_features_in_ = int(self.cluster_centers_.shape[1])
         self._sums, self.usage_ = npz["sums"], npz["usage"]
-        self._usage_window, self._loss_window, self._age = npz["usage_window"], npz["loss_window"], npz["age"]
+        if "epoch_steps" in npz.files:
+            self._usage_window, self._loss_window, self._age = npz["usage_window"], npz["loss_window"], npz["age"]
+            self._epoch_steps = int(npz["epoch_steps"])
+        else:  # a model saved before death was judged over windows: it transforms; further steps start a window
+            self._start_window(2, 2)
         self.n_steps_ = int(npz["n_steps"])
         self.history_ = json.loads(str(npz["history"]))
         self._rng = np.random.default_rng()
@@ -750,16 +781,6 @@ def fingerprint(source: Any) -> str:
                 f.seek(int(offset))
                 digest.update(f.read(4096))
     return f"{path}:{digest.hexdigest()}"
-
-
-def last_epoch_churn(history: list[dict], n_clusters: int) -> dict:
-    """Clusters dead at the end plus clusters moved (reseeded or swapped) during the last epoch, as
-    a share of k: a fit whose clusters still die or move in its last pass has not settled."""
-    last = [h for h in history if h["epoch"] == history[-1]["epoch"]]
-    moved = sum(h["n_reseeded"] + h.get("n_swapped", 0) for h in last)
-    dead = history[-1]["n_dead"]
-    return {"dead_at_end": int(dead), "moved_in_last_epoch": int(moved),
-            "share": min(1.0, (dead + moved) / n_clusters)}
 
 
 def checkpoint_key(config: ClusteringConfig, sources: Sequence[Any]) -> str:

@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from latent_atlas.backends import DaskBackend, LocalBackend
 from latent_atlas.chunks import load_npz_chunk
-from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key, last_epoch_churn
+from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
 from latent_atlas.errors import ChunkError
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.synthetic import labelled_tokens, write_synthetic_chunks
@@ -127,7 +127,7 @@ def test_dask_gives_identical_centroids(chunks):
 
 _RUN = """
 import sys, numpy as np
-from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key, last_epoch_churn
+from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
 paths, ckpt, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 ckpt = None if ckpt == "-" else ckpt
 m = SequentialSoftClustering(64, n_epochs=8, max_points=5000, seed=0, checkpoint_dir=ckpt).fit_chunks(paths)
@@ -228,10 +228,10 @@ def test_sorted_stream_of_a_planted_mixture_is_recovered(tmp_path):
     fitted = model(init="kmeans++", n_epochs=8).fit_chunks(paths)
     ari = adjusted_rand_score(labels, fitted.predict(X))
     assert ari >= 0.95, (ari, [h["n_swapped"] for h in fitted.history_])
-    assert last_epoch_churn(fitted.history_, K)["share"] <= 0.05  # settled: the centroids check passes
+    assert fitted.churn()["share"] <= 0.05  # settled: the centroids check passes
 
     unsettled = model(init="kmeans++", n_epochs=3).fit_chunks(paths)
-    assert last_epoch_churn(unsettled.history_, K)["share"] > 0.05  # still moving clusters: the check fails
+    assert unsettled.churn()["share"] > 0.05  # still moving clusters: the check fails
     no_swaps = model(init="kmeans++", n_epochs=8, swap_margin=0).fit_chunks(paths)
     assert adjusted_rand_score(labels, no_swaps.predict(X)) < ari - 0.05
 
@@ -262,3 +262,18 @@ def test_rewritten_chunks_start_a_new_fit_and_unchanged_ones_resume(tmp_path):
     fresh = SequentialSoftClustering(**params).fit_chunks(paths)
     assert np.array_equal(refit.cluster_centers_, fresh.cluster_centers_)
     assert not np.allclose(refit.cluster_centers_, first.cluster_centers_)
+
+
+def test_a_short_fit_still_judges_its_clusters_and_the_churn_check_sees_surplus_ones():
+    """16 clusters on 4 tight modes in one epoch: the window of death is capped at half the fit, so
+    the surplus clusters are found dead and reseeded (they were never judged: a window of two epochs
+    never filled), and churn counts each cluster once."""
+    rng = np.random.default_rng(0)
+    modes = rng.normal(size=(4, 16))
+    X = (modes[rng.integers(0, 4, 8000)] + 0.05 * rng.normal(size=(8000, 16))).astype(np.float32)
+    fitted = SequentialSoftClustering(16, n_epochs=1, max_points=1000, seed=0, duplicate_cosine=1.0,
+                                      swap_margin=0).fit(X)
+    assert sum(h["n_reseeded"] for h in fitted.history_) > 0
+    churn = fitted.churn()
+    assert 0.5 < churn["share"] <= 1.0  # surplus clusters keep dying: the centroids check fails, as it should
+    assert churn["dead_now"] + churn["moved_in_last_epoch"] <= 16
