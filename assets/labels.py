@@ -100,9 +100,10 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
                             _decoder(corpus, model), HeldoutConfig(config.max_positives, config.max_negatives,
                                                                    config.heldout_window, config.seed))
     check_disjoint(shown, held)
-    chosen = labeler.labeler()
-    client = labeler.chat_client() if labeler.score_with_llm else None
-    scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed, detection_client=client)
+    client = labeler.chat_client()  # None for keywords; one client serves labeling and detection
+    chosen = labeler.labeler(client)
+    scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
+                          detection_client=client if labeler.score_with_llm else None)
     cache = LabelCache(config.label_dir or None)
     records, stats = label_clusters(
         [LabelRequest(c, shown.get(c, [])) for c in range(k)], held, chosen, cache, scorer,

@@ -217,6 +217,15 @@ def test_scored_records_carry_components_and_counts(tmp_path):
     assert 0 <= low <= records[0].confidence <= high <= 1
     assert stats["seconds_per_cluster"] > 0
     json.loads(records[0].to_json())
+    # unchanged: a cache hit, not rescored; new held-out examples: the label is kept and rescored
+    counting = CountingLabeler(ActivatingTokenLabeler())
+    _, stats = label_clusters(shown, held, counting, LabelCache(tmp_path), ScorerConfig())
+    assert stats["cache_hits"] == 1 and stats["rescored"] == 0 and counting.calls == 0
+    fewer = {0: HeldoutExamples(sport[:5], finance, finance[:4])}
+    again, stats = label_clusters(shown, fewer, counting, LabelCache(tmp_path), ScorerConfig())
+    assert stats["rescored"] == 1 and counting.calls == 0 and again[0].label == records[0].label
+    assert again[0].scores["embedding_random"]["n_pos"] == 5
+    assert LabelCache(tmp_path).read(0).scores["embedding_hard"]["n_pos"] == 5
 
 
 def test_heldout_and_shown_overlap_is_an_error():

@@ -13,7 +13,9 @@ scored and written, so the labels stay those of a single pass over every cluster
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -50,6 +52,17 @@ def score_label(draft: Draft, heldout: HeldoutExamples, config: ScorerConfig,
     return components, usage
 
 
+def scoring_key(config: ScorerConfig, heldout: HeldoutExamples) -> str:
+    """Hex sha256 of what a label's scores depend on besides the label: the scorer settings
+    (the detection client by name and model) and the held-out examples."""
+    client = config.detection_client
+    settings = {name: getattr(config, name) for name in config.__dataclass_fields__ if name != "detection_client"}
+    settings["detection_client"] = None if client is None else [getattr(client, "name", ""), getattr(client, "model", "")]
+    parts = [[[e.key(), e.text] for e in part] for part in (heldout.positives, heldout.random_negatives,
+                                                             heldout.hard_negatives)]
+    return hashlib.sha256(json.dumps([settings, parts], sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _requests_digest(requests: Sequence[LabelRequest]) -> str:
     return hashlib.sha256("\n".join(cache_key("", "", "", r.examples, r.parent_label) for r in requests)
                           .encode()).hexdigest()
@@ -61,7 +74,8 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
                    batch_size: int = 8) -> tuple[list[CentroidExplanation], dict[str, Any]]:
     """One record per request, in order: from the cache when its key matches, else labeled,
     scored on `heldout[centroid_id]` and written at once. Returns (records, stats): cache_hits,
-    new_labels, fallbacks (labels a labeler's fallback made: written, but relabeled next run),
+    new_labels, rescored (cached labels scored again because their held-out examples or the
+    scorer settings changed), fallbacks (labels a labeler's fallback made: written, but relabeled next run),
     prompt/completion tokens and requests (labeling and scoring), seconds spent labeling and
     scoring and their sum per new label. When the labeler raises, the drafts it finished (an
     exception's `drafts`, as LLMLabeler's LabelingFailed carries) are written first."""
@@ -74,7 +88,7 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
     records: list[CentroidExplanation | None] = [cache.get(r.centroid_id, key, force_regenerate)
                                                  for r, key in zip(requests, keys)]
     misses = [i for i, record in enumerate(records) if record is None]
-    stats: dict[str, Any] = {"cache_hits": len(requests) - len(misses), "new_labels": 0, "fallbacks": 0,
+    stats: dict[str, Any] = {"cache_hits": len(requests) - len(misses), "new_labels": 0, "rescored": 0, "fallbacks": 0,
                              **dict.fromkeys(USAGE, 0), "labeling_seconds": 0.0, "scoring_seconds": 0.0}
     missing = [requests[i].centroid_id for i in misses if requests[i].centroid_id not in heldout]
     if missing:
@@ -83,10 +97,28 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
             "prompt_version": labeler.prompt_version,
             "generation_method": getattr(labeler, "generation_method", labeler.name)}
     memo: dict = {}
+    # A cached label whose held-out examples or scorer settings changed keeps its label and is rescored.
+    for i, record in enumerate(records):
+        if record is None:
+            continue
+        request = requests[i]
+        held = heldout.get(request.centroid_id)
+        if held is not None and record.metadata.get("scoring_key") != scoring_key(scorer_config, held):
+            components, usage = score_label(Draft(record.label, record.explanation), held, scorer_config, memo)
+            value, interval = confidence(components)
+            records[i] = dataclasses.replace(
+                record, confidence=value, confidence_interval=interval,
+                scores={**components, "n_shown": len(request.examples)},
+                metadata={**record.metadata, "scoring_key": scoring_key(scorer_config, held)})
+            cache.put(records[i])
+            stats["rescored"] += 1
+            for name in USAGE:
+                stats[name] += usage[name]
     if sees_all and misses:
         batches = [(misses, _timed_label(labeler, list(requests), stats))]
     else:
         batches = ((batch, None) for batch in (misses[s:s + batch_size] for s in range(0, len(misses), batch_size)))
+
     def finish(i: int, draft: Draft) -> None:
         request = requests[i]
         started = time.perf_counter()
@@ -105,6 +137,7 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
             top_k_examples=[e.text for e in request.examples],
             timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             metadata={**base, "cache_key": keys[i] + (":fallback" if fallback else ""), "usage": dict(draft.usage),
+                      "scoring_key": scoring_key(scorer_config, heldout[request.centroid_id]),
                       **({"fallback": True} if fallback else {}),
                       **({"node_id": request.node_id, "parent_label": request.parent_label} if request.node_id else {})})
         cache.put(record)
