@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from latent_atlas.labels.llm import (LabelingFailed, LLMLabeler, LocalChatClient,
+from latent_atlas.labels.llm import (Completion, LabelingFailed, LLMLabeler, LocalChatClient,
                                      OpenAIChatClient, detection_score)
 from latent_atlas.labels.prompts import (PROMPT_VERSION, explain_messages, format_window, parse_detection,
                                          parse_explanation)
@@ -49,6 +49,18 @@ class CommonTokenLabeler:
             token = Counter(e.tokens[e.position].strip() for e in r.examples).most_common(1)[0][0]
             drafts.append(Draft(f"{token} tokens", f"The token {token}.", {"requests": 0}))
         return drafts
+
+
+class _FixedAnswerClient:
+    """A chat client that always gives one answer: a small model echoing the few-shot example."""
+
+    name, model = "fixed", "fixed"
+
+    def __init__(self, text):
+        self.text = text
+
+    def complete_many(self, prompts, max_tokens):
+        return [Completion(self.text, 10, 5) for _ in prompts]
 
 
 @pytest.fixture()
@@ -110,6 +122,17 @@ def test_labeler_sends_failed_clusters_to_the_fallback(server):
     assert drafts[3].usage["requests"] == 2  # both LLM attempts are counted for the fallback's draft
     assert all(d.usage["prompt_tokens"] > 0 for i, d in enumerate(drafts) if i not in (3, 6))
     assert all(d.explanation.endswith(".") for d in drafts)
+
+
+def test_an_answer_that_copies_a_worked_example_is_not_a_label():
+    copied = "Label: Month names in dates\nExplanation: The names March, January and October, mostly in dates."
+    labeler = LLMLabeler(_FixedAnswerClient(copied), name="local-llm", fallback=CommonTokenLabeler())
+    [draft] = labeler.label([request(1)])
+    assert draft.label == "Beta tokens" and draft.usage["fallback"] == 1
+    # The same answer for a cluster of month tokens is a real label, not a copy.
+    months = LabelRequest(9, [window(m, 9) for m in ["March", "April", "June"]])
+    [draft] = labeler.label([months])
+    assert draft.label == "Month names in dates" and "fallback" not in draft.usage
 
 
 def test_labeler_without_fallback_names_the_failed_cluster_and_keeps_the_rest(server):
@@ -183,6 +206,7 @@ def test_prompt_marks_activating_tokens_with_strengths_and_names_the_parent():
     last = messages[-1]["content"]
     assert "report on <<Epsilon>>(0.90) <<said>>(0.30) that" in last  # marked with strength, spacing kept
     assert "<<Epsilon>>(0.70)" in last and "<<report>>" not in last  # 0.05 is below the marking threshold
+    assert 'Marked tokens: "Epsilon" x3' in last
     assert '"Greek letters"' in last
     assert "Greek letters" not in explain_messages(request(4))[-1]["content"]
     assert len(explain_messages(node, few_shot=False)) == 2
@@ -199,6 +223,7 @@ def test_prompt_marks_activating_tokens_with_strengths_and_names_the_parent():
     ("Commas in lists\nThe commas that separate items.", "Commas in lists", "The commas that separate items."),
     ("Label: Numbers", "Numbers tokens", ""),
     ("Label: <<said>> after quotes", "said after quotes", ""),
+    ('Label: for" x8\nExplanation: The word "for"(0.93).', "for tokens", "The word for."),
     ("", "", ""),
 ])
 def test_parse_explanation_reads_noisy_answers(text, label, explanation):
@@ -216,17 +241,18 @@ def test_parse_detection_reads_lists_indices_and_yes_no():
 
 
 def test_local_smollm2_labels_a_demo_like_cluster(tmp_path_factory):
-    """The embedded default, two short greedy generations on CPU: the answer parses to a 2-5 word label."""
+    """The embedded default, one batched greedy generation of two answers on CPU: few-shot makes it
+    answer in the Label/Explanation format, and each answer parses to a 2-5 word label."""
     client = LocalChatClient(cache_dir=tmp_path_factory.mktemp("models"), max_new_tokens=40)
     assert (client.name, client.model) == ("local-llm", "SmolLM2-135M-Instruct")
-    months = ["March", "January", "October", "June"]
-    req = LabelRequest(0, [Example([" sales", " fell", " in", f" {m}", ",", " the", " firm", " said"],
-                                   [0.0, 0.0, 0.02, 0.95, 0.0, 0.0, 0.0, 0.0], 3, 0) for m in months])
+    money = LabelRequest(0, [Example([" profits", " rose", " to", " \u00a3", f"{n}", "m", " last", " year"],
+                                     [0.0, 0.0, 0.02, 0.95, 0.4, 0.1, 0.0, 0.0], 3, 0) for n in ["5", "12", "300"]])
     sport = LabelRequest(1, [Example([" the", f" {w}", " won", " the", " match"], [0.0, 0.9, 0.1, 0.0, 0.0], 1, 1)
                              for w in ["Chelsea", "Arsenal", "Liverpool"]], parent_label="Sport")
-    labeler = LLMLabeler(client, name="local-llm", max_tokens=40)
-    drafts = labeler.label([req, sport])
-    for draft in drafts:
-        assert 2 <= len(draft.label.split()) <= 5, draft
-        assert draft.explanation
-        assert draft.usage["prompt_tokens"] > 100 and 0 < draft.usage["completion_tokens"] <= 40
+    completions = client.complete_many([explain_messages(money), explain_messages(sport)], max_tokens=40)
+    assert all(c.error is None for c in completions), completions
+    assert any("label:" in c.text.lower() for c in completions), completions
+    for completion in completions:
+        label, explanation = parse_explanation(completion.text)
+        assert 2 <= len(label.split()) <= 5, completion
+        assert completion.prompt_tokens > 100 and 0 < completion.completion_tokens <= 40

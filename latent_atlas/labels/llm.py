@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from latent_atlas.labels.prompts import (PROMPT_VERSION, detection_messages, explain_messages,
+from latent_atlas.labels.prompts import (PROMPT_VERSION, copies_worked_example, detection_messages, explain_messages,
                                          parse_detection, parse_explanation)
 from latent_atlas.labels.records import Draft, Example, LabelRequest, Labeler
 
@@ -313,8 +313,9 @@ class LLMLabeler:
             label, explanation = parse_explanation(completion.text) if completion.error is None else ("", "")
             usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
                      "requests": completion.attempts}
-            if not label:
-                failed[i] = completion.error or f"unreadable answer {completion.text[:80]!r}"
+            if not label or copies_worked_example(label, requests[i]):  # a small model may echo the prompt
+                failed[i] = completion.error or (f"copied a worked example: {label!r}" if label
+                                                 else f"unreadable answer {completion.text[:80]!r}")
                 drafts.append(None)
             else:
                 drafts.append(Draft(label, explanation or f"{label}.", usage))

@@ -11,11 +11,12 @@ garbled answer must become a usable label (or `None` for detection) rather than 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Sequence
 
 from latent_atlas.labels.records import Example, LabelRequest
 
-PROMPT_VERSION = "explain-v1+detect-v1"  # change it whenever a prompt or parser changes: it is in every cache key
+PROMPT_VERSION = "explain-v2+detect-v1"  # change it whenever a prompt or parser changes: it is in every cache key
 
 MARK_THRESHOLD = 0.25  # tokens of a window at or above this membership are marked (the example's own token always is)
 
@@ -46,13 +47,21 @@ def format_window(example: Example, strengths: bool = True, threshold: float = M
     return "".join(parts).strip()
 
 
+def marked_token_counts(examples: Sequence[Example], most: int = 5) -> str:
+    """The examples' own tokens, most frequent first (`"," x10, "for" x2`): a small model names a
+    cluster from this summary far more often than from the windows alone."""
+    counts = Counter(_shown(e.tokens[e.position]).strip() or _shown(e.tokens[e.position]) for e in examples)
+    return ", ".join(f'"{token}" x{n}' for token, n in counts.most_common(most))
+
+
 def _explain_user(examples: Sequence[Example], parent_label: str) -> str:
     lines = ["Examples:"]
     lines += [f"{i}. {format_window(e)}" for i, e in enumerate(examples, 1)]
     if parent_label:
         lines.append(f'This feature is a narrower part of the parent feature "{parent_label}": '
                      "name what is specific to it.")
-    lines.append("Answer in exactly two lines: Label: <2-5 words> / Explanation: <one or two sentences>")
+    # Last, next to the answer: a small model attends to what is nearest.
+    lines.append(f"Marked tokens: {marked_token_counts(examples)}. Name the feature from them.")
     return "\n".join(lines)
 
 
@@ -62,6 +71,8 @@ def _example(words: list[str], marks: dict[int, float], position: int) -> Exampl
 
 
 # Worked examples in the format the demo's windows have (leading-space tokens, 0-1 memberships).
+# Three different kinds (content words, punctuation, a node with a parent) so that the model copies
+# the format, not one answer; LLMLabeler rejects an answer that repeats a worked example's label.
 _FEW_SHOT: list[tuple[list[Example], str, str]] = [
     (
         [
@@ -71,7 +82,16 @@ _FEW_SHOT: list[tuple[list[Example], str, str]] = [
                      {5: 0.88}, 5),
         ],
         "",
-        "Label: Month names in dates\nExplanation: Names of calendar months, mostly in dates and time phrases.",
+        "Label: Month names in dates\nExplanation: The month names March, January and October in dates.",
+    ),
+    (
+        [
+            _example(["He", " left", " the", " club", ".", " The", " fans", " were", " angry"], {4: 0.99}, 4),
+            _example(["Shares", " fell", " 3", "%.", " Analysts", " blamed", " oil"], {3: 0.86, 4: 0.31}, 3),
+            _example(["It", " opens", " in", " May", ".", " Tickets", " cost", " more"], {4: 0.93}, 4),
+        ],
+        "",
+        "Label: Full stop ending sentences\nExplanation: The full stop token \".\" at the end of a sentence.",
     ),
     (
         [
@@ -80,9 +100,23 @@ _FEW_SHOT: list[tuple[list[Example], str, str]] = [
             _example(["Prices", " will", " fall", ",", " analysts", " said", " in", " a", " note"], {5: 0.79}, 5),
         ],
         "Reported speech",
-        "Label: Verbs of saying\nExplanation: Verbs such as said and told that attribute a quote to its speaker.",
+        "Label: Said and told after quotes\nExplanation: The tokens said and told after a quote, naming who spoke.",
     ),
 ]
+
+def _marked_words(examples: Sequence[Example]) -> set[str]:
+    return {e.tokens[e.position].strip().lower() for e in examples}
+
+
+_FEW_SHOT_WORDS = {answer.splitlines()[0].removeprefix("Label: ").lower(): _marked_words(examples)
+                   for examples, _, answer in _FEW_SHOT}
+
+
+def copies_worked_example(label: str, request: LabelRequest) -> bool:
+    """True when `label` is a worked example's label although the request's marked tokens share
+    none with that example's: a small model echoing the prompt, not naming the cluster."""
+    words = _FEW_SHOT_WORDS.get(label.lower())
+    return words is not None and not words & _marked_words(request.examples)
 
 
 def explain_messages(request: LabelRequest, few_shot: bool = True) -> list[dict]:
@@ -104,7 +138,9 @@ _FIELD = re.compile(r"^[\s*_#>-]*(label|name|feature|explanation|description)\s*
 
 
 def _clean(text: str) -> str:
-    return re.sub(r"\s+", " ", text.replace("<<", "").replace(">>", "")).strip(_DECORATION + "\n")
+    text = re.sub(r"\(\d?\.\d+\)|\bx\d+\b", "", text)  # echoed strengths '(0.93)' and counts 'x8'
+    text = text.replace("<<", "").replace(">>", "").replace('"', "")
+    return re.sub(r"\s+", " ", text).strip(_DECORATION + "\n")
 
 
 def _label_words(text: str) -> str:
@@ -132,7 +168,7 @@ def parse_explanation(text: str) -> tuple[str, str]:
     fields: dict[str, list[str]] = {}
     current = None
     loose: list[str] = []
-    for line in text.strip().splitlines():
+    for line in re.sub(r"\s+/\s+(?=explanation\s*:)", "\n", text.strip(), flags=re.IGNORECASE).splitlines():
         match = _FIELD.match(line)
         if match:
             kind = match.group(1).lower()
