@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from latent_atlas.analyzer import results_summary, score_summary, write_results
@@ -32,7 +33,7 @@ from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
 from latent_atlas.statistics import (
     ChunkStatistics, StatisticsConfig, center_cosines, check_usage, cluster_measures, cluster_stats as stats_table,
-    document_keys_for, merge_statistics, normalised_coactivation,
+    document_keys_for, heldout_documents, merge_statistics, normalised_coactivation,
 )
 from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
 from orchestration.partitions import NEW_CHUNKS, chunks
@@ -164,18 +165,32 @@ def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftC
     )
 
 
+def heldout_sequences(table: pa.Table, token_chunks: dict[str, Path], config) -> set[tuple[str, int]]:
+    """(chunk id, sequence) of every held-out sequence of the chunks the exemplars come from, split
+    anew from the documents' ids (not the sampled held-out reservoir, which holds only some of them)."""
+    out = set()
+    for chunk_id in set(table.column("chunk_id").to_pylist()):
+        if chunk_id not in token_chunks:
+            raise ValueError(f"exemplar chunk {chunk_id!r} has no materialized token_chunks")
+        doc_ids = pq.read_table(token_chunks[chunk_id], columns=["doc_id"]).column("doc_id").to_pylist()
+        held = heldout_documents(document_keys_for(doc_ids), config)
+        out.update((chunk_id, int(i)) for i in np.flatnonzero(held))
+    return out
+
+
 class ExemplarsConfig(dg.Config):
     window: int = Field(default=10, description="Context tokens kept on each side of an exemplar")
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="analysis",
-          ins={"memberships": _fan_in(), "whitened_activations": _fan_in()},
+          ins={"memberships": _fan_in(), "whitened_activations": _fan_in(), "token_chunks": _fan_in()},
           check_specs=[dg.AssetCheckSpec("exemplars_match_chunks", asset="exemplars",
                                          description="Each exemplar's token and membership equal its chunk files' at "
                                                      "its position; none repeated; none in a held-out sequence")],
           kinds={"parquet"})
 def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, memberships: dict[str, Path],
-              whitened_activations: dict[str, Path], corpus: CorpusResource, model: ModelResource):
+              whitened_activations: dict[str, Path], token_chunks: dict[str, Path], corpus: CorpusResource,
+              model: ModelResource):
     """Top-k, seeded random-k and quantile-band exemplars per cluster, with context (tokens and
     this cluster's membership around each) read back from the chunk files, each opened once."""
 
@@ -190,8 +205,7 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
     decode = _decoder(corpus, model)
     table = fill_context(select_exemplars(merged_statistics.candidates), open_chunk, decode, config.window)
     table = table.replace_schema_metadata({_META_KEY: json.dumps({"window": config.window}).encode()})
-    held = merged_statistics.heldout
-    passed, check_meta = check_exemplars(table, set(zip(held.chunk_id.tolist(), held.sequence.tolist())))
+    passed, check_meta = check_exemplars(table, heldout_sequences(table, token_chunks, merged_statistics.config))
     kinds = table.column("kind").to_numpy(zero_copy_only=False)
     return dg.MaterializeResult(
         value=table,

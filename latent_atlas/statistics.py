@@ -120,8 +120,7 @@ class ChunkStatistics:
         if sequence_keys is None:
             sequence_keys = sequence_keys_for(chunk_id, whitened.n_sequences, seed)
         document_keys = np.asarray(sequence_keys if document_keys is None else document_keys, np.uint64)
-        heldout_seq = token_priority(document_keys, np.zeros(document_keys.size), stream_salt("heldout_split", seed)
-                                     ) < config.heldout_fraction  # [n_seq]
+        heldout_seq = heldout_documents(document_keys, config)  # [n_seq]
         mem = memberships.sorted()
         mem = _subset(mem, mask[mem.sequence, mem.position])  # memberships of padding are ignored
         c, v = mem.cluster.astype(np.int64), mem.value.astype(np.float64)
@@ -309,6 +308,13 @@ class _TokenIndex:
         return VectorSample(priority[rows], ids[rows], seq[rows], pos[rows],
                             self.memberships[idx].toarray().astype(np.float32), self.group[idx], self.stratum[idx],
                             vector_norms(vectors), vectors)
+
+
+def heldout_documents(document_keys: np.ndarray, config: StatisticsConfig) -> np.ndarray:
+    """[n] bool: which documents (by `document_keys_for` key) are held out of fits and exemplars."""
+    keys = np.asarray(document_keys, np.uint64)
+    salt = stream_salt("heldout_split", config.exemplars.seed)
+    return token_priority(keys, np.zeros(keys.size), salt) < config.heldout_fraction
 
 
 def document_keys_for(doc_ids: list[str]) -> np.ndarray:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
+from assets.analysis import heldout_sequences
 from io_managers.tensors import load_artifact
 from latent_atlas.analyzer import ClusterAnalyzer
 from latent_atlas.chunks import read_chunk
@@ -94,3 +95,9 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     exemplar_docs = {docs[c][s] for c, s in zip(analyzer.exemplars_.column("chunk_id").to_pylist(),
                                                 analyzer.exemplars_.column("sequence").to_pylist())}
     assert not exemplar_docs & doc_of(merged.heldout)
+    # the exemplar check splits every document anew: all held-out sequences, not only the sampled ones
+    paths = {key: tables / "token_chunks" / f"{key}.parquet" for key in keys}
+    split = heldout_sequences(analyzer.exemplars_, paths, merged.config)
+    assert set(zip(merged.heldout.chunk_id.tolist(), merged.heldout.sequence.tolist())) <= split
+    assert not split & set(zip(analyzer.exemplars_.column("chunk_id").to_pylist(),
+                               analyzer.exemplars_.column("sequence").to_pylist()))
