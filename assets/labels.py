@@ -35,6 +35,8 @@ class ClusterLabelsConfig(dg.Config):
     max_positives: int = Field(default=64, description="Held-out members scored per cluster")
     max_negatives: int = Field(default=64, description="Held-out random and (separately) hard negatives per cluster")
     heldout_window: int = Field(default=10, description="Context tokens each side of a held-out token")
+    score_window: int = Field(default=1, description="Tokens each side of a held-out token embedded by the "
+                              "embedding scorer (-1 = its whole window)")
     n_bootstrap: int = Field(default=200, description="Bootstrap resamples behind every interval")
     seed: int = Field(default=0, description="Seed of the held-out samples and the bootstrap")
     label_dir: str = Field(default="", description="Cache directory of the JSON records; '' = ATLAS_HOME/labels/clusters")
@@ -103,6 +105,7 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
     client = labeler.chat_client()  # None for keywords; one client serves labeling and detection
     chosen = labeler.labeler(client)
     scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
+                          score_window=None if config.score_window < 0 else config.score_window,
                           detection_client=client if labeler.score_with_llm else None)
     cache = LabelCache(config.label_dir or None)
     records, stats = label_clusters(

@@ -39,10 +39,12 @@ class ScorerConfig:
     """Seed of the bootstrap."""
     batch_size: int = 64
     """Windows embedded per forward pass."""
-    score_window: int | None = 3
+    score_window: int | None = 1
     """Tokens each side of the example token in the text that is embedded (None: the whole
-    window): a sentence embedding of a long window says what the passage is about, not what the
-    token is, and most clusters here are about the token and its neighbours."""
+    window). A sentence embedding of a long window says what the passage is about, not which
+    token fires; on the demo atlas (64 clusters, keyword labels, 64 held-out members and hard
+    negatives each) the median confidence was 0.23 / 0.13 / 0.06 for 0 / 1 / 3 tokens each side.
+    1 keeps the token dominant and a trace of context for explanations that name one."""
     detection_client: Any = None
     """A chat client (latent_atlas.labels.llm) to run the detection scorer with; None: not run."""
     detection_examples: int = 10
