@@ -16,6 +16,7 @@ from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
 from latent_atlas.cpu import bf16_unit, cpu_model, isa_flags
 from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows
+from latent_atlas.memory import release_free_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,10 +138,13 @@ def test_learning_gemm_memory_is_flat_over_many_block_sizes():
     centers_t = torch.nn.functional.normalize(torch.randn(512, 2304, generator=gen), dim=1).T.contiguous()
     inv_norm = torch.linalg.vector_norm(x, dim=1).reciprocal()
     block_memberships(x[:2047], inv_norm[:2047], centers_t, 0.05, 8, 0.01, {}, torch.bfloat16)  # warm-up
+    release_free_memory()  # freed blocks back to the OS, so the measure is what stays allocated
     before = resident_mb()
     for rows in range(2040, 1000, -7):
         block_memberships(x[:rows], inv_norm[:rows], centers_t, 0.05, 8, 0.01, {}, torch.bfloat16)
-    assert resident_mb() - before < 30
+    release_free_memory()
+    # the defect grew it by ~110 MB; a process that has run the rest of the suite drifts by up to ~30
+    assert resident_mb() - before < 60
 
 
 def cpuinfo(model: str, flags: str) -> str:
