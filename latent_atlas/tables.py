@@ -39,20 +39,26 @@ def read_metadata(path: str | Path) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays to one .npz atomically; fsync first, so a killed process leaves the old file or the new one."""
+def write_atomically(path: str | Path, write) -> Path:
+    """Call write(binary file) on a temp file beside `path`, fsync, rename: a killed process leaves
+    the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays to one .npz atomically."""
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:

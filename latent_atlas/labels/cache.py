@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 from latent_atlas.labels.records import CentroidExplanation, Example
+from latent_atlas.tables import write_atomically
 
 _FILE = re.compile(r"^centroid_(\d+)\.json$")
 
@@ -66,18 +66,7 @@ class LabelCache:
 
     def put(self, record: CentroidExplanation) -> Path:
         """Write one record atomically (temp file, fsync, rename)."""
-        path = self.path(record.centroid_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "w") as f:
-                f.write(record.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_atomically(self.path(record.centroid_id), lambda f: f.write(record.to_json().encode()))
 
     def all(self) -> dict[int, CentroidExplanation]:
         """Every record in the directory, by id ({} when the directory does not exist)."""
