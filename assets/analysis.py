@@ -165,6 +165,19 @@ def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftC
     )
 
 
+def context_reader(memberships: dict[str, Path], whitened_activations: dict[str, Path], what: str):
+    """open_chunk(chunk id) -> (token ids with -1 outside the text, memberships) for fill_context."""
+
+    def open_chunk(chunk_id: str) -> tuple[np.ndarray, SparseMemberships]:
+        if chunk_id not in memberships or chunk_id not in whitened_activations:
+            raise ValueError(f"{what} chunk {chunk_id!r} has no materialized memberships / whitened_activations")
+        chunk = read_chunk(whitened_activations[chunk_id])
+        # Padding and special tokens are not text: contexts stop there.
+        return np.where(chunk.attention_mask, chunk.token_ids, -1), SparseMemberships.load(memberships[chunk_id])
+
+    return open_chunk
+
+
 def heldout_sequences(table: pa.Table, token_chunks: dict[str, Path], config) -> set[tuple[str, int]]:
     """(chunk id, sequence) of every held-out sequence of the chunks the exemplars come from, split
     anew from the documents' ids (not the sampled held-out reservoir, which holds only some of them)."""
@@ -194,14 +207,7 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
     """Top-k, seeded random-k and quantile-band exemplars per cluster, with context (tokens and
     this cluster's membership around each) read back from the chunk files, each opened once."""
 
-    def open_chunk(chunk_id: str) -> tuple[np.ndarray, SparseMemberships]:
-        if chunk_id not in memberships or chunk_id not in whitened_activations:
-            raise ValueError(f"exemplar chunk {chunk_id!r} has no materialized memberships / whitened_activations")
-        chunk = read_chunk(whitened_activations[chunk_id])
-        # Padding and special tokens are not text: contexts stop there.
-        token_ids = np.where(chunk.attention_mask, chunk.token_ids, -1)
-        return token_ids, SparseMemberships.load(memberships[chunk_id])
-
+    open_chunk = context_reader(memberships, whitened_activations, "exemplar")
     decode = _decoder(corpus, model)
     table = fill_context(select_exemplars(merged_statistics.candidates), open_chunk, decode, config.window)
     table = table.replace_schema_metadata({_META_KEY: json.dumps({"window": config.window}).encode()})

@@ -15,15 +15,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from assets.analysis import _decoder, _fan_in
-from latent_atlas.chunks import read_chunk
+from assets.analysis import _decoder, _fan_in, context_reader
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutConfig, check_disjoint, heldout_examples, shown_examples
 from latent_atlas.labels.pipeline import label_clusters, median_confidence
 from latent_atlas.labels.records import CentroidExplanation, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig
-from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics
 from resources import CorpusResource, LabelerResource, ModelResource
 
@@ -90,11 +88,7 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
     """Label, explanation and measured confidence per cluster; one JSON record per cluster in the
     label directory (reused when its inputs are unchanged)."""
 
-    def open_chunk(chunk_id: str) -> tuple[np.ndarray, SparseMemberships]:
-        if chunk_id not in memberships or chunk_id not in whitened_activations:
-            raise ValueError(f"held-out chunk {chunk_id!r} has no materialized memberships / whitened_activations")
-        chunk = read_chunk(whitened_activations[chunk_id])
-        return np.where(chunk.attention_mask, chunk.token_ids, -1), SparseMemberships.load(memberships[chunk_id])
+    open_chunk = context_reader(memberships, whitened_activations, "held-out")
 
     k = int(intervention_vectors.vectors.shape[0])
     shown = shown_examples(exemplars, config.top_k)

@@ -26,7 +26,7 @@ from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.corpus import ChunkPlan, Document, tokenize_documents
 from latent_atlas.errors import ChunkError
-from latent_atlas.labels.records import CentroidExplanation
+from latent_atlas.labels.cache import LabelCache
 from latent_atlas.models import extract_activations, load_model
 from latent_atlas.paths import atlas_home
 from latent_atlas.whitening import Whitening
@@ -95,7 +95,7 @@ class SentenceAnalyzer:
         self.layer = int(meta["layer"])
         self.model = load_model(meta["model"], self.home / "models", torch.device(device))
         self.sequence_length = _sequence_length(self.home / "manifests")
-        self.labels = load_labels(self.home / "labels" / "clusters")
+        self.labels = LabelCache(self.home / "labels" / "clusters").all()
         self._exemplars = None
 
     @property
@@ -182,18 +182,6 @@ def _sequence_length(manifests: Path) -> int:
         if data.get("kind", "text") == "text":
             return ChunkPlan.from_json(path.read_text()).sequence_length
     return DEFAULT_SEQUENCE_LENGTH
-
-
-def load_labels(directory: Path) -> dict[int, CentroidExplanation]:
-    """centroid id -> its label, from every centroid_<id>.json in `directory` (none if it is absent)."""
-    labels = {}
-    for path in sorted(directory.glob("centroid_*.json")):
-        try:
-            label = CentroidExplanation.from_json(path.read_text(encoding="utf-8"))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ChunkError(path, f"not a CentroidExplanation record: {exc}") from exc
-        labels[int(label.centroid_id)] = label
-    return labels
 
 
 def display_token(token: str) -> str:
