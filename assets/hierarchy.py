@@ -34,7 +34,7 @@ from latent_atlas.outcomes import (MIN_DOCUMENTS, PERMUTATION_RESAMPLES, annotat
 from latent_atlas.paths import atlas_home
 from latent_atlas.sample import HierarchySample, draw_sample, memberships_for_centers
 from latent_atlas.tables import write_table
-from latent_atlas.tree import ClusterTree, TreeConfig, _min_split_size, build_tree, cache_key
+from latent_atlas.tree import ClusterTree, TreeConfig, min_split_size, build_tree, cache_key
 from latent_atlas.whitening import Whitening
 from resources import ModelResource, TorchDeviceResource
 
@@ -166,7 +166,7 @@ def tree_structure_check(tree: ClusterTree, max_root_noise_share: float) -> tupl
     most max_root_noise_share of its points left as noise. Fails on a sample UMAP + HDBSCAN found no
     structure in, or where most points fell out as noise (the tree then describes a minority)."""
     root = tree.nodes["root"]
-    can_split = tree.config.max_depth >= 1 and root.size >= _min_split_size(tree.config)
+    can_split = tree.config.max_depth >= 1 and root.size >= min_split_size(tree.config)
     noise_share = root.noise_count / max(root.size, 1)
     passed = not can_split or (len(root.children) >= 2 and noise_share <= max_root_noise_share)
     silhouettes = [n.silhouette for n in tree.leaves() if n.id != "root"]

@@ -238,7 +238,7 @@ def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: n
         node = stack.pop()
         if node.id != ROOT and not (node.silhouette < config.silhouette_threshold):
             continue
-        if node.depth >= config.max_depth or node.size < _min_split_size(config):
+        if node.depth >= config.max_depth or node.size < min_split_size(config):
             continue
         labels, silhouettes = split_node(x[node.members], node.depth, config)  # [size], {label: sil}
         if len(silhouettes) < 2:
@@ -300,7 +300,7 @@ def cache_key(x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | Non
     return h.hexdigest()[:16]
 
 
-def _min_split_size(config: TreeConfig) -> int:
+def min_split_size(config: TreeConfig) -> int:
     # UMAP needs more points than neighbours, and spectral init more than n_components + 1
     return max(config.min_split_size, config.umap_n_neighbors + 2, config.umap_n_components + 2)
 
