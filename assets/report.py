@@ -1,0 +1,41 @@
+"""The atlas viewer: a static HTML site of the finished atlas under ATLAS_HOME/report, readable from
+file:// with no network (latent_atlas.report). It reads what the upstream assets wrote under
+ATLAS_HOME (results, labels, trees, outcome tables); optional ones that are missing show as such."""
+
+import dagster as dg
+from pydantic import Field
+
+from latent_atlas.paths import atlas_home
+from latent_atlas.report import ReportConfig, build_site
+
+
+class AtlasReportConfig(dg.Config):
+    map_method: str = Field(default=ReportConfig.map_method,
+                            description="2D map of the centers: 'umap' (cosine, seeded) or 'pca'")
+    seed: int = Field(default=ReportConfig.seed, description="random_state of the map's UMAP")
+
+
+@dg.asset(
+    group_name="report",
+    # Read from disk, not passed in: the site is rebuilt from whatever the home holds.
+    deps=["cluster_summaries", "cluster_tree", "document_tree", "outcome_association", "cluster_labels"],
+    kinds={"html"},
+)
+def atlas_report(config: AtlasReportConfig) -> dg.MaterializeResult:
+    """Static HTML atlas (ATLAS_HOME/report/index.html): a sortable, filterable table of the clusters
+    and a map of their centers, a page per cluster (label and confidence, exemplars shaded by
+    membership, statistics, intervention vector download, stability, related clusters), the token
+    and document trees and the outcome association. Built in a temp directory, then renamed."""
+    home = atlas_home()
+    summary = build_site(home, home / "report", ReportConfig(map_method=config.map_method, seed=config.seed))
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(f"{summary.path}/index.html"),
+        "url": dg.MetadataValue.url(f"file://{summary.path}/index.html"),
+        "size_mb": round(summary.total_bytes / 1e6, 3),
+        "pages": summary.pages,
+        "largest_page": f"{summary.largest_page} ({summary.largest_page_bytes / 1e3:.0f} kB)",
+        "clusters": summary.clusters,
+        "build_seconds": round(summary.build_seconds, 2),
+        "map": summary.map_method,
+        "missing_inputs": dg.MetadataValue.md("\n".join(f"- `{m}`" for m in summary.missing) or "none"),
+    })
