@@ -1,0 +1,116 @@
+"""Steering: the intervention vectors in the model's residual stream, and their measured causal effect.
+
+    intervention_vectors, merged_statistics, whitening -> steering_vectors
+    steering_vectors, whitening, centroids, merged_statistics, token_chunks -> steering_eval
+                                                       (+ ATLAS_HOME/plots/steering_dose_response.png)
+
+`steering_vectors` is a `latent_atlas.steering.SteeringVectors` (.npz by the tensor IO manager:
+whitened and residual-stream vectors for LDA and the difference of means, natural scales).
+`steering_eval` is one row per (cluster, direction, alpha) (latent_atlas.steering_eval); its metadata
+holds the medians at the cost budget and the LDA / difference-of-means win counts.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import Field
+
+from assets.analysis import _fan_in
+from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.intervention import InterventionVectors
+from latent_atlas.paths import atlas_home, model_cache_dir
+from latent_atlas.statistics import ChunkStatistics, document_keys_for, heldout_documents
+from latent_atlas.steering import SteeringVectors, load_causal_model
+from latent_atlas.steering_eval import (SteeringEvalConfig, dose_response_plot, evaluate_steering, heldout_windows,
+                                        summarize)
+from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
+from latent_atlas.whitening import Whitening
+from resources import CorpusResource, ModelResource
+
+_DEFAULTS = SteeringEvalConfig()
+
+
+@dg.asset(io_manager_key="tensor_io_manager", group_name="steering", kinds={"numpy"})
+def steering_vectors(intervention_vectors: InterventionVectors, merged_statistics: ChunkStatistics,
+                     whitening: Whitening, model: ModelResource):
+    """Each cluster's LDA and difference-of-means directions mapped back through the whitening into the
+    residual stream of the extraction layer, at their natural scale (the whitened directions kept)."""
+    stats, moments = merged_statistics, merged_statistics.moments
+    loaded = model.load(torch.device("cpu"), torch.float32)
+    vectors = SteeringVectors.from_moments(
+        whitening, intervention_vectors.vectors, intervention_vectors.diff_means, moments.cluster_means(),
+        moments.negative_means(), stats.usage / max(stats.n_tokens, 1), model.name, model.layer_of(loaded))
+    return dg.MaterializeResult(value=vectors, metadata={
+        "clusters": vectors.n_clusters, "model": vectors.model, "layer": vectors.layer,
+        "max_mapping_error": float(vectors.mapping_error.max()),
+        "median_scale_lda": float(np.median(vectors.scale_lda)), "median_scale_mean": float(np.median(vectors.scale_mean)),
+        "median_residual_norm_mean": float(np.median(np.linalg.norm(vectors.residual_mean, axis=1)))})
+
+
+class SteeringEvalAssetConfig(dg.Config):
+    top_n: int = Field(default=_DEFAULTS.top_n, description="Clusters evaluated: the top N by usage")
+    alphas: list[float] = Field(default=list(_DEFAULTS.alphas),
+                                description="Steering strengths, in units of the difference of means' natural scale")
+    kl_budget: float = Field(default=_DEFAULTS.kl_budget, description="Cost budget: mean next-token KL (nats) on neutral text")
+    n_prompts: int = Field(default=_DEFAULTS.n_prompts, description="Held-out prompts continued per direction and alpha")
+    prompt_tokens: int = Field(default=_DEFAULTS.prompt_tokens, description="Tokens of each prompt")
+    max_new_tokens: int = Field(default=_DEFAULTS.max_new_tokens, description="Greedy tokens generated per prompt")
+    n_neutral: int = Field(default=_DEFAULTS.n_neutral, description="Held-out windows the KL is measured on")
+    neutral_tokens: int = Field(default=_DEFAULTS.neutral_tokens, description="Tokens of each neutral window")
+    seed: int = Field(default=_DEFAULTS.seed, description="Seed of the prompt choice and the random directions")
+
+    def eval_config(self) -> SteeringEvalConfig:
+        return SteeringEvalConfig(top_n=self.top_n, alphas=tuple(self.alphas), kl_budget=self.kl_budget,
+                                  n_prompts=self.n_prompts, prompt_tokens=self.prompt_tokens,
+                                  max_new_tokens=self.max_new_tokens, n_neutral=self.n_neutral,
+                                  neutral_tokens=self.neutral_tokens, seed=self.seed)
+
+
+def heldout_token_windows(token_chunks: dict[str, Path], stats: ChunkStatistics):
+    """Token ids of every held-out window (documents held out as the statistics split them), one chunk
+    file read at a time."""
+    for key in sorted(token_chunks):
+        table = pq.read_table(token_chunks[key], columns=["doc_id", "token_ids", "n_tokens"])
+        held = heldout_documents(document_keys_for(table.column("doc_id").to_pylist()), stats.config)
+        ids, counts = table.column("token_ids").to_pylist(), table.column("n_tokens").to_pylist()
+        for i in np.flatnonzero(held):
+            yield ids[i][: counts[i]]
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="steering", ins={"token_chunks": _fan_in()},
+          kinds={"parquet"})
+def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetConfig, steering_vectors: SteeringVectors,
+                  whitening: Whitening, centroids: SequentialSoftClustering, merged_statistics: ChunkStatistics,
+                  token_chunks: dict[str, Path], corpus: CorpusResource):
+    """Concept lift (the cluster's usage on steered continuations of held-out prompts, read back through
+    the model) and cost (next-token KL on neutral text, perplexity) over a grid of alphas, for the LDA
+    vector, the difference of means and a random direction of equal norm; best lift at the KL budget."""
+    cfg = config.eval_config()
+    if corpus.source == "npz":  # seed-format chunks come without a model to steer
+        return dg.MaterializeResult(value=pa.table({"cluster": pa.array([], pa.int64())}),
+                                    metadata={"skipped": "NPZ corpus: no model to steer"})
+    vectors = steering_vectors
+    clusters = [int(c) for c in np.argsort(-vectors.usage, kind="stable")[: cfg.top_n]]
+    length = max(cfg.prompt_tokens, cfg.neutral_tokens)
+    windows = heldout_windows(heldout_token_windows(token_chunks, merged_statistics), cfg.n_prompts + cfg.n_neutral,
+                              length, cfg.seed)
+    if len(windows) < 2:
+        raise ValueError(f"steering_eval needs at least 2 held-out windows of {length} tokens, found {len(windows)}")
+    n_prompts = min(cfg.n_prompts, len(windows) - 1)
+    prompts, neutral = windows[:n_prompts, : cfg.prompt_tokens], windows[n_prompts:, : cfg.neutral_tokens]
+    centroids.config = dataclasses.replace(centroids.config, device="cpu")  # memberships are exact fp32 anywhere
+    model = load_causal_model(vectors.model, model_cache_dir())
+    table = evaluate_steering(model, vectors.layer, whitening, centroids, vectors, clusters, prompts, neutral, cfg,
+                              log=context.log.info)
+    table = table.replace_schema_metadata({_META_KEY: json.dumps({"kl_budget": cfg.kl_budget, "alphas": list(cfg.alphas)})})
+    summary = summarize(table, cfg.kl_budget)
+    plot = dose_response_plot(table, cfg.kl_budget, atlas_home() / "plots" / "steering_dose_response.png")
+    return dg.MaterializeResult(value=table, metadata={
+        **summary, "prompts": len(prompts), "neutral_windows": len(neutral), "alphas": str(list(cfg.alphas)),
+        "dose_response_plot": dg.MetadataValue.path(str(plot))})
