@@ -1,4 +1,4 @@
-"""`latent-atlas`: run the demo, show status, analyze a sentence, write synthetic chunks."""
+"""`latent-atlas`: run the demo, show status, analyze a sentence, steer the model, write synthetic chunks."""
 
 from __future__ import annotations
 
@@ -103,6 +103,30 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steer(args: argparse.Namespace) -> int:
+    """Unsteered and steered greedy continuations of a prompt, side by side (read-only on ATLAS_HOME)."""
+    import textwrap
+
+    from latent_atlas.steering import Steerer
+
+    try:
+        steerer = Steerer(args.home or None)
+    except FileNotFoundError as exc:
+        print(f"latent-atlas steer: {exc}", file=sys.stderr)
+        return 2
+    result = steerer.steer(args.prompt, args.cluster, args.alpha, args.kind, args.from_position, args.max_new_tokens)
+    width = 48
+    left, right = textwrap.wrap(result.unsteered, width) or [""], textwrap.wrap(result.steered, width) or [""]
+    print(f"prompt: {result.prompt}")
+    print(f"cluster {result.cluster}, {result.kind} vector x {result.alpha:g} (natural scale) at layer "
+          f"{steerer.vectors.layer}, from position {result.from_position}")
+    print(f"{'unsteered':<{width}} | steered")
+    print(f"{'-' * width}-+-{'-' * width}")
+    for i in range(max(len(left), len(right))):
+        print(f"{left[i] if i < len(left) else '':<{width}} | {right[i] if i < len(right) else ''}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latent-atlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +157,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="who writes the meta-interpretation: 'none' (a deterministic summary of the table) or "
                               "'local' (SmolLM2-Instruct; implies --meta)")
     analyze.set_defaults(func=_analyze)
+    steer = sub.add_parser("steer", help="continue a prompt with and without a cluster's steering vector")
+    steer.add_argument("prompt", help='the text to continue, e.g. "The government said"')
+    steer.add_argument("--cluster", type=int, required=True, help="the cluster whose vector is added")
+    steer.add_argument("--alpha", type=float, default=4.0, help="multiple of the vector's natural scale (default 4)")
+    steer.add_argument("--kind", choices=["lda", "mean"], default="lda",
+                       help="the LDA vector (default) or the difference of means")
+    steer.add_argument("--from-position", type=int, default=0,
+                       help="add the vector from this token position on (default 0: every position)")
+    steer.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens generated (default 24)")
+    steer.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
+    steer.set_defaults(func=_steer)
     synthetic = sub.add_parser("synthetic", help="write seed-format NPZ chunks from a known mixture",
                                add_help=False)
     synthetic.set_defaults(func=None)
