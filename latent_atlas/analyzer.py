@@ -195,7 +195,25 @@ class ClusterAnalyzer:
             "exemplars": {"top_k": [brief(r) for r in top[:n_examples]],
                           "random_k": [brief(r) for r in self.exemplars(c, "random_k")[:n_examples]]},
             "chunk_ids": chunks,
+            "steering": self.steering(c),
         }
+
+    def steering(self, cluster_id: int) -> dict | None:
+        """The cluster's measured steering effect (best concept lift at the KL budget per direction and
+        its dose-response), from ATLAS_HOME/tables/steering_eval.parquet; None before steering_eval
+        ran or when the cluster was not among those evaluated."""
+        from latent_atlas.steering_eval import cluster_steering
+        from latent_atlas.tables import read_metadata
+
+        path = self.path.parent / "tables" / "steering_eval.parquet"
+        if not path.exists():
+            return None
+        if getattr(self, "_steering", None) is None:
+            self._steering = (pq.read_table(path), read_metadata(path).get("kl_budget"))
+        table, budget = self._steering
+        if budget is None or "direction" not in table.column_names:
+            return None
+        return cluster_steering(table, self._check(cluster_id), float(budget))
 
     def visualize_cluster_context(self, cluster_id: int, example_idx: int = 0, kind: str = "top_k",
                                   color: bool | None = None) -> str:
