@@ -1,28 +1,38 @@
-"""Cluster labels: every cluster named from its top exemplar windows, with a confidence measured
-on held-out examples (members against random and hard negatives) the labeler never saw.
+"""Cluster and tree-node labels: every cluster named from its top exemplar windows, every tree node
+from its most central members, each with a confidence measured on held-out examples (members
+against random and hard negatives) the labeler never saw.
 
     exemplars, merged_statistics, intervention_vectors -> cluster_labels
                                                           (+ ATLAS_HOME/labels/clusters/centroid_<id>.json)
+    hierarchy_sample, cluster_tree, document_tree      -> node_labels
+                                                          (+ ATLAS_HOME/labels/nodes/<tree>/node_<index>.json)
 
 The JSON files are the cache: a re-materialization with unchanged inputs makes no labeler calls,
 and a run that fails half way keeps the labels it finished (latent_atlas.labels.pipeline).
 """
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from assets.analysis import _decoder, _fan_in, context_reader
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutConfig, check_disjoint, heldout_examples, shown_examples
+from latent_atlas.labels.nodes import (NodeExamplesConfig, NodeTask, category_accuracy, document_excerpts,
+                                       document_node_tasks, label_tree, majority_categories, token_node_tasks)
 from latent_atlas.labels.pipeline import label_clusters, median_confidence
 from latent_atlas.labels.records import CentroidExplanation, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig
+from latent_atlas.paths import atlas_home
+from latent_atlas.sample import HierarchySample
 from latent_atlas.statistics import ChunkStatistics
+from latent_atlas.tree import ClusterTree
 from resources import CorpusResource, LabelerResource, ModelResource
 
 COMPONENTS = ("embedding_random", "embedding_hard", "detection")
@@ -123,3 +133,90 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
                                            metadata={"median_confidence_low": median_low,
                                                      "clusters_above_chance": int(np.sum(lows > 0))})],
     )
+
+
+class NodeLabelsConfig(dg.Config):
+    top_k: int = Field(default=10, description="Members nearest a node's centroid shown to the labeler")
+    max_positives: int = Field(default=64, description="Held-out members scored per node")
+    max_negatives: int = Field(default=64, description="Held-out random and (separately) sibling negatives per node")
+    window: int = Field(default=10, description="Token tree: context tokens each side of a member token")
+    excerpt_tokens: int = Field(default=64, description="Document tree: tokens of a document's opening shown")
+    score_window: int = Field(default=1, description="Token tree: tokens each side embedded by the embedding "
+                              "scorer (-1 = whole window); document excerpts are embedded whole")
+    n_bootstrap: int = Field(default=200, description="Bootstrap resamples behind every interval")
+    seed: int = Field(default=0, description="Seed of the held-out samples and the bootstrap")
+    label_dir: str = Field(default="", description="Cache root; '' = ATLAS_HOME/labels/nodes (one folder per tree)")
+
+
+TREES = ("cluster_tree", "document_tree")
+
+
+def node_rows(tree_name: str, tasks: list[NodeTask], records: list[CentroidExplanation],
+              majorities: dict[str, tuple[str, float]], nearest: dict[str, dict]) -> pa.Table:
+    """One row per node: where it sits, its label and measured confidence, and for the document
+    tree its majority category and the category its label is nearest to."""
+    table = label_rows(records).drop_columns(["centroid_id"])
+    nodes = [t.node for t in tasks]
+    columns = {"tree": [tree_name] * len(nodes), "node_id": [n.id for n in nodes],
+               "depth": pa.array([n.depth for n in nodes], pa.int32()), "parent": [n.parent or "" for n in nodes],
+               "size": pa.array([n.size for n in nodes], pa.int64()),
+               "parent_label": [r.metadata.get("parent_label", "") for r in records],
+               "majority_category": [majorities.get(n.id, ("", 0.0))[0] for n in nodes],
+               "majority_share": pa.array([majorities.get(n.id, ("", np.nan))[1] for n in nodes], pa.float64()),
+               "nearest_category": [nearest.get(n.id, {}).get("nearest", "") for n in nodes]}
+    for name in table.column_names:
+        columns[name] = table.column(name)
+    return pa.table(columns)
+
+
+@dg.asset(io_manager_key="parquet_io_manager", group_name="labels",
+          ins={"memberships": _fan_in(), "whitened_activations": _fan_in(), "token_chunks": _fan_in()},
+          kinds={"parquet"})
+def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hierarchy_sample: HierarchySample,
+                cluster_tree: ClusterTree, document_tree: ClusterTree, memberships: dict[str, Path],
+                whitened_activations: dict[str, Path], token_chunks: dict[str, Path],
+                corpus: CorpusResource, model: ModelResource, labeler: LabelerResource):
+    """Label, explanation and measured confidence of every node of the token and document trees,
+    labeled breadth-first with each parent's label in its children's prompts; on the document tree
+    the labels are also checked against the corpus categories (category_accuracy)."""
+    decode = _decoder(corpus, model)
+    examples = NodeExamplesConfig(config.top_k, config.max_positives, config.max_negatives, config.window,
+                                  config.excerpt_tokens, config.seed)
+    tables = lambda wanted: document_excerpts(  # noqa: E731 - one token chunk in memory at a time
+        ((key, pq.read_table(path, columns=["doc_id", "window", "token_ids"])) for key, path in token_chunks.items()),
+        wanted, decode, config.excerpt_tokens)
+    tasks = {"cluster_tree": token_node_tasks(cluster_tree, hierarchy_sample,
+                                              context_reader(memberships, whitened_activations, "tree sample"),
+                                              decode, examples),
+             "document_tree": document_node_tasks(document_tree, hierarchy_sample, tables, examples)}
+    client = labeler.chat_client()
+    chosen = labeler.labeler(client)
+    scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
+                          score_window=None if config.score_window < 0 else config.score_window,
+                          detection_client=client if labeler.score_with_llm else None)
+    root = Path(config.label_dir) if config.label_dir else atlas_home() / "labels" / "nodes"
+    categories = np.asarray(hierarchy_sample.doc_categories).astype(str)
+    parts, metadata = [], {}
+    for name, tree in (("cluster_tree", cluster_tree), ("document_tree", document_tree)):
+        records, stats = label_tree(
+            tasks[name], chosen, LabelCache(root / name, prefix="node"),
+            scorer if name == "cluster_tree" else dataclasses.replace(scorer, score_window=None),
+            {"layer": model.layer or "middle", "activation_type": "whitened residual stream",
+             "model_name": model.name, "tree": name}, labeler.force_regenerate, labeler.batch_size)
+        majorities = majority_categories(tree, categories) if name == "document_tree" and (categories != "").any() else {}
+        accuracy = category_accuracy({t.node.id: r.label for t, r in zip(tasks[name], records)}, majorities,
+                                     sorted(set(categories) - {""}))
+        parts.append(node_rows(name, tasks[name], records, majorities, accuracy["nodes"]))
+        metadata.update({f"{name}_nodes": len(records), f"{name}_new_labels": stats.get("new_labels", 0),
+                         f"{name}_cache_hits": stats.get("cache_hits", 0),
+                         f"{name}_median_confidence": median_confidence(records),
+                         f"{name}_seconds_per_node": float(stats.get("seconds_per_cluster", 0.0)),
+                         **{f"{name}_{k}": int(stats.get(k, 0)) for k in ("prompt_tokens", "completion_tokens",
+                                                                         "requests")}})
+        if name == "document_tree":
+            metadata.update(category_accuracy=accuracy["accuracy"], category_accuracy_nodes=accuracy["n"])
+    table = pa.concat_tables(parts, promote_options="permissive")  # a tree may lack a component the other has
+    context.log.info(f"labeled {table.num_rows} tree nodes; category accuracy {metadata['category_accuracy']}")
+    return dg.MaterializeResult(value=table, metadata={
+        "labeler": chosen.name, "model": chosen.model, "prompt_version": chosen.prompt_version,
+        "labeler_config": labeler.public_config(), "label_dir": dg.MetadataValue.path(str(root)), **metadata})

@@ -51,7 +51,7 @@ def test_cluster_labels_end_to_end_with_keywords(atlas_home):
     assert set(table.column("labeler").to_pylist()) == {"keywords"}
     for c, record in records.items():
         assert record.label and record.explanation and record.metadata["labeler"] == "keywords"
-        assert record.metadata["prompt_version"] == "ctfidf-1" and record.metadata["cache_key"]
+        assert record.metadata["prompt_version"] == "ctfidf-2" and record.metadata["cache_key"]
         assert len(record.top_k_examples) == record.scores["n_shown"] <= 10
     # the first materialization labeled everything, the second came from the cache, force redid it
     meta = lambda m, name: m[name].value  # noqa: E731

@@ -18,7 +18,6 @@ from typing import Sequence
 from latent_atlas.labels.records import CentroidExplanation, Example
 from latent_atlas.tables import write_atomically
 
-_FILE = re.compile(r"^centroid_(\d+)\.json$")
 
 
 def default_label_dir() -> Path:
@@ -39,13 +38,16 @@ def cache_key(labeler_name: str, model: str, prompt_version: str, examples: Sequ
 
 
 class LabelCache:
-    """The label records of one atlas (clusters) or one tree (nodes), in `directory`."""
+    """The label records of one atlas (clusters: `centroid_<id>.json`) or one tree (nodes:
+    `node_<index>.json`, prefix 'node'), in `directory`."""
 
-    def __init__(self, directory: str | Path | None = None):
+    def __init__(self, directory: str | Path | None = None, prefix: str = "centroid"):
         self.directory = Path(directory) if directory is not None else default_label_dir()
+        self.prefix = prefix
+        self._file = re.compile(rf"^{re.escape(prefix)}_(\d+)\.json$")
 
     def path(self, centroid_id: int) -> Path:
-        return self.directory / f"centroid_{int(centroid_id)}.json"
+        return self.directory / f"{self.prefix}_{int(centroid_id)}.json"
 
     def read(self, centroid_id: int) -> CentroidExplanation | None:
         """The stored record, whatever its key (None when there is none)."""
@@ -72,5 +74,5 @@ class LabelCache:
         """Every record in the directory, by id ({} when the directory does not exist)."""
         if not self.directory.is_dir():
             return {}
-        ids = sorted(int(m.group(1)) for m in map(_FILE.match, os.listdir(self.directory)) if m)
+        ids = sorted(int(m.group(1)) for m in map(self._file.match, os.listdir(self.directory)) if m)
         return {i: self.read(i) for i in ids}  # type: ignore[misc]

@@ -9,10 +9,15 @@ with A the average total weight per class and f_x the weight of term x over all 
 BERTopic's ClassTfidfTransformer (which truncates A to an int; with fractional weights we do not).
 The label is the top terms; the IDF needs every class, so this labeler wants all requests at once
 (`sees_all_requests`).
+
+Document-tree nodes (requests whose unit is 'document') are about topics, not tokens: their terms
+are lower-cased words, English stop words (scikit-learn's list, as BERTopic's CountVectorizer
+uses), punctuation and numbers left out, or "the" and line breaks would name every topic.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Sequence
 
@@ -31,19 +36,36 @@ def is_punctuation(term: str) -> bool:
     return all(unicodedata.category(ch)[0] in "PSZ" or ch == "\\" for ch in term)
 
 
+_WORD = re.compile(r"[^\W\d_][\w'-]*")
+
+
+def topic_term(token: str) -> str | None:
+    """A document token's term: the lower-cased word, or None for stop words, punctuation and numbers."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    word = token.strip().lower()
+    if not word or is_punctuation(word) or any(ch.isdigit() for ch in word) or word in ENGLISH_STOP_WORDS:
+        return None
+    return word
+
+
 def class_term_weights(requests: Sequence[LabelRequest], window: int | None = None
                        ) -> tuple[list[str], np.ndarray]:
     """(terms, counts [n_requests, n_terms]): membership-weighted term counts of each request's
-    windows, counting tokens within `window` of the example token (all of them when None)."""
+    windows, counting tokens within `window` of the example token (all of them when None); a
+    document excerpt counts each of its words (`topic_term`) once."""
     index: dict[str, int] = {}
     cells: list[tuple[int, int, float]] = []
     for r, request in enumerate(requests):
         for example in request.examples:
-            lo = 0 if window is None else max(0, example.position - window)
-            hi = len(example.tokens) if window is None else example.position + window + 1
-            for token, m in zip(example.tokens[lo:hi], example.memberships[lo:hi]):
-                if m > 0:
-                    cells.append((r, index.setdefault(term_of(token), len(index)), float(m)))
+            if example.excerpt:  # whole words of the text: subword tokens ('T', 'ory') are not topics
+                terms = [(t, 1.0) for t in map(topic_term, _WORD.findall(example.text)) if t is not None]
+            else:
+                lo = 0 if window is None else max(0, example.position - window)
+                hi = len(example.tokens) if window is None else example.position + window + 1
+                terms = [(term_of(token), float(m)) for token, m in
+                         zip(example.tokens[lo:hi], example.memberships[lo:hi]) if m > 0]
+            cells += [(r, index.setdefault(term, len(index)), m) for term, m in terms]
     counts = np.zeros((len(requests), len(index)))
     for r, t, m in cells:
         counts[r, t] += m
@@ -69,7 +91,7 @@ class KeywordLabeler:
 
     name = "keywords"
     model = ""
-    prompt_version = "ctfidf-1"
+    prompt_version = "ctfidf-2"  # -2: document excerpts counted as whole topic words
     sees_all_requests = True  # the IDF is over every class: label all requests in one call
 
     def __init__(self, top_terms: int = 3, window: int | None = None, min_relative_weight: float = 0.2):
@@ -97,6 +119,9 @@ class KeywordLabeler:
         if not top:
             return Draft("no active tokens", "The shown windows carry no membership of this cluster.",
                          {"requests": 0})
+        if request.unit == "document":
+            return Draft(" / ".join(top), f"Documents about {_quoted(top)} (c-TF-IDF over the openings of its "
+                         f"{len(request.examples)} most central documents).", {"requests": 0})
         covered = _activating_share(request.examples, set(top))
         explanation = (f"Fires on {_quoted(top)} (c-TF-IDF over its {len(request.examples)} top windows); "
                        f"these are {100 * covered:.0f}% of the activating tokens' membership.")

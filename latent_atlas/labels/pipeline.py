@@ -24,6 +24,7 @@ import numpy as np
 
 from latent_atlas.labels.cache import LabelCache, cache_key
 from latent_atlas.labels.examples import HeldoutExamples
+from latent_atlas.labels.prompts import DOCUMENT_PROMPT_VERSION
 from latent_atlas.labels.records import CentroidExplanation, Draft, Labeler, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig, confidence, embedding_scores
 
@@ -83,8 +84,9 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sees_all = bool(getattr(labeler, "sees_all_requests", False))
     context = _requests_digest(requests) if sees_all else ""
-    keys = [cache_key(labeler.name, labeler.model, labeler.prompt_version, r.examples, r.parent_label, context)
-            for r in requests]
+    # A document excerpt is shown with another prompt than a token's window: the unit is in the key.
+    keys = [cache_key(labeler.name, labeler.model, labeler.prompt_version, r.examples, r.parent_label,
+                      context + ("" if r.unit == "token" else f"unit={r.unit}:{DOCUMENT_PROMPT_VERSION}")) for r in requests]
     records: list[CentroidExplanation | None] = [cache.get(r.centroid_id, key, force_regenerate)
                                                  for r, key in zip(requests, keys)]
     misses = [i for i, record in enumerate(records) if record is None]

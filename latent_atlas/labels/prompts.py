@@ -17,6 +17,9 @@ from typing import Sequence
 from latent_atlas.labels.records import Example, LabelRequest
 
 PROMPT_VERSION = "explain-v2+detect-v1"  # change it whenever a prompt or parser changes: it is in every cache key
+# The document-tree prompt's own version, in the cache key of document requests only (so that
+# changing it relabels document nodes and leaves clusters' labels cached).
+DOCUMENT_PROMPT_VERSION = "documents-v1"
 
 MARK_THRESHOLD = 0.25  # tokens of a window at or above this membership are marked (the example's own token always is)
 
@@ -119,9 +122,39 @@ def copies_worked_example(label: str, request: LabelRequest) -> bool:
     return words is not None and not words & _marked_words(request.examples)
 
 
+_DOCUMENT_SYSTEM = (
+    "You name groups of documents. You get the openings of some documents of one group. Say what "
+    "topic they share. Answer in exactly two lines:\nLabel: <2-5 words>\nExplanation: <one or two sentences>"
+)
+
+_DOCUMENT_FEW_SHOT = (
+    [Example(tokens=[text], memberships=[1.0], position=0, cluster=-1, excerpt=True) for text in (
+        "Rain delays harvest across the Midwest. Farmers say the wet spring has cut the corn crop",
+        "Wheat prices hit a five-year high as drought in Australia shrinks the expected yield",
+        "A new tractor that steers itself by satellite went on sale to farms in Iowa this week",
+    )],
+    "Label: Farming and crops\nExplanation: News about agriculture: harvests, crop prices and farm machinery.",
+)
+
+
+def _documents_user(examples: Sequence[Example], parent_label: str) -> str:
+    lines = ["Documents:"] + [f"{i}. {format_window(e)}" for i, e in enumerate(examples, 1)]
+    if parent_label:
+        lines.append(f'This group is a narrower part of the group "{parent_label}": name what is specific to it.')
+    lines.append("Name the topic these documents share.")
+    return "\n".join(lines)
+
+
 def explain_messages(request: LabelRequest, few_shot: bool = True) -> list[dict]:
     """Chat messages asking for a label of `request`'s cluster (or tree node): system, the worked
-    examples as user/assistant turns, then the request, its parent's label included for a node."""
+    examples as user/assistant turns, then the request, its parent's label included for a node.
+    A document-tree node (`unit == 'document'`) is asked for the topic of its documents' openings."""
+    if request.unit == "document":
+        messages = [{"role": "system", "content": _DOCUMENT_SYSTEM}]
+        if few_shot:
+            messages += [{"role": "user", "content": _documents_user(_DOCUMENT_FEW_SHOT[0], "")},
+                         {"role": "assistant", "content": _DOCUMENT_FEW_SHOT[1]}]
+        return messages + [{"role": "user", "content": _documents_user(request.examples, request.parent_label)}]
     messages = [{"role": "system", "content": _SYSTEM}]
     if few_shot:
         for examples, parent, answer in _FEW_SHOT:
@@ -208,6 +241,13 @@ _DETECT_FEW_SHOT = (
 )
 
 
+_DETECT_DOCUMENTS_SYSTEM = (
+    "You check explanations of groups of documents. You get an explanation and numbered document openings. "
+    "For every document decide if it fits the explanation. Answer with one line: "
+    "Fits: [list of 1 or 0, one per document, in order]"
+)
+
+
 def _detect_user(explanation: str, examples: Sequence[Example]) -> str:
     lines = [f"Explanation: {explanation}", "Windows:"]
     lines += [f"{i}. {format_window(e, strengths=False)}" for i, e in enumerate(examples, 1)]
@@ -216,7 +256,11 @@ def _detect_user(explanation: str, examples: Sequence[Example]) -> str:
 
 
 def detection_messages(explanation: str, examples: Sequence[Example], few_shot: bool = True) -> list[dict]:
-    """Chat messages asking which windows' marked token fits `explanation` (memberships hidden)."""
+    """Chat messages asking which windows' marked token fits `explanation` (memberships hidden);
+    for document excerpts, which documents fit."""
+    if examples and all(e.excerpt for e in examples):
+        return [{"role": "system", "content": _DETECT_DOCUMENTS_SYSTEM},
+                {"role": "user", "content": _detect_user(explanation, examples)}]
     messages = [{"role": "system", "content": _DETECT_SYSTEM}]
     if few_shot:
         shot_explanation, shot_examples, answer = _DETECT_FEW_SHOT

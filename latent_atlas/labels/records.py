@@ -18,6 +18,7 @@ class Example:
     chunk_id: str = ""
     sequence: int = -1  # within the chunk; with chunk_id and the window start it names the token
     token_position: int = -1  # position of the token within its sequence
+    excerpt: bool = False  # a document's opening, about the whole text (document-tree nodes): shown unmarked
 
     @property
     def text(self) -> str:
@@ -40,6 +41,7 @@ class LabelRequest:
     examples: list[Example]  # top-activating windows shown to the labeler
     parent_label: str = ""  # a tree node's parent's label (empty for clusters and the root's children)
     node_id: str = ""  # tree node id (e.g. '0.2.1'); empty for clusters
+    unit: str = "token"  # what the examples are about: 'token' (a marked token in its window) or 'document' (an excerpt)
 
 
 @dataclass(frozen=True)
