@@ -9,6 +9,7 @@ and is None (or empty) when it has not been materialized, so the site says so in
     ATLAS_HOME/tensors/document_tree.npz      document tree
     ATLAS_HOME/tables/document_paths.parquet  doc_id, outcome, path per document
     ATLAS_HOME/tables/outcome_association.parquet  Cramér's V per depth, cells per node and outcome
+    ATLAS_HOME/tables/node_labels.parquet     tree node labels with their confidence (node_labels)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class AtlasContents:
     document_tree: ClusterTree | None
     document_paths: list[dict] = field(default_factory=list)  # doc_id, outcome, path ("0/0.1")
     outcome_rows: list[dict] = field(default_factory=list)  # outcome_association rows
+    node_labels: dict[tuple[str, str], dict] = field(default_factory=dict)  # (tree, node id) -> label, confidence
     missing: list[str] = field(default_factory=list)  # optional artifacts that were not found, for the page footer
 
     @property
@@ -65,8 +67,11 @@ def load_contents(home: str | Path) -> AtlasContents:
             missing.append(str(path.relative_to(home)))
     if not analyzer.labels():
         missing.append("labels/clusters")
+    nodes = home / "tables" / "node_labels.parquet"  # optional and not an input of atlas_report: shown when there
+    node_labels = {(r["tree"], r["node_id"]): {"label": r["label"], "confidence": r.get("confidence")}
+                   for r in (pq.read_table(nodes).to_pylist() if nodes.exists() else [])}
     return AtlasContents(home, analyzer, trees["cluster_tree"], trees["document_tree"],
-                         tables["document_paths"], tables["outcome_association"], missing)
+                         tables["document_paths"], tables["outcome_association"], node_labels, missing)
 
 
 def cluster_tree_paths(tree: ClusterTree | None, n_clusters: int) -> list[str]:

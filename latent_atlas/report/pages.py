@@ -140,27 +140,34 @@ def cluster_page(contents: AtlasContents, c: int, rows: list[dict], label_text: 
     }
 
 
-def tree_nodes(tree: ClusterTree, describe) -> dict:
-    """The tree as nested dicts from the root: id, depth, size, silhouette, noise, label, children."""
+def tree_nodes(tree: ClusterTree, describe, node_labels: dict[str, dict]) -> dict:
+    """The tree as nested dicts from the root: id, depth, size, silhouette, noise, label, children.
+    A node label from node_labels (with its confidence) is shown beside the derived summary."""
     colors = branch_colors([n.id.split(".")[0] for n in tree.nodes.values() if n.depth >= 1])
 
     def visit(node_id: str) -> dict:
         n = tree.nodes[node_id]
+        named = node_labels.get(n.id, {})
         return {"id": n.id, "depth": n.depth, "size": n.size, "silhouette": finite(n.silhouette),
                 "noise": n.noise_count, "color": colors.get(n.id.split(".")[0], colors[""]) if n.depth else "",
+                "node_label": named.get("label", ""), "node_confidence": finite(named.get("confidence")),
                 **describe(n), "children": [visit(k) for k in n.children]}
 
     return visit(ROOT)
 
 
-def token_tree_page(tree: ClusterTree, label_text: dict[int, str]) -> dict:
+def _named(contents: AtlasContents, tree: str) -> dict[str, dict]:
+    return {node: value for (name, node), value in contents.node_labels.items() if name == tree}
+
+
+def token_tree_page(tree: ClusterTree, contents: AtlasContents, label_text: dict[int, str]) -> dict:
     """Token tree: each node's label is that of the atlas cluster it holds most of."""
     def describe(node) -> dict:
         held = sorted(node.soft_clusters.items(), key=lambda kv: -kv[1])
         clusters = [{"id": c, "share": f, "label": label_text.get(c, "")} for c, f in held[:8]]
         label = next((x["label"] for x in clusters if x["label"]), "")
         return {"label": label, "clusters": clusters, "n_clusters": len(held)}
-    return tree_nodes(tree, describe)
+    return tree_nodes(tree, describe, _named(contents, "cluster_tree"))
 
 
 def document_tree_page(tree: ClusterTree, contents: AtlasContents, label_text: dict[int, str]) -> dict:
@@ -177,7 +184,7 @@ def document_tree_page(tree: ClusterTree, contents: AtlasContents, label_text: d
         return {"label": label, "outcomes": dict(counts.most_common()) if counts else {},
                 "clusters": [{"id": c, "share": f, "label": label_text.get(c, "")} for c, f in held[:8]],
                 "n_clusters": len(held)}
-    return tree_nodes(tree, describe)
+    return tree_nodes(tree, describe, _named(contents, "document_tree"))
 
 
 def outcome_page(contents: AtlasContents) -> dict:
@@ -196,7 +203,7 @@ def site_pages(contents: AtlasContents, map_method: str, seed: int) -> dict:
     return {"rows": rows, "label_text": label_text, "points": points, "map_method": used,
             "legend": [{"branch": b or "unmapped", "color": col} for b, col in colors.items()
                        if any(r["branch"] == b for r in rows)],
-            "token_tree": token_tree_page(contents.token_tree, label_text) if contents.token_tree else None,
+            "token_tree": token_tree_page(contents.token_tree, contents, label_text) if contents.token_tree else None,
             "document_tree": (document_tree_page(contents.document_tree, contents, label_text)
                               if contents.document_tree else None),
             "outcome": outcome_page(contents)}
