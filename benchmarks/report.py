@@ -1,7 +1,7 @@
 """The atlas site of a finished demo home: size, pages, build time, and the index's load time in
 headless Chromium; atlas_report's time against the whole demo's.
 
-    python benchmarks/report.py [/tmp/demo-final] [--replicate 8] [--demo-seconds 285]
+    python benchmarks/report.py [/tmp/demo-final] [--replicate 8] [--screenshots DIR] [--demo-seconds 285]
 
 The home is copied (only what the site reads: results, labels, trees, outcome tables) to a temp
 home, never written in place. --replicate N tiles the atlas's clusters N times (ids, exemplars,
@@ -71,8 +71,9 @@ def replicate(home: Path, n: int) -> int:
     return k * n
 
 
-def index_load_ms(index: Path) -> float | None:
-    """loadEventEnd - navigationStart of the index in headless Chromium (None without one)."""
+def index_load_ms(index: Path, screenshots: Path | None = None) -> float | None:
+    """loadEventEnd - navigationStart of the index in headless Chromium (None without one); with
+    `screenshots`, also saves the index, the most used cluster's page and the token tree there."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         print("no system chromium/chromedriver: index load time not measured")
@@ -90,6 +91,22 @@ def index_load_ms(index: Path) -> float | None:
         for _ in range(3):
             driver.get(index.as_uri())
             times.append(driver.execute_script("return performance.timing.loadEventEnd - performance.timing.navigationStart"))
+        if screenshots is not None:
+            screenshots.mkdir(parents=True, exist_ok=True)
+            driver.set_window_size(1300, 1000)
+            driver.get(index.as_uri())
+            driver.save_screenshot(str(screenshots / "index.png"))
+            driver.execute_script("document.getElementById('cluster-table').scrollIntoView()")
+            driver.save_screenshot(str(screenshots / "index-table.png"))
+            usage = pq.read_table(index.parent.parent / "results" / "cluster_stats.parquet").column("total_usage")
+            driver.get((index.parent / "clusters" / f"{int(np.argmax(usage.to_numpy()))}.html").as_uri())
+            driver.save_screenshot(str(screenshots / "cluster.png"))
+            driver.execute_script("document.getElementById('exemplars').scrollIntoView()")
+            driver.save_screenshot(str(screenshots / "cluster-exemplars.png"))
+            driver.get((index.parent / "trees" / "token.html").as_uri())
+            driver.execute_script("document.querySelectorAll('details').forEach(function (d) { d.open = true; })")
+            driver.save_screenshot(str(screenshots / "tree.png"))
+            print(f"screenshots: {screenshots}")
         return float(np.median(times))
     finally:
         driver.quit()
@@ -100,6 +117,7 @@ def main() -> None:
     parser.add_argument("home", nargs="?", default="/tmp/demo-final")
     parser.add_argument("--replicate", type=int, default=1, help="tile the clusters N times (k = N x the demo's)")
     parser.add_argument("--map", default="umap", choices=("umap", "pca"))
+    parser.add_argument("--screenshots", type=Path, help="save screenshots of the index, a cluster and the tree here")
     parser.add_argument("--demo-seconds", type=float, default=285.0, help="the whole demo's wall time to compare with")
     args = parser.parse_args()
     print(describe())
@@ -110,7 +128,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = build_site(home, config=ReportConfig(map_method=args.map))
         seconds = time.perf_counter() - start
-        load = index_load_ms(home / "report" / "index.html")
+        load = index_load_ms(home / "report" / "index.html", args.screenshots)
         index_kb = (home / "report" / "index.html").stat().st_size / 1e3
     print(f"clusters {summary.clusters}{' (replicated)' if k else ''}; pages {summary.pages}; map {summary.map_method}")
     print(f"total size {summary.total_bytes / 1e6:.2f} MB; largest page {summary.largest_page} "
