@@ -22,7 +22,7 @@ RUN_CONFIG = {"ops": {
     "cluster_tree": {"config": SMALL_TREE},
     "document_tree": {"config": SMALL_TREE},
     "ensemble": {"config": {"seeds": [0, 1], "n_epochs": 3}},
-    "cluster_labels": {"config": {"n_bootstrap": 20}},
+    "cluster_labels": {"config": {"n_bootstrap": 20, "max_positives": 16, "max_negatives": 16}},
     "atlas_report": {"config": {"map_method": "pca"}},
 }}
 
@@ -53,7 +53,7 @@ def materialize_home(home: Path, through: str = "atlas_report") -> Path:
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with environment(ATLAS_HOME=str(home), DAGSTER_HOME=str(home / "dagster")):
-        corpus, model = CorpusResource(documents_per_category=3, sequences_per_chunk=12), ModelResource(name="minilm-l6")
+        corpus, model = CorpusResource(documents_per_category=3, sequences_per_chunk=24), ModelResource(name="minilm-l6")
         defs = build_definitions(corpus=corpus, model=model)
         with dg.DagsterInstance.get() as instance:
             keys = corpus.register(model.tokenizer(), model.name)

@@ -161,11 +161,14 @@ def _named(contents: AtlasContents, tree: str) -> dict[str, dict]:
 
 
 def token_tree_page(tree: ClusterTree, contents: AtlasContents, label_text: dict[int, str]) -> dict:
-    """Token tree: each node's label is that of the atlas cluster it holds most of."""
+    """Token tree: each node's label is that of the atlas cluster it holds most of (ties, common
+    near the root where a node holds all of many clusters, go to the most used cluster)."""
+    usage = {r["cluster"]: r.get("total_usage") or 0 for r in contents.analyzer.stats_}
+
     def describe(node) -> dict:
-        held = sorted(node.soft_clusters.items(), key=lambda kv: -kv[1])
+        held = sorted(node.soft_clusters.items(), key=lambda kv: (-round(kv[1], 2), -usage.get(kv[0], 0)))
         clusters = [{"id": c, "share": f, "label": label_text.get(c, "")} for c, f in held[:8]]
-        label = next((x["label"] for x in clusters if x["label"]), "")
+        label = next((x["label"] for x in clusters if x["label"]), "") if node.depth else ""
         return {"label": label, "clusters": clusters, "n_clusters": len(held)}
     return tree_nodes(tree, describe, _named(contents, "cluster_tree"))
 
