@@ -201,7 +201,8 @@ def greedy_generate(model: CausalModel, prompt_ids: np.ndarray, max_new_tokens: 
         # transformers renamed past_key_values to cache (5.x); the pin allows both
         name = "cache" if "cache" in inspect.signature(model.lm.forward).parameters else "past_key_values"
         for t in range(max_new_tokens):
-            result = model.lm(input_ids=step, use_cache=True, **({name: cache} if cache is not None else {}))
+            result = model.lm(input_ids=step, use_cache=True, logits_to_keep=1,  # only the next token's
+                              **({name: cache} if cache is not None else {}))
             cache, state.offset = getattr(result, name), state.offset + step.shape[1]
             step = result.logits[:, -1].argmax(-1, keepdim=True)
             out[:, t] = step[:, 0].cpu()
@@ -210,16 +211,18 @@ def greedy_generate(model: CausalModel, prompt_ids: np.ndarray, max_new_tokens: 
 
 @torch.inference_mode()
 def log_probs_and_activations(model: CausalModel, ids: np.ndarray, layer: int, vectors: np.ndarray | None = None,
-                              capture: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(next-token log-probabilities [B, T, V] fp32, and if `capture` the residual stream after block
-    `layer` [B, T, d] fp32, as extract_activations reads it) of token ids [B, T], teacher-forced, with
-    vectors added at `layer` at every position (None: the unsteered model)."""
+                              capture: bool = False, last: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(next-token log-probabilities [B, T, V] fp32 (of the `last` positions only, [B, last, V], if
+    last > 0), and if `capture` the residual stream after block `layer` [B, T, d] fp32, as
+    extract_activations reads it) of token ids [B, T], teacher-forced, with vectors added at `layer`
+    at every position (None: the unsteered model; the capture is taken before the addition)."""
     captured: list[torch.Tensor] = []
     handle = model.blocks[layer - 1].register_forward_hook(
         lambda _m, _i, output: captured.append(output[0] if isinstance(output, tuple) else output)) if capture else None
     try:
         with residual_addition(model, layer, vectors):
-            logits = model.lm(input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long, device=model.device)).logits
+            logits = model.lm(input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long, device=model.device),
+                              logits_to_keep=last).logits
     finally:
         if handle is not None:
             handle.remove()

@@ -5,8 +5,9 @@ difference of means, a seeded random direction), at each alpha of a grid:
 
 - concept presence: the greedy continuation of every prompt is read back through the unsteered
   model (the pipeline's path: layer activations in fp16, whitened, soft memberships); `usage` is the
-  cluster's mean membership over the continuation tokens, `lift` = usage / unsteered usage (the
-  unsteered usage floored at LIFT_FLOOR, so a cluster absent from the plain text does not divide by 0);
+  cluster's mean membership over the continuation tokens, `lift` = usage / unsteered usage, the
+  unsteered usage floored at one member token's worth (1 / continuation tokens, the resolution of the
+  measurement), so a cluster absent from the plain text does not divide by 0;
 - cost: `kl`, the mean KL(unsteered || steered) of the next-token distributions over neutral
   held-out text read teacher-forced with the vector added at every position; `perplexity` of the
   steered continuation under the unsteered model.
@@ -33,12 +34,11 @@ from latent_atlas.steering import CausalModel, SteeringVectors, greedy_generate,
 from latent_atlas.whitening import Whitening
 
 DIRECTIONS = ("lda", "mean", "random")
-LIFT_FLOOR = 1e-3  # mean membership below which a cluster counts as absent from the unsteered text
 
 
 @dataclass
 class SteeringEvalConfig:
-    """What the steering evaluation runs (defaults: ~3-4 min for SmolLM2-135M on 2 CPU cores)."""
+    """What the steering evaluation runs (defaults: a few minutes for SmolLM2-135M on 2 CPU cores)."""
 
     top_n: int = 8
     """Clusters evaluated: the top N by usage."""
@@ -46,11 +46,11 @@ class SteeringEvalConfig:
     """Steering strengths, in units of the difference of means' natural scale (see module docstring)."""
     kl_budget: float = 0.5
     """Cost budget: mean next-token KL (nats) on neutral text that a steering strength may spend."""
-    n_prompts: int = 4
+    n_prompts: int = 12
     """Held-out prompts continued per direction and alpha."""
     prompt_tokens: int = 16
     """Tokens of each prompt (the first tokens of a held-out window)."""
-    max_new_tokens: int = 12
+    max_new_tokens: int = 16
     """Greedy tokens generated per prompt."""
     n_neutral: int = 4
     """Held-out windows (other than the prompts) the KL is measured on."""
@@ -92,9 +92,11 @@ class ConceptReader:
         usage, nll = [], []
         for first in range(0, len(ids), self.batch_size):
             block = ids[first:first + self.batch_size]
-            logp, acts = log_probs_and_activations(self.model, block, self.layer, capture=True)
+            # log-probs from position start - 1 on: those that predict the tokens read
+            logp, acts = log_probs_and_activations(self.model, block, self.layer, capture=True,
+                                                   last=block.shape[1] - start + 1)
             target = torch.as_tensor(block[:, start:], dtype=torch.long)
-            nll.append(-logp[:, start - 1:-1].gather(-1, target[..., None])[..., 0].mean(1).numpy())
+            nll.append(-logp[:, :-1].gather(-1, target[..., None])[..., 0].mean(1).numpy())
             # the stored chunks' precision: fp16 activations, whitened into fp16
             x = acts[:, start:].reshape(-1, acts.shape[-1]).numpy().astype(np.float16)
             z = self.whitening.transform(x).astype(np.float16)
@@ -140,11 +142,12 @@ def evaluate_steering(model: CausalModel, layer: int, whitening: Whitening, cent
     n_prompts, start = len(prompts), prompts.shape[1]
     plain = greedy_generate(model, prompts, config.max_new_tokens, layer)
     plain_usage, plain_nll = reader.read(np.concatenate([prompts, plain], 1), start)
+    floor = 1.0 / plain.size  # one member token's worth: the resolution of a usage over these tokens
     base = [log_probs_and_activations(model, w[None], layer)[0][0] for w in neutral]
     grid = [(d, float(a)) for d in DIRECTIONS for a in config.alphas]
     columns: dict[str, list] = {name: [] for name in (
         "cluster", "direction", "alpha", "norm", "usage", "usage_unsteered", "lift", "kl", "perplexity",
-        "perplexity_unsteered", "changed_tokens", "example_prompt", "example_unsteered", "example_steered")}
+        "perplexity_unsteered", "changed_tokens", "tokens", "example_prompt", "example_unsteered", "example_steered")}
     decode = lambda ids: model.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     for c in clusters:
         directions, norm = eval_directions(vectors, c, config.seed)
@@ -157,9 +160,9 @@ def evaluate_steering(model: CausalModel, layer: int, whitening: Whitening, cent
         for r, (d, a) in enumerate(grid):
             part = slice(r * n_prompts, (r + 1) * n_prompts)
             after = float(usage[part, c].mean())
-            values = (c, d, a, a * norm, after, before, after / max(before, LIFT_FLOOR), float(kl[r]),
+            values = (c, d, a, a * norm, after, before, after / max(before, floor), float(kl[r]),
                       float(np.exp(nll[part].mean())), float(np.exp(plain_nll.mean())),
-                      float(np.mean(text[part] != plain)), decode(prompts[0]), decode(plain[0]),
+                      float(np.mean(text[part] != plain)), int(plain.size), decode(prompts[0]), decode(plain[0]),
                       decode(text[r * n_prompts]))
             for name, value in zip(columns, values):
                 columns[name].append(value)
@@ -212,7 +215,7 @@ def dose_response_plot(table: pa.Table, budget: float, path: str | Path) -> Path
         ax_kl.plot([0, *alphas], [0.0, *med("kl")], marker="o", label=d)
     ax_kl.axhline(budget, color="grey", linestyle="--", label=f"budget {budget:g}")
     ax_lift.set(xlabel="alpha (natural scale of the difference of means)", ylabel="median concept lift", yscale="log")
-    ax_kl.set(xlabel="alpha", ylabel="median KL on neutral text (nats)", yscale="symlog")
+    ax_kl.set(xlabel="alpha", ylabel="median KL on neutral text (nats)")
     for ax in (ax_lift, ax_kl):
         ax.legend()
         ax.grid(alpha=0.3)
