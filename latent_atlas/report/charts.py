@@ -27,7 +27,7 @@ def center_map(centers: np.ndarray, method: str = "umap", seed: int = 0) -> tupl
         import umap
 
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), metric="cosine", min_dist=0.3,
-                            random_state=seed, init="random" if len(x) < 16 else "spectral")
+                            random_state=seed, n_jobs=1, init="random" if len(x) < 16 else "spectral")
         return reducer.fit_transform(x).astype(np.float64), "umap"
     x = x - x.mean(axis=0)
     if len(x) < 2:
