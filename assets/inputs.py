@@ -6,7 +6,8 @@ import numpy as np
 from latent_atlas.chunks import DenseChunk, load_npz_chunk
 from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
 from latent_atlas.device import batch_size_for_budget
-from latent_atlas.manifests import read_manifest
+from latent_atlas.errors import ChunkError
+from latent_atlas.manifests import claim_dimension, corpus_dimension, read_manifest
 from latent_atlas.models import extract_activations
 from orchestration.partitions import chunks
 from resources import CorpusResource, ModelResource, TorchDeviceResource
@@ -21,7 +22,9 @@ ACTIVATION_CHECKS = [
 
 
 def _npz_chunk(plan, corpus: CorpusResource) -> DenseChunk:
-    return load_npz_chunk(plan.path, corpus.npz_keys(), corpus.expected_dim or None)
+    """The validated NPZ file; its d must be the corpus's (set, or fixed by the corpus's first good chunk)."""
+    record = None if corpus.expected_dim else corpus_dimension(plan.corpus)
+    return load_npz_chunk(plan.path, corpus.npz_keys(), corpus.expected_dim or (record[0] if record else None))
 
 
 @dg.asset(partitions_def=chunks, io_manager_key="parquet_io_manager", group_name="inputs",
@@ -72,7 +75,11 @@ def activations(
         chunk = _npz_chunk(plan, corpus)
         chunk = DenseChunk(chunk.activations, chunk.attention_mask, chunk.token_ids,
                            meta={"source": plan.path, "key": plan.key})
-        expected_dim = corpus.expected_dim or chunk.dim
+        # the first good chunk fixes the corpus's d: a later file of another d fails here, alone
+        expected_dim = corpus.expected_dim or claim_dimension(plan.corpus, chunk.dim, plan.key)[0]
+        if chunk.dim != expected_dim:
+            raise ChunkError(plan.path, f"activations have dimension {chunk.dim}, expected {expected_dim} "
+                                        f"(fixed by chunk {corpus_dimension(plan.corpus)[1]})")
     return dg.MaterializeResult(
         value=chunk,
         metadata={"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta},

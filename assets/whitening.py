@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from latent_atlas.chunks import DenseChunk, read_chunk
+from latent_atlas.chunks import DenseChunk, read_chunk, screen_chunks
 from latent_atlas.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
                                     sample_vectors)
 from orchestration.partitions import NEW_CHUNKS, chunks
@@ -22,8 +22,13 @@ class WhiteningConfig(dg.Config):
                                    "(at most a fifth of all vectors)")
 
 
-def _chunk_moments(path: Path) -> Moments:
-    return Moments.of_chunk(read_chunk(path))
+def _chunk_moments(path: Path) -> Moments | str:
+    """The chunk's moments, or why it is refused: a value that is not finite (or overflows float64)
+    would turn the whole whitening NaN and the error would then blame a good chunk downstream."""
+    moments = Moments.of_chunk(read_chunk(path))
+    if not (np.isfinite(moments.total).all() and np.isfinite(moments.outer).all()):
+        return f"{path}: activations hold NaN/Inf or values whose squares overflow; refused by whitening"
+    return moments
 
 
 @dg.asset(
@@ -35,13 +40,17 @@ def _chunk_moments(path: Path) -> Moments:
                                    "moments exclude them, have covariance close to identity")],
     kinds={"numpy"},
 )
-def whitening(config: WhiteningConfig, activations: dict[str, Path], corpus: CorpusResource,
-              compute: ComputeBackendResource):
-    """Mean and whitening matrix from float64 moments merged exactly over all chunks."""
+def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activations: dict[str, Path],
+              corpus: CorpusResource, compute: ComputeBackendResource):
+    """Mean and whitening matrix from float64 moments merged exactly over all healthy chunks; a chunk
+    that cannot be read, has another dimension or non-finite values is refused by name (metadata
+    `refused_chunks`), not allowed to fail the fit for everybody."""
     if not activations:
         raise ValueError("no materialized activations partitions to fit whitening on")
-    paths = list(activations.values())
-    dim = read_chunk(paths[0]).dim
+    healthy, refused, dim = screen_chunks(activations, corpus.expected_dim or None)
+    if not healthy:
+        raise ValueError(f"every activations partition was refused: {refused}")
+    paths = list(healthy.values())
     if corpus.already_whitened:
         fitted, moments = Whitening.identity(dim), None
         check = covariance_check(fitted, sample_vectors(paths, config.check_sample_size, seed=0))
@@ -50,15 +59,25 @@ def whitening(config: WhiteningConfig, activations: dict[str, Path], corpus: Cor
         moments = Moments.zeros(dim)
         # Map a few chunks at a time: every partial is d x d float64, so never all at once.
         for start in range(0, len(paths), config.chunks_per_reduce):
-            for partial in backend.map(_chunk_moments, paths[start : start + config.chunks_per_reduce]):
-                moments.merge_(partial)
+            batch = list(healthy)[start : start + config.chunks_per_reduce]
+            for key, partial in zip(batch, backend.map(_chunk_moments, paths[start : start + config.chunks_per_reduce])):
+                if isinstance(partial, str):
+                    refused[key] = partial
+                else:
+                    moments.merge_(partial)
+        paths = [path for key, path in healthy.items() if key not in refused]
+        if not paths:
+            raise ValueError(f"every activations partition was refused: {refused}")
         fitted = Whitening.fit(moments, config.method, config.eps)
         held_out = sample_vectors(paths, held_out_size(moments.count, config.check_sample_size), seed=0)
         check = held_out_check(moments, held_out, config.method, config.eps)
+    for key, problem in refused.items():
+        context.log.warning(f"whitening refused chunk {key}: {problem}")
     return dg.MaterializeResult(
         value=fitted,
         metadata={
             "method": fitted.method, "dim": dim, "chunks": len(paths),
+            "refused_chunks": dg.MetadataValue.json(refused),
             "vectors": moments.count if moments else 0,
             "top_eigenvalues": [round(float(v), 4) for v in fitted.eigenvalues_[:5]],
             "rank": fitted.rank_,

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 import zipfile
 from contextlib import contextmanager
@@ -214,6 +216,59 @@ def read_chunk(path: str | Path, mmap: bool = True) -> DenseChunk:
     except ValueError as exc:
         raise ChunkError(path, f"unreadable array: {exc}") from exc
     return DenseChunk(*arrays, meta=meta, path=path)
+
+
+def screen_chunks(paths: dict[str, Path], expected_dim: int | None = None) -> tuple[dict[str, Path], dict[str, str], int]:
+    """(healthy chunks, refused key -> problem, d) of a fan-in over stored chunks.
+
+    A chunk that cannot be opened, or whose dimension is not the corpus's, is refused by name
+    instead of failing the global stage for everybody. d is `expected_dim`, else the dimension most
+    chunks have (ties: the first key's).
+    """
+    dims, refused = {}, {}
+    for key, path in paths.items():
+        try:
+            chunk = read_chunk(path)
+            dims[key] = chunk.dim if chunk.activations.ndim == 3 else -1
+        except ChunkError as exc:
+            refused[key] = str(exc)
+    counts = {d: list(dims.values()).count(d) for d in dims.values()}
+    dim = expected_dim or (max(counts, key=lambda d: (counts[d], -list(dims.values()).index(d))) if counts else 0)
+    for key, d in dims.items():
+        if d != dim:
+            refused[key] = f"{paths[key]}: activations have dimension {d}, expected {dim} ({counts.get(dim, 0)} of {len(dims)} chunks)"
+    return {k: p for k, p in paths.items() if k not in refused}, refused, dim
+
+
+# Names the atomic writers give their temp files and directories (chunks, tables, npz, manifests).
+_TEMP_NAME = re.compile(r"^\..+\.(tmp|old)(-[\w.-]+|\.[A-Za-z0-9]+)$")
+
+
+def remove_stale_temp_files(home: str | Path, min_age_s: float = 900.0) -> list[Path]:
+    """Delete temp files and directories that a killed write left under `home`; returns them.
+
+    Only those untouched for `min_age_s` seconds: a write in progress elsewhere keeps its own.
+    The Dagster instance's folder is not ours and is left alone.
+    """
+    home, now, removed = Path(home), time.time(), []
+    for root, dirs, files in os.walk(home):
+        if Path(root) == home and "dagster" in dirs:
+            dirs.remove("dagster")
+        for name in [*dirs, *files]:
+            target = Path(root) / name
+            if _TEMP_NAME.match(name) and now - _last_touched(target) >= min_age_s:
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+                removed.append(target)
+        dirs[:] = [d for d in dirs if (Path(root) / d).exists()]
+    return removed
+
+
+def _last_touched(path: Path) -> float:
+    """Latest mtime of a path and, for a directory, of anything in it (a write updates the file)."""
+    times = [path.stat().st_mtime]
+    if path.is_dir():
+        times += [p.stat().st_mtime for p in path.rglob("*")]
+    return max(times)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,17 @@ Sources:
 - `.txt` files (one document each), `.jsonl` (one JSON object per line with a `text` field; other
   fields become metadata, e.g. `category`), `.parquet` (a `text` column plus metadata columns).
   These are read strictly: a non-UTF-8 file raises ChunkError naming the file and byte offset.
+
+A document longer than one chunk is split at window boundaries into pieces (a character range of
+its text each), so a 10 MB document becomes many chunks of the configured size, not one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from functools import lru_cache
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -40,6 +44,9 @@ class Document:
     row: int | None = None  # line (jsonl) or row (parquet); None for a whole .txt file
     category: str = ""
     errors: str = "strict"  # how to decode bytes that are not UTF-8
+    char_start: int = 0  # a piece of a long document: its text is text[char_start:char_end]
+    char_end: int | None = None
+    first_window: int = 0  # index, within the whole document, of the piece's first window
 
 
 def bbc_documents(per_category: int | None = None) -> list[Document]:
@@ -77,6 +84,26 @@ def file_documents(path: str | Path) -> list[Document]:
     raise ChunkError(path, f"unsupported text file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
 
 
+def text_files(path: str | Path) -> list[Path]:
+    """The text files of a source: the file itself, or every .txt/.jsonl/.parquet under a directory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return sorted(f for f in path.rglob("*") if f.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+
+
+def documents_of_files(files: list[Path], refused: dict[str, str]) -> list[Document]:
+    """Documents of every file; a file that cannot be listed (bad JSONL line, unreadable Parquet) is
+    recorded in `refused` (path -> problem) and left out, so the others still register."""
+    docs = []
+    for f in files:
+        try:
+            docs += file_documents(f)
+        except ChunkError as exc:
+            refused[exc.path] = exc.problem
+    return docs
+
+
 def _decode(path: Path, data: bytes, errors: str) -> str:
     try:
         return data.decode("utf-8", errors=errors)
@@ -107,18 +134,27 @@ def _read_parquet_text(path: Path) -> pa.Table:
     return table
 
 
+@lru_cache(maxsize=4)
+def _row_texts(path: str, size: int, mtime_ns: int) -> list[str] | pa.ChunkedArray:
+    """Texts of a .jsonl or .parquet file, parsed once per version of the file (not once per row)."""
+    if path.endswith(".jsonl"):
+        return [r["text"] for r in _jsonl_records(Path(path))]
+    return _read_parquet_text(Path(path)).column("text")
+
+
 def read_text(doc: Document) -> str:
-    """The text of one document."""
+    """The text of one document (or of its piece)."""
     path = Path(doc.path)
-    if path.suffix == ".jsonl":
-        return [r for r in _jsonl_records(path)][doc.row]["text"]
-    if path.suffix == ".parquet":
-        return str(_read_parquet_text(path).column("text")[doc.row].as_py())
     try:
-        data = path.read_bytes()
+        stat = path.stat()
+        if path.suffix in (".jsonl", ".parquet"):
+            texts = _row_texts(str(path), stat.st_size, stat.st_mtime_ns)
+            text = texts[doc.row] if isinstance(texts, list) else str(texts[doc.row].as_py())
+        else:
+            text = _decode(path, path.read_bytes(), doc.errors)
     except OSError as exc:
         raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
-    return _decode(path, data, doc.errors)
+    return text[doc.char_start : doc.char_end] if doc.char_start or doc.char_end is not None else text
 
 
 @dataclass(frozen=True)
@@ -201,7 +237,7 @@ def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int
             rows.append(window)
             doc_ids.append(doc.doc_id)
             categories.append(doc.category)
-            windows.append(w)
+            windows.append(doc.first_window + w)
     token_ids = np.full((len(rows), sequence_length), layout.pad_id, np.int32)
     model_mask = np.zeros((len(rows), sequence_length), bool)
     for i, row in enumerate(rows):
@@ -222,6 +258,7 @@ class ChunkPlan:
     sequence_length: int
     kind: str = "text"
     model: str = ""
+    corpus: str = ""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -236,14 +273,18 @@ class ChunkPlan:
 
 def plan_chunks(
     docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str = "",
-    shuffle_seed: int | None = 0,
+    shuffle_seed: int | None = 0, first_index: int = 0, refused: dict[str, str] | None = None,
 ) -> list[ChunkPlan]:
     """Group whole documents into chunks of about `sequences_per_chunk` sequences.
 
     Documents are shuffled first (seeded; `shuffle_seed=None` keeps their order): corpora come
     sorted (BBC by category), and a chunk of one topic makes online clustering see a sorted stream.
-    Keys are `<corpus>-00000`, `<corpus>-00001`, ..., so re-planning the same corpus with the same
-    seed gives the same keys and chunks.
+    Keys are `<corpus>-<first_index>`, `<corpus>-<first_index + 1>`, ..., so re-planning the same corpus
+    with the same seed gives the same keys and chunks. A chunk closes once it holds
+    `sequences_per_chunk` sequences, so it exceeds that by less than its last document; a document
+    longer than a chunk is split at window boundaries into pieces that fill chunks exactly.
+    refused: if given, a document that cannot be read is left out and its file recorded here
+    (path -> problem) instead of raising, so one bad file does not stop the others.
     """
     if shuffle_seed is not None:
         docs = [docs[i] for i in np.random.default_rng([shuffle_seed, 7]).permutation(len(docs))]
@@ -253,18 +294,37 @@ def plan_chunks(
     current: list[Document] = []
     count = 0
     for doc in docs:
-        n_ids = len(tokenizer(read_text(doc), add_special_tokens=False)["input_ids"])
+        try:
+            text = read_text(doc)
+        except ChunkError as exc:
+            if refused is None:
+                raise
+            refused[exc.path] = exc.problem
+            continue
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(tokenizer.is_fast))
+        n_ids = len(encoded["input_ids"])
         n_seq = -(-n_ids // body)
-        if n_seq == 0:
-            continue  # an empty document has no tokens to analyse
-        current.append(doc)
-        count += n_seq
-        if count >= sequences_per_chunk:
-            plans.append(ChunkPlan(f"{corpus}-{len(plans):05d}", current, count, sequence_length, model=model))
-            current, count = [], 0
+        done = 0
+        while done < n_seq:  # an empty document has no tokens to analyse and adds nothing
+            fits = n_seq <= sequences_per_chunk or "offset_mapping" not in encoded
+            take = n_seq if fits else min(sequences_per_chunk - count, n_seq - done)
+            current.append(doc if take == n_seq else _piece(doc, encoded["offset_mapping"], body, done, done + take))
+            count += take
+            done += take
+            if count >= sequences_per_chunk:
+                plans.append(ChunkPlan(f"{corpus}-{first_index + len(plans):05d}", current, count, sequence_length,
+                                       model=model, corpus=corpus))
+                current, count = [], 0
     if current:
-        plans.append(ChunkPlan(f"{corpus}-{len(plans):05d}", current, count, sequence_length, model=model))
+        plans.append(ChunkPlan(f"{corpus}-{first_index + len(plans):05d}", current, count, sequence_length, model=model,
+                               corpus=corpus))
     return plans
+
+
+def _piece(doc: Document, offsets: list[tuple[int, int]], body: int, first: int, stop: int) -> Document:
+    """Windows [first, stop) of a long document, as the character range of their tokens."""
+    end = offsets[stop * body][0] if stop * body < len(offsets) else None
+    return replace(doc, char_start=offsets[first * body][0], char_end=end, first_window=first)
 
 
 @dataclass
@@ -275,6 +335,8 @@ class NpzPlan:
     path: str
     kind: str = "npz"
     keys: dict = field(default_factory=dict)
+    corpus: str = ""  # the corpus the file belongs to (its folder's name by default)
+    fingerprint: str = ""  # content fingerprint, to skip the same file under another name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

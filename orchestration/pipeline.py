@@ -48,14 +48,21 @@ def stages_of(defs: dg.Definitions, targets: list[str] | None = None) -> list[St
 @dataclass
 class PipelineReport:
     keys: list[str]
-    failed: dict[str, str] = field(default_factory=dict)  # partition key -> error
+    failed: dict[str, str] = field(default_factory=dict)  # partition key -> error naming the file and problem
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+    refused: dict[str, str] = field(default_factory=dict)  # partition key -> why a global stage left it out
+
+    def problem_lines(self) -> list[str]:
+        """One line per chunk that failed or was left out, naming the file and the problem."""
+        return ([f"  chunk {key} failed: {error}" for key, error in self.failed.items()]
+                + [f"  chunk {key} left out of the global fits: {problem}" for key, problem in self.refused.items()
+                   if key not in self.failed])
 
 
 def register_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
     new = [k for k in keys if not instance.has_dynamic_partition(chunks.name, k)]
     if new:
-        instance.add_dynamic_partitions(chunks.name, new)
+        instance.add_dynamic_partitions(chunks.name, list(dict.fromkeys(new)))
 
 
 def run_stages(
@@ -65,33 +72,61 @@ def run_stages(
     stages: list[Stage] | None = None,
     log: Callable[[str], None] = print,
 ) -> PipelineReport:
-    """Materialize each stage; a chunk that fails is reported and skipped by later stages."""
+    """Materialize each stage; a chunk that fails is reported and skipped by later stages.
+
+    Logs progress per stage and per chunk; a global stage that leaves chunks out (metadata
+    `refused_chunks`) has them recorded in the report.
+    """
     report = PipelineReport(keys)
-    for names, per_chunk in stages or stages_of(defs):
+    stages = stages or stages_of(defs)
+    for number, (names, per_chunk) in enumerate(stages, start=1):
+        stage = "+".join(names)
         start = time.perf_counter()
-        selection = dg.AssetSelection.assets(*names)
-        for key in ([k for k in keys if k not in report.failed] if per_chunk else [None]):
+        todo = [k for k in keys if k not in report.failed] if per_chunk else [None]
+        log(f"stage {number}/{len(stages)} {stage}" + (f": {len(todo)} chunks" if per_chunk else ""))
+        for done, key in enumerate(todo, start=1):
+            began = time.perf_counter()
             result = dg.materialize(
                 list(defs.assets), instance=instance, resources=defs.resources, partition_key=key,
-                selection=selection, raise_on_error=False,
+                selection=dg.AssetSelection.assets(*names), raise_on_error=False,
             )
             if not result.success:
                 error = _first_error(result)
                 if key is None:
                     raise RuntimeError(f"stage {names} failed: {error}")
                 report.failed[key] = error
-                log(f"  chunk {key} failed: {error}")
-        report.seconds["+".join(names)] = time.perf_counter() - start
-        log(f"  {'+'.join(names)}: {report.seconds['+'.join(names)]:.1f} s")
+                log(f"  chunk {done}/{len(todo)} {key} failed: {error}")
+            elif key is not None:
+                log(f"  chunk {done}/{len(todo)} {key} done in {time.perf_counter() - began:.1f} s")
+            else:
+                for refused_key, problem in _refused_chunks(result).items():
+                    report.refused[refused_key] = problem
+                    log(f"  {stage} left out chunk {refused_key}: {problem}")
+        report.seconds[stage] = time.perf_counter() - start
+        log(f"  {stage}: {report.seconds[stage]:.1f} s")
     return report
 
 
+def _refused_chunks(result) -> dict[str, str]:
+    """Chunks a global stage refused, from its materializations' `refused_chunks` metadata."""
+    refused: dict[str, str] = {}
+    for event in result.get_asset_materialization_events():
+        value = event.step_materialization_data.materialization.metadata.get("refused_chunks")
+        if value is not None and isinstance(value.value, dict):
+            refused.update(value.value)
+    return refused
+
+
 def _first_error(result) -> str:
-    """The root cause of the first failed step, e.g. 'ChunkError: <file>: <problem>'."""
+    """The first failed step's error, e.g. 'ChunkError: <file>: <problem>'.
+
+    A ChunkError is reported as raised (it names the file), not as the library error it wraps
+    ('BadZipFile: File is not a zip file' names nothing); other errors by their root cause.
+    """
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            while error.cause is not None:
+            while error.cause is not None and error.cls_name != "ChunkError":
                 error = error.cause
             return f"{error.cls_name}: {error.message.strip().splitlines()[-1].split(': ', 1)[-1]}"
     return "failed"

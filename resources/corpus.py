@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from latent_atlas.chunks import NpzKeys
-from latent_atlas.manifests import corpus_documents, register_npz, register_text
+from latent_atlas.manifests import Registration, corpus_documents, register_npz, register_text, safe_key
 
 
 class CorpusResource(dg.ConfigurableResource):
@@ -16,7 +16,9 @@ class CorpusResource(dg.ConfigurableResource):
 
     source: str = Field(default="bbc", description="'bbc' (built-in BBC News), 'files' (.txt/.jsonl/.parquet), or 'npz'")
     path: str = Field(default="", description="File or directory for 'files' and 'npz'")
-    name: str = Field(default="bbc", description="Corpus name; text chunk keys are '<name>-00000', ...")
+    name: str = Field(default="", description="Corpus name; chunk keys are '<name>-00000', ... (text) or "
+                      "'<name>-<file stem>' (NPZ). Empty: 'bbc' for BBC News, else the name of the folder (or file) "
+                      "of `path`, so another corpus never takes the demo's keys")
     documents_per_category: int = Field(default=0, description="BBC only: first N articles per category (0 = all)")
     sequence_length: int = Field(default=128, description="Tokens per sequence")
     sequences_per_chunk: int = Field(default=256, description="Sequences per chunk partition (text sources)")
@@ -35,10 +37,29 @@ class CorpusResource(dg.ConfigurableResource):
     def npz_keys(self) -> NpzKeys:
         return NpzKeys(self.npz_activations_key, self.npz_attention_mask_key, self.npz_token_ids_key)
 
+    def corpus_name(self) -> str:
+        """The corpus part of this source's partition keys."""
+        if self.name:
+            return safe_key(self.name)
+        if self.source == "bbc":
+            return "bbc"
+        path = Path(self.path).resolve()
+        return safe_key(path.name if path.is_dir() else path.stem)
+
     def register(self, tokenizer, model_name: str) -> list[str]:
         """Write chunk manifests for this source; returns the partition keys."""
+        return self.registration(tokenizer, model_name).keys
+
+    def registration(self, tokenizer, model_name: str) -> Registration:
+        """Write chunk manifests for this source; says which keys, and which files were refused or skipped."""
+        report = Registration()
         if self.source == "npz":
-            return register_npz(sorted(Path(self.path).glob("*.npz")), self.npz_keys().__dict__)
-        docs = corpus_documents(self.source, self.path, self.documents_per_category or None)
-        return register_text(docs, tokenizer, self.name, self.sequence_length, self.sequences_per_chunk, model_name,
-                             self.shuffle_seed if self.shuffle_documents else None)
+            folder = Path(self.path)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder}: not a directory of .npz chunks")
+            register_npz(sorted(folder.glob("*.npz")), self.npz_keys().__dict__, self.corpus_name(), report)
+            return report
+        docs = corpus_documents(self.source, self.path, self.documents_per_category or None, report.refused)
+        register_text(docs, tokenizer, self.corpus_name(), self.sequence_length, self.sequences_per_chunk, model_name,
+                      self.shuffle_seed if self.shuffle_documents else None, report, deduplicate=self.source == "files")
+        return report
