@@ -48,6 +48,8 @@ class ClusterLabelsConfig(dg.Config):
     n_bootstrap: int = Field(default=200, description="Bootstrap resamples behind every interval")
     seed: int = Field(default=0, description="Seed of the held-out samples and the bootstrap")
     label_dir: str = Field(default="", description="Cache directory of the JSON records; '' = ATLAS_HOME/labels/clusters")
+    max_clusters: int = Field(default=0, description="Label only the most used clusters, this many (0 = all): "
+                              "a first look with a slow or paid LLM")
 
 
 def label_rows(records: list[CentroidExplanation]) -> pa.Table:
@@ -112,8 +114,10 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
                           score_window=None if config.score_window < 0 else config.score_window,
                           detection_client=client if labeler.score_with_llm else None)
     cache = LabelCache(config.label_dir or None)
+    chosen_ids = range(k) if config.max_clusters <= 0 else sorted(
+        np.argsort(-merged_statistics.usage, kind="stable")[:config.max_clusters].tolist())
     records, stats = label_clusters(
-        [LabelRequest(c, shown.get(c, [])) for c in range(k)], held, chosen, cache, scorer,
+        [LabelRequest(c, shown.get(c, [])) for c in chosen_ids], held, chosen, cache, scorer,
         {"layer": model.layer or "middle", "activation_type": "whitened residual stream", "model_name": model.name},
         force_regenerate=labeler.force_regenerate, batch_size=labeler.batch_size)
     table = label_rows(records)
@@ -124,7 +128,7 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
         value=table,
         metadata={"labeler": chosen.name, "model": chosen.model, "prompt_version": chosen.prompt_version,
                   "labeler_config": labeler.public_config(), "label_dir": dg.MetadataValue.path(str(cache.directory)),
-                  "clusters": k, **{name: stats[name] for name in ("cache_hits", "new_labels", "prompt_tokens",
+                  "clusters": k, "labeled_clusters": len(records), **{name: stats[name] for name in ("cache_hits", "new_labels", "fallbacks", "prompt_tokens",
                                                                    "completion_tokens", "requests")},
                   "seconds_per_cluster": float(stats["seconds_per_cluster"]),
                   "median_confidence": median_confidence(records), "median_confidence_low": median_low,
@@ -146,6 +150,7 @@ class NodeLabelsConfig(dg.Config):
     n_bootstrap: int = Field(default=200, description="Bootstrap resamples behind every interval")
     seed: int = Field(default=0, description="Seed of the held-out samples and the bootstrap")
     label_dir: str = Field(default="", description="Cache root; '' = ATLAS_HOME/labels/nodes (one folder per tree)")
+    trees: list[str] = Field(default=["cluster_tree", "document_tree"], description="Trees whose nodes are labeled")
 
 
 TREES = ("cluster_tree", "document_tree")
@@ -185,10 +190,16 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
     tables = lambda wanted: document_excerpts(  # noqa: E731 - one token chunk in memory at a time
         ((key, pq.read_table(path, columns=["doc_id", "window", "token_ids"])) for key, path in token_chunks.items()),
         wanted, decode, config.excerpt_tokens)
-    tasks = {"cluster_tree": token_node_tasks(cluster_tree, hierarchy_sample,
-                                              context_reader(memberships, whitened_activations, "tree sample"),
-                                              decode, examples),
-             "document_tree": document_node_tasks(document_tree, hierarchy_sample, tables, examples)}
+    unknown = set(config.trees) - set(TREES)
+    if unknown:
+        raise ValueError(f"node_labels: unknown trees {sorted(unknown)}; choose from {TREES}")
+    tasks = {}
+    if "cluster_tree" in config.trees:
+        tasks["cluster_tree"] = token_node_tasks(cluster_tree, hierarchy_sample,
+                                                 context_reader(memberships, whitened_activations, "tree sample"),
+                                                 decode, examples)
+    if "document_tree" in config.trees:
+        tasks["document_tree"] = document_node_tasks(document_tree, hierarchy_sample, tables, examples)
     client = labeler.chat_client()
     chosen = labeler.labeler(client)
     scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
@@ -198,6 +209,8 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
     categories = np.asarray(hierarchy_sample.doc_categories).astype(str)
     parts, metadata = [], {}
     for name, tree in (("cluster_tree", cluster_tree), ("document_tree", document_tree)):
+        if name not in tasks:
+            continue
         records, stats = label_tree(
             tasks[name], chosen, LabelCache(root / name, prefix="node"),
             scorer if name == "cluster_tree" else dataclasses.replace(scorer, score_window=None),
@@ -208,7 +221,7 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
                                      sorted(set(categories) - {""}))
         parts.append(node_rows(name, tasks[name], records, majorities, accuracy["nodes"]))
         metadata.update({f"{name}_nodes": len(records), f"{name}_new_labels": stats.get("new_labels", 0),
-                         f"{name}_cache_hits": stats.get("cache_hits", 0),
+                         f"{name}_cache_hits": stats.get("cache_hits", 0), f"{name}_fallbacks": stats.get("fallbacks", 0),
                          f"{name}_median_confidence": median_confidence(records),
                          f"{name}_seconds_per_node": float(stats.get("seconds_per_cluster", 0.0)),
                          **{f"{name}_{k}": int(stats.get(k, 0)) for k in ("prompt_tokens", "completion_tokens",
@@ -216,7 +229,7 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
         if name == "document_tree":
             metadata.update(category_accuracy=accuracy["accuracy"], category_accuracy_nodes=accuracy["n"])
     table = pa.concat_tables(parts, promote_options="permissive")  # a tree may lack a component the other has
-    context.log.info(f"labeled {table.num_rows} tree nodes; category accuracy {metadata['category_accuracy']}")
+    context.log.info(f"labeled {table.num_rows} tree nodes; category accuracy {metadata.get('category_accuracy')}")
     return dg.MaterializeResult(value=table, metadata={
         "labeler": chosen.name, "model": chosen.model, "prompt_version": chosen.prompt_version,
         "labeler_config": labeler.public_config(), "label_dir": dg.MetadataValue.path(str(root)), **metadata})

@@ -17,11 +17,12 @@ from tests.conftest import check_results, materialized
 CONFIG = {"ops": {"cluster_labels": {"config": {"max_positives": 16, "max_negatives": 16, "n_bootstrap": 100}}}}
 
 
-def _labels_run(defs, instance, labeler: LabelerResource | None = None):
+def _labels_run(defs, instance, labeler: LabelerResource | None = None, **config):
     resources = dict(defs.resources)
     if labeler is not None:
         resources["labeler"] = labeler
-    result = dg.materialize(list(defs.assets), instance=instance, resources=resources, run_config=CONFIG,
+    run_config = {"ops": {"cluster_labels": {"config": {**CONFIG["ops"]["cluster_labels"]["config"], **config}}}}
+    result = dg.materialize(list(defs.assets), instance=instance, resources=resources, run_config=run_config,
                             selection=dg.AssetSelection.assets("cluster_labels"))
     assert result.success
     return result.asset_materializations_for_node("cluster_labels")[0].metadata
@@ -35,6 +36,9 @@ def test_cluster_labels_end_to_end_with_keywords(atlas_home):
         second = _labels_run(defs, instance)
         forced = _labels_run(defs, instance, LabelerResource(force_regenerate=True))
         checks = check_results(instance)
+        top = _labels_run(defs, instance, max_clusters=3, label_dir=str(atlas_home / "labels" / "top3"))
+        top_ids = pq.read_table(atlas_home / "tables" / "cluster_labels.parquet").column("centroid_id").to_pylist()
+        _labels_run(defs, instance)  # the full table again, for the checks below
 
     tables, tensors = atlas_home / "tables", atlas_home / "tensors"
     table = pq.read_table(tables / "cluster_labels.parquet")
@@ -58,6 +62,9 @@ def test_cluster_labels_end_to_end_with_keywords(atlas_home):
     assert meta(first, "new_labels") == k and meta(first, "cache_hits") == 0
     assert meta(second, "new_labels") == 0 and meta(second, "cache_hits") == k
     assert meta(forced, "new_labels") == k
+    # max_clusters: only the most used clusters, in id order
+    usage = ChunkStatistics.load(tensors / "merged_statistics.npz").usage
+    assert meta(top, "labeled_clusters") == 3 and top_ids == sorted(np.argsort(-usage, kind="stable")[:3].tolist())
     assert meta(first, "labeler") == "keywords" and meta(first, "prompt_tokens") == 0
     assert "| cluster | label |" in meta(first, "first_labels")
     median_low = float(np.nanmedian(low))

@@ -135,6 +135,20 @@ def test_an_answer_that_copies_a_worked_example_is_not_a_label():
     assert draft.label == "Month names in dates" and "fallback" not in draft.usage
 
 
+def test_an_answer_that_echoes_the_prompt_is_not_a_label():
+    echoed = "Label: Name the topic these documents\nExplanation: Name the topic these documents share."
+    labeler = LLMLabeler(_FixedAnswerClient(echoed), name="local-llm", fallback=CommonTokenLabeler())
+    [draft] = labeler.label([request(1)])
+    assert draft.label == "Beta tokens" and draft.usage["fallback"] == 1
+
+
+def test_the_parent_worked_example_is_shown_only_to_nodes_with_a_parent():
+    plain = "\n".join(m["content"] for m in explain_messages(request(1)))
+    child = "\n".join(m["content"] for m in explain_messages(
+        LabelRequest(1, request(1).examples, parent_label="Greek letters", node_id="0.1")))
+    assert "Reported speech" not in plain and "Reported speech" in child and "Greek letters" in child
+
+
 def test_labeler_without_fallback_names_the_failed_cluster_and_keeps_the_rest(server):
     server.state.fail_matching = {"<<Theta>>": "500"}
     labeler = LLMLabeler(client_for(server, max_retries=1), name="openai")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from latent_atlas.labels.prompts import (PROMPT_VERSION, copies_worked_example, detection_messages, explain_messages,
-                                         parse_detection, parse_explanation)
+from latent_atlas.labels.prompts import (PROMPT_VERSION, copies_worked_example, detection_messages, echoes_instruction,
+                                         explain_messages, parse_detection, parse_explanation)
 from latent_atlas.labels.records import Draft, Example, LabelRequest, Labeler
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ class LocalChatClient:
         texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.inference_mode():
-            generated = model.generate(**inputs, max_new_tokens=max_new, do_sample=False,
+            # no_repeat_ngram_size: a 135M model greedy-decoding longer text falls into loops
+            # ("The model's C-ID is 32, which ..." four times over) that no parser can use.
+            generated = model.generate(**inputs, max_new_tokens=max_new, do_sample=False, no_repeat_ngram_size=4,
                                        pad_token_id=tokenizer.pad_token_id)
         new = generated[:, inputs["input_ids"].shape[1]:]
         completions = []
@@ -313,8 +315,9 @@ class LLMLabeler:
             label, explanation = parse_explanation(completion.text) if completion.error is None else ("", "")
             usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
                      "requests": completion.attempts}
-            if not label or copies_worked_example(label, requests[i]):  # a small model may echo the prompt
-                failed[i] = completion.error or (f"copied a worked example: {label!r}" if label
+            if not label or copies_worked_example(label, requests[i]) or echoes_instruction(label):
+                # a small model may echo the prompt
+                failed[i] = completion.error or (f"copied the prompt: {label!r}" if label
                                                  else f"unreadable answer {completion.text[:80]!r}")
                 drafts.append(None)
             else:

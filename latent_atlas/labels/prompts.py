@@ -16,10 +16,10 @@ from typing import Sequence
 
 from latent_atlas.labels.records import Example, LabelRequest
 
-PROMPT_VERSION = "explain-v2+detect-v1"  # change it whenever a prompt or parser changes: it is in every cache key
+PROMPT_VERSION = "explain-v3+detect-v1"  # change it whenever a prompt or parser changes: it is in every cache key
 # The document-tree prompt's own version, in the cache key of document requests only (so that
 # changing it relabels document nodes and leaves clusters' labels cached).
-DOCUMENT_PROMPT_VERSION = "documents-v1"
+DOCUMENT_PROMPT_VERSION = "documents-v2"
 
 MARK_THRESHOLD = 0.25  # tokens of a window at or above this membership are marked (the example's own token always is)
 
@@ -115,6 +115,15 @@ _FEW_SHOT_WORDS = {answer.splitlines()[0].removeprefix("Label: ").lower(): _mark
                    for examples, _, answer in _FEW_SHOT}
 
 
+_INSTRUCTION_ECHOES = ("name the", "name what", "document", "examples", "marked tokens", "label", "the topic")
+
+
+def echoes_instruction(label: str) -> bool:
+    """True when `label` repeats the prompt's own words ('Name the topic these documents', 'Document 1')
+    instead of naming anything: a small model's frequent answer, no label at all."""
+    return _clean(label).lower().startswith(_INSTRUCTION_ECHOES)
+
+
 def copies_worked_example(label: str, request: LabelRequest) -> bool:
     """True when `label` is a worked example's label although the request's marked tokens share
     none with that example's: a small model echoing the prompt, not naming the cluster."""
@@ -157,7 +166,11 @@ def explain_messages(request: LabelRequest, few_shot: bool = True) -> list[dict]
         return messages + [{"role": "user", "content": _documents_user(request.examples, request.parent_label)}]
     messages = [{"role": "system", "content": _SYSTEM}]
     if few_shot:
+        # The worked example with a parent only for a node with one: a small model otherwise copies
+        # that parent's name into labels of clusters that have none.
         for examples, parent, answer in _FEW_SHOT:
+            if parent and not request.parent_label:
+                continue
             messages.append({"role": "user", "content": _explain_user(examples, parent)})
             messages.append({"role": "assistant", "content": answer})
     messages.append({"role": "user", "content": _explain_user(request.examples, request.parent_label)})
