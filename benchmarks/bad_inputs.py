@@ -1,0 +1,148 @@
+"""The bad-input matrix, one fresh ATLAS_HOME per case: the error shown, whether the other chunks
+finished, and whether the home works again once the bad file is deleted and its chunk removed.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bad_inputs.py [--only CASE ...]
+
+NPZ cases run the chunk stage and the global whitening fit (the fan-in a bad chunk used to kill);
+text cases register the folder and tokenize every chunk (MiniLM-L6's tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+
+def _npz_case(root: Path, case: str) -> dict:
+    import dagster as dg
+
+    from latent_atlas.manifests import read_manifest, remove_chunk
+    from orchestration.definitions import build_definitions
+    from orchestration.partitions import chunks
+    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from resources import CorpusResource, ModelResource
+    from tests.conftest import write_seed_npz
+    from tests.test_bad_inputs import NPZ_CASES
+
+    folder = root / "lab"
+    folder.mkdir()
+    for i in range(2):
+        write_seed_npz(folder / f"good{i}.npz", seed=i)
+    if case == "duplicate content":
+        shutil.copy(folder / "good0.npz", folder / "zz_copy.npz")
+    elif case == "colliding names":
+        write_seed_npz(folder / "a b.npz", seed=5)
+        write_seed_npz(folder / "a_b.npz", seed=6)
+    else:
+        name, make, _ = NPZ_CASES[case]
+        make(folder / name)
+    corpus = CorpusResource(source="npz", path=str(folder))
+    defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
+    with dg.instance_for_test(temp_dir=str(root / "home" / "dagster")) as instance:
+        registration = corpus.registration(None, "")
+        register_partitions(instance, registration.keys)
+        try:
+            report = run_stages(defs, instance, registration.keys, stages_of(defs, ["whitening"]), log=lambda _: None)
+            shown = list(report.failed.values()) + list(report.refused.values()) + registration.warnings()
+            whitening_ok = (root / "home" / "tensors" / "whitening.npz").exists()
+        except RuntimeError as exc:  # a global stage died for everybody
+            report, shown, whitening_ok = None, [str(exc)], False
+        good = [k for k in registration.keys if k not in (report.failed if report else {})]
+        finished = whitening_ok and all((root / "home" / "tensors" / "activations" / k).exists() for k in good)
+        bad = list(report.failed) if report else []
+        for key in bad:
+            Path(read_manifest(key).path).unlink(missing_ok=True)
+            remove_chunk(key)
+            instance.delete_dynamic_partition(chunks.name, key)
+        try:
+            again = run_stages(defs, instance, instance.get_dynamic_partitions(chunks.name),
+                               stages_of(defs, ["whitening"]), log=lambda _: None)
+            usable = not again.failed and not again.refused
+        except RuntimeError:
+            usable = False
+    return {"shown": shown, "finished": finished, "usable": usable}
+
+
+def _text_case(root: Path, case: str, tokenizer) -> dict:
+    import dagster as dg
+
+    from latent_atlas.manifests import read_manifest
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from resources import CorpusResource, ModelResource
+
+    folder = root / "speeches"
+    folder.mkdir()
+    (folder / "cats.txt").write_text("The cat sat on the mat and looked at the garden. " * 40)
+    (folder / "dogs.txt").write_text("The dog ran in the park after the ball all day. " * 40)
+    bad = {"non-UTF-8 text": ("latin1.txt", "café au lait".encode("latin-1")),
+           "bad JSONL line": ("broken.jsonl", b'{"text": "fine"}\n{"text": "no closing brace"\n'),
+           "10 MB single line": ("long.txt", b"government " * 953_675)}[case]
+    (folder / bad[0]).write_bytes(bad[1])
+    corpus = CorpusResource(source="files", path=str(folder), sequences_per_chunk=256)
+    defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
+    with dg.instance_for_test(temp_dir=str(root / "home" / "dagster")) as instance:
+        registration = corpus.registration(tokenizer, "minilm-l6")
+        register_partitions(instance, registration.keys)
+        report = run_stages(defs, instance, registration.keys, stages_of(defs, ["token_chunks"]), log=lambda _: None)
+        shown = registration.warnings() + list(report.failed.values())
+        sizes = [read_manifest(k).n_sequences for k in registration.keys]
+        if case == "10 MB single line":
+            shown.append(f"split into {len(sizes)} chunks of <= {max(sizes)} sequences (configured 256)")
+        finished = not report.failed and all(
+            (root / "home" / "tables" / "token_chunks" / f"{k}.parquet").exists() for k in registration.keys)
+        (folder / bad[0]).unlink()
+        again = corpus.registration(tokenizer, "minilm-l6")
+        usable = not again.refused and again.keys[: len(registration.keys)] == registration.keys
+    return {"shown": shown, "finished": finished, "usable": usable}
+
+
+TEXT_CASES = ["non-UTF-8 text", "bad JSONL line", "10 MB single line"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tests.test_bad_inputs import NPZ_CASES
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="*", default=None, help="run only these cases")
+    args = parser.parse_args(argv)
+    cases = [*NPZ_CASES, "duplicate content", "colliding names", *TEXT_CASES]
+    tokenizer = None
+    rows = []
+    for case in args.only or cases:
+        root = Path(tempfile.mkdtemp(prefix="bad-inputs-"))
+        os.environ["ATLAS_HOME"] = str(root / "home")
+        os.environ["DAGSTER_HOME"] = str(root / "home" / "dagster")
+        (root / "home" / "dagster").mkdir(parents=True)
+        started = time.perf_counter()
+        if case in TEXT_CASES:
+            if tokenizer is None:
+                from resources import ModelResource
+
+                tokenizer = ModelResource(name="minilm-l6").tokenizer()
+            result = _text_case(root, case, tokenizer)
+        else:
+            result = _npz_case(root, case)
+        shown = "; ".join(s.replace(str(root) + "/", "") for s in result["shown"]) or "(none)"
+        rows.append((case, shown, result["finished"], result["usable"], time.perf_counter() - started))
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"{case}: done in {rows[-1][4]:.1f} s", file=sys.stderr)
+    print("| input | error shown | other chunks finished | home usable after |")
+    print("|---|---|---|---|")
+    for case, shown, finished, usable, _ in rows:
+        print(f"| {case} | {shown.replace('|', '/')} | {'yes' if finished else 'no'} | {'yes' if usable else 'no'} |")
+    return 0 if all(r[2] and r[3] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
