@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     steer = sub.add_parser("steer", help="continue a prompt with and without a cluster's steering vector")
     steer.add_argument("prompt", help='the text to continue, e.g. "The government said"')
     steer.add_argument("--cluster", type=int, required=True, help="the cluster whose vector is added")
-    steer.add_argument("--alpha", type=float, default=4.0, help="multiple of the vector's natural scale (default 4)")
+    steer.add_argument("--alpha", type=float, default=0.5,
+                       help="multiple of the vector's natural scale (default 0.5; the demo's KL budget of 0.5 nats holds to ~0.5)")
     steer.add_argument("--kind", choices=["lda", "mean"], default="lda",
                        help="the LDA vector (default) or the difference of means")
     steer.add_argument("--from-position", type=int, default=0,
