@@ -157,6 +157,12 @@ class ClusterAnalyzer:
         """One cluster's label record, None when it has not been labeled."""
         return self.labels().get(self._check(cluster_id))
 
+    def node_labels(self, tree: str = "cluster_tree") -> dict[str, CentroidExplanation]:
+        """Every labeled node of a tree ('cluster_tree' or 'document_tree'), by node id ({} before
+        node_labels has run): the records in labels/nodes/<tree>/ beside labels_path."""
+        cache = LabelCache(self.labels_path.parent / "nodes" / tree, prefix="node")
+        return {record.metadata.get("node_id", str(index)): record for index, record in cache.all().items()}
+
     def vector(self, cluster_id: int, kind: str = "vectors") -> np.ndarray:
         """Unit intervention vector [d] ("vectors"), or "diff_means" / "centers"."""
         return self.arrays_[kind][self._check(cluster_id)]

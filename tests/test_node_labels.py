@@ -142,3 +142,16 @@ def test_node_labels_asset_names_every_node_of_both_trees(atlas_home):
     if any(r["majority_category"] for r in documents):  # BBC categories: the labels are judged against them
         accuracy = first["category_accuracy"].value
         assert 0.0 <= accuracy <= 1.0 and first["category_accuracy_nodes"].value >= 1
+
+
+def test_cluster_analyzer_reads_node_labels_by_node_id(tmp_path):
+    from latent_atlas.analyzer import ClusterAnalyzer
+    from latent_atlas.labels.records import CentroidExplanation
+
+    cache = LabelCache(tmp_path / "labels" / "nodes" / "document_tree", prefix="node")
+    cache.put(CentroidExplanation(0, "Elections", "Politics news.", 0.5, (0.3, 0.7), {}, [], "2026-12-01T00:00:00",
+                                  {"node_id": "2", "depth": 1}))
+    analyzer = ClusterAnalyzer.__new__(ClusterAnalyzer)  # the label view needs no results files
+    analyzer.labels_path = tmp_path / "labels" / "clusters"
+    assert {k: v.label for k, v in analyzer.node_labels("document_tree").items()} == {"2": "Elections"}
+    assert analyzer.node_labels("cluster_tree") == {}
