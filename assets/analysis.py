@@ -20,9 +20,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from assets.metadata import (histogram_markdown, marked_window, markdown_table, top_clusters, top_rows,
+                             usage_curve_markdown)
 from latent_atlas.analyzer import results_summary, score_summary, write_results
 from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.clustering import SequentialSoftClustering
@@ -100,7 +103,9 @@ def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, mem
                 whitened_activations: DenseChunk, token_chunks: pa.Table, centroids: SequentialSoftClustering):
     """Mergeable statistics of one chunk: usage, position and membership histograms, token counts,
     coactivation, LDA moments, exemplar candidates and held-out / fitting reservoirs (documents
-    held out whole, by their doc id)."""
+    held out whole, by their doc id). The map step of the analysis: merged exactly into
+    merged_statistics, so a new chunk costs one chunk's work; the page shows what this chunk adds
+    to its most used clusters."""
     doc_ids = token_chunks.column("doc_id").to_pylist()
     if len(doc_ids) != whitened_activations.n_sequences:
         raise ValueError(f"chunk {context.partition_key}: token_chunks has {len(doc_ids)} sequences, "
@@ -112,13 +117,26 @@ def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, mem
         "tokens": stats.n_tokens, "total_usage": float(stats.usage.sum()),
         "exemplar_candidates": int(stats.candidates.kind.size), "heldout_tokens": int(stats.heldout.priority.size),
         "heldout_documents": len(np.unique(stats.heldout.group)),
+        "top_clusters": _statistics_table(stats),
     })
+
+
+def _statistics_table(stats: ChunkStatistics, n: int = 10) -> dg.MetadataValue:
+    """The most used clusters of `stats`: usage and density shares, exemplar candidates, held-out
+    tokens whose hard cluster it is (what its held-out AUROC will rest on)."""
+    k, tokens = stats.n_clusters, max(stats.n_tokens, 1)
+    candidates = np.bincount(stats.candidates.cluster, minlength=k)
+    return markdown_table({"cluster": int(c), "usage_fraction": stats.usage[c] / tokens,
+                           "density": stats.density_count[c] / tokens, "exemplar_candidates": int(candidates[c]),
+                           "heldout_tokens": int(stats.heldout_count[c])} for c in top_clusters(stats.usage, n))
 
 
 @dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"chunk_stats": _fan_in()},
           kinds={"numpy"})
 def merged_statistics(chunk_stats: dict[str, Path]):
-    """chunk_stats of every materialized chunk merged exactly, one file loaded at a time."""
+    """chunk_stats of every materialized chunk merged exactly, one file loaded at a time: the one
+    merge cluster_stats, exemplars and intervention_vectors all read. The page shows the most used
+    clusters and how many held-out tokens each cluster has for its held-out scores."""
     if not chunk_stats:
         raise ValueError("no materialized chunk_stats partitions to merge")
     merged = merge_statistics(chunk_stats.values())
@@ -127,6 +145,10 @@ def merged_statistics(chunk_stats: dict[str, Path]):
         "fitting_tokens": int(merged.moments.n_tokens), "heldout_tokens": int(merged.heldout.priority.size),
         "clusters_with_50_heldout_tokens": int(np.sum(np.bincount(merged.heldout.stratum, minlength=merged.n_clusters + 1)
                                                               [: merged.n_clusters] >= 50)),
+        "top_clusters": _statistics_table(merged),
+        "heldout_tokens_per_cluster": histogram_markdown(
+            merged.heldout_count[: merged.n_clusters], "held-out tokens per cluster", "tokens (hard cluster)",
+            reference=50),
     })
 
 
@@ -139,7 +161,8 @@ def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftC
     """One row per cluster: usage, density, membership moments and histogram, position
     distribution, top tokens, most coactivating and most similar clusters, the measures a cluster is
     judged by (position concentration, token entropy, near-duplicates) and its stability across the
-    ensemble's re-fits (matched cosine, agreement of token assignments)."""
+    ensemble's re-fits (matched cosine, agreement of token assignments). The table a researcher
+    sorts the clusters by; the page lists the most used ones and the usage curve over all."""
     stats = merged_statistics
     missing = sorted(set(stats.chunk_ids) - set(memberships))
     if missing:
@@ -160,7 +183,10 @@ def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftC
         metadata={"clusters": stats.n_clusters, "tokens": stats.n_tokens,
                   "median_stability": float(np.nanmedian(stability["stability"])),
                   "clusters_below_stability_0.8": int(np.sum(~(stability["stability"] >= 0.8))),
-                  "max_usage_fraction": float(usage.max()), "unused_clusters": int(np.sum(stats.usage == 0))},
+                  "max_usage_fraction": float(usage.max()), "unused_clusters": int(np.sum(stats.usage == 0)),
+                  "top_clusters": top_rows(table, ("cluster", "usage_fraction", "density", "stability",
+                                                        "assignment_agreement", "token_entropy", "top_tokens")),
+                  "usage_by_rank": usage_curve_markdown(usage)},
         check_results=[dg.AssetCheckResult(check_name="usage_matches_memberships", passed=passed, metadata=check_meta)],
     )
 
@@ -205,7 +231,9 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
               whitened_activations: dict[str, Path], token_chunks: dict[str, Path], corpus: CorpusResource,
               model: ModelResource):
     """Top-k, seeded random-k and quantile-band exemplars per cluster, with context (tokens and
-    this cluster's membership around each) read back from the chunk files, each opened once."""
+    this cluster's membership around each) read back from the chunk files, each opened once. What
+    a person reads to understand a cluster and what the labeler is shown; the page shows the top
+    windows of the most used clusters, the token marked ⟦like this⟧."""
 
     open_chunk = context_reader(memberships, whitened_activations, "exemplar")
     decode = _decoder(corpus, model)
@@ -216,9 +244,31 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
     return dg.MaterializeResult(
         value=table,
         metadata={"exemplars": table.num_rows, "window": config.window,
-                  **{f"{kind}_rows": int(np.sum(kinds == kind)) for kind in ("top_k", "random_k", "quantile")}},
+                  **{f"{kind}_rows": int(np.sum(kinds == kind)) for kind in ("top_k", "random_k", "quantile")},
+                  "top_windows": _exemplar_windows(table, merged_statistics.usage)},
         check_results=[dg.AssetCheckResult(check_name="exemplars_match_chunks", passed=passed, metadata=check_meta)],
     )
+
+
+def _exemplar_windows(table: pa.Table, usage: np.ndarray, clusters: int = 5, per_cluster: int = 3,
+                     window: int = 6) -> dg.MetadataValue:
+    """The top `per_cluster` windows of the `clusters` most used clusters, `window` tokens each side,
+    the exemplar's token in ⟦ ⟧."""
+    top = table.filter(pc.equal(table.column("kind"), "top_k"))
+    rows = top.select(["cluster", "rank", "membership", "token", "context_tokens", "context_start", "position"]).to_pylist()
+    by_cluster: dict[int, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["cluster"], r["rank"])):
+        by_cluster.setdefault(row["cluster"], []).append(row)
+    out = []
+    for c in top_clusters(usage, len(usage)):
+        if len(out) >= clusters * per_cluster:
+            break
+        for row in by_cluster.get(int(c), [])[:per_cluster]:
+            at = row["position"] - row["context_start"]
+            context = marked_window(row["context_tokens"], at, window)
+            out.append({"cluster": int(c), "rank": row["rank"], "membership": row["membership"],
+                        "token": repr(row["token"]), "context": context})
+    return markdown_table(out)
 
 
 @dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"whitened_activations": _fan_in()},
@@ -229,7 +279,9 @@ def intervention_vectors(merged_statistics: ChunkStatistics, centroids: Sequenti
     """Per-cluster LDA steering directions (Ledoit-Wolf shrunk pooled covariance), sign-aligned
     with the centroids, with held-out AUROC (and interval) against random and hard negatives and
     d', beside difference-of-means directions. The reservoirs' vectors are read back from the
-    whitened chunk files (memory-mapped, only the sampled rows, one chunk at a time)."""
+    whitened chunk files (memory-mapped, only the sampled rows, one chunk at a time). The directions
+    steering_vectors maps into the model and the held-out scores that say whether a cluster is a
+    direction at all; the page shows the AUROC distribution (0.5 is chance)."""
     stats, centers = merged_statistics, centroids.cluster_centers_
     vectors = stats.fit_intervention_vectors(centers, open_chunk=_whitened_opener(whitened_activations))
     passed, check_meta = check_vectors(vectors.vectors)
@@ -238,7 +290,9 @@ def intervention_vectors(merged_statistics: ChunkStatistics, centroids: Sequenti
         value=vectors,
         metadata={"clusters": int(vectors.vectors.shape[0]), "shrinkage": float(vectors.shrinkage),
                   **score_summary(vectors, flags), "median_d_prime": float(np.nanmedian(vectors.d_prime)),
-                  "median_positive_tokens": float(np.median(vectors.positive_tokens))},
+                  "median_positive_tokens": float(np.median(vectors.positive_tokens)),
+                  "heldout_auroc": histogram_markdown({"random negatives": vectors.auroc, "hard negatives": vectors.auroc_hard},
+                                                      "held-out AUROC of the LDA directions", "AUROC", bins=20, reference=0.5)},
         check_results=[dg.AssetCheckResult(check_name="vectors_finite_and_unit_norm", passed=passed, metadata=check_meta)],
     )
 
@@ -255,7 +309,8 @@ INDEX_SCORES = ("auroc", "auroc_low", "auroc_high", "auroc_hard", "auroc_hard_lo
 def cluster_summaries(cluster_stats: pa.Table, exemplars: pa.Table, intervention_vectors: InterventionVectors,
                       merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering):
     """Writes the results directory ATLAS_HOME/results (read it with
-    `ClusterAnalyzer(results_path)`); the table is its index, one row per cluster."""
+    `ClusterAnalyzer(results_path)`, or browse it in the atlas_report site); the table is its index,
+    one row per cluster, statistics and held-out scores side by side."""
     vectors, stats = intervention_vectors, merged_statistics
     window = json.loads((exemplars.schema.metadata or {})[_META_KEY])["window"]
     path = write_results(atlas_home() / "results", cluster_stats, exemplars, vectors, centroids.cluster_centers_,
@@ -267,5 +322,7 @@ def cluster_summaries(cluster_stats: pa.Table, exemplars: pa.Table, intervention
         **{name: pa.array(scores[name]) for name in INDEX_SCORES},
         "exemplars": pa.array(per_cluster),
     })
-    return dg.MaterializeResult(value=index, metadata={"results_path": dg.MetadataValue.path(str(path)),
-                                                       "clusters": stats.n_clusters})
+    return dg.MaterializeResult(value=index, metadata={
+        "results_path": dg.MetadataValue.path(str(path)), "clusters": stats.n_clusters,
+        "top_clusters": top_rows(index, ("cluster", "usage_fraction", "density", "auroc", "auroc_hard",
+                                              "stability", "exemplars", "top_tokens"))})

@@ -1,7 +1,5 @@
 """Soft spherical clustering: centroids learned online over all chunks, memberships per chunk."""
 
-import base64
-import io
 import shutil
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from assets.metadata import figure_markdown, markdown_table, pyplot, top_clusters
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
 from latent_atlas.estep import effective_precision
@@ -39,24 +38,16 @@ class CentroidsConfig(dg.Config):
                                      "the end or moved (reseeded, swapped) in the last epoch")
 
 
-def _plot_history(history: list[dict]) -> str:
-    """Convergence curves as a markdown image (embedded PNG) for the Dagster UI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_history(history: list[dict]) -> dg.MetadataValue:
+    """Convergence curves (one panel per CONVERGENCE measure, per step) as an inline image."""
+    plt = pyplot()
     names = [n for n in CONVERGENCE if n in history[0]]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6))
     for ax, name in zip(np.atleast_1d(axes), names):
         ax.plot([h[name] for h in history])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return f"![convergence](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return figure_markdown(fig, "convergence")
 
 
 @dg.asset(
@@ -74,7 +65,9 @@ def _plot_history(history: list[dict]) -> str:
 def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], device: TorchDeviceResource,
               compute: ComputeBackendResource):
     """Soft spherical clustering learned online over every whitened chunk, with checkpoints after
-    every step (a killed run resumes where it stopped) and convergence history."""
+    every step (a killed run resumes where it stopped) and convergence history. The atlas's clusters:
+    every membership, statistic, exemplar and label downstream is read through them; the page plots
+    the convergence curves (objective, centroid shift, usage entropy, imbalance, dead clusters)."""
     if not whitened_activations:
         raise ValueError("no materialized whitened_activations partitions to learn centroids from")
     params = config.model_dump(exclude={"max_dead_fraction"})
@@ -98,7 +91,7 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
             "steps": model.n_steps_,
             "learning_gemm": effective_precision(model.learn_precision, model.device),  # what ran, 'auto' resolved
             **{f"final_{k}": float(model.history_[-1][k]) for k in CONVERGENCE},
-            "convergence": dg.MetadataValue.md(_plot_history(model.history_)),
+            "convergence": _plot_history(model.history_),
         },
         check_results=[
             dg.AssetCheckResult(check_name="centroids_unit_norm_and_finite",
@@ -116,14 +109,28 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
                                          description="Values in (0, 1], per-token sums <= 1, sorted rows")],
           kinds={"parquet"})
 def memberships(whitened_activations: DenseChunk, centroids: SequentialSoftClustering):
-    """Sparse soft memberships of every attended token: (sequence, position, cluster, value, token id)."""
+    """Sparse soft memberships of every attended token of the chunk: (sequence, position, cluster,
+    value, token id), the centroids applied to new data. What the statistics, exemplars and labels
+    are computed from; the page shows which clusters this chunk uses most."""
     sparse = centroids.transform(whitened_activations)
     return dg.MaterializeResult(
         value=sparse,
         metadata={"nonzero": len(sparse), "tokens": whitened_activations.n_tokens,
-                  "mean_clusters_per_token": len(sparse) / max(whitened_activations.n_tokens, 1)},
+                  "mean_clusters_per_token": len(sparse) / max(whitened_activations.n_tokens, 1),
+                  "top_clusters": chunk_top_clusters(sparse, centroids.cluster_centers_.shape[0],
+                                                     whitened_activations.n_tokens)},
         check_results=[dg.AssetCheckResult(check_name="memberships_valid", **membership_check(sparse))],
     )
+
+
+def chunk_top_clusters(sparse: SparseMemberships, k: int, n_tokens: int, n: int = 10) -> dg.MetadataValue:
+    """The chunk's most used clusters: share of its membership mass, tokens it holds above 0.5 (its
+    own tokens), mean membership where present; one cluster taking most of a chunk is worth a look."""
+    usage = np.bincount(sparse.cluster, weights=sparse.value, minlength=k)
+    strong = np.bincount(sparse.cluster[sparse.value > 0.5], minlength=k)
+    present = np.bincount(sparse.cluster, minlength=k)
+    return markdown_table({"cluster": int(c), "usage_fraction": usage[c] / max(n_tokens, 1), "tokens_above_0.5": int(strong[c]),
+                           "mean_membership": usage[c] / max(present[c], 1)} for c in top_clusters(usage, n))
 
 
 def membership_check(sparse: SparseMemberships) -> dict:

@@ -6,7 +6,6 @@ Every asset here works on one bounded sample (`hierarchy_sample`) drawn by strea
 so the cost does not grow with the corpus.
 """
 
-import base64
 import hashlib
 import json
 import time
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from assets.metadata import crosstab_markdown, histogram_markdown, markdown_table, png_markdown
 from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.corpus import file_documents, tokenize_documents
@@ -71,7 +71,9 @@ def _sample_chunks(keys: list[str], whitened_activations: dict[str, Path], token
 def hierarchy_sample(config: HierarchySampleConfig, whitened_activations: dict[str, Path],
                      token_chunks: dict[str, Path], centroids: SequentialSoftClustering):
     """A seeded reservoir of whitened token vectors across all chunks, with chunk/sequence/position,
-    doc id, category and centroid memberships; plus mean-poolable document vectors. One chunk in memory."""
+    doc id, category and centroid memberships; plus mean-poolable document vectors. One chunk in memory.
+    The bounded sample the trees, the ensemble and the MDL merges are built on, so their cost does not
+    grow with the corpus; the page shows what it holds per category."""
     keys = [k for k in whitened_activations if k in token_chunks]
     if not keys:
         raise ValueError("no chunk has both whitened_activations and token_chunks materialized")
@@ -84,7 +86,15 @@ def hierarchy_sample(config: HierarchySampleConfig, whitened_activations: dict[s
         "ensemble_tokens_per_cluster": round(len(sample.ensemble_vectors) / k, 1),
         "tokens_seen": sample.tokens_seen, "documents": len(sample.doc_ids),
         "chunks": len(keys), "dim": sample.vectors.shape[1], "categories": sorted(set(sample.category.tolist())),
-        "version": sample.version})
+        "version": sample.version, "per_category": _sample_categories(sample)})
+
+
+def _sample_categories(sample: HierarchySample) -> dg.MetadataValue:
+    """Sampled tokens and documents per category: a category missing here is missing from every tree."""
+    token_categories, token_counts = np.unique(np.asarray(sample.category).astype(str), return_counts=True)
+    doc_counts = dict(zip(*np.unique(np.asarray(sample.doc_categories).astype(str), return_counts=True)))
+    return markdown_table({"category": c or "(none)", "sampled_tokens": int(n), "documents": int(doc_counts.get(c, 0))}
+                          for c, n in zip(token_categories, token_counts))
 
 
 # ---------------------------------------------------------------- the trees
@@ -186,7 +196,8 @@ def _structure_check(asset: str) -> dg.AssetCheckSpec:
           kinds={"umap", "hdbscan"})
 def cluster_tree(config: ClusterTreeConfig, hierarchy_sample: HierarchySample):
     """Recursive UMAP + HDBSCAN tree of the sampled tokens (or, with level='document', the documents),
-    soft clusters mapped to nodes; cached by config and sample version."""
+    soft clusters mapped to nodes; cached by config and sample version. The token-level map of the
+    atlas (node_labels names its nodes, the atlas_report shows it); the page renders the tree."""
     return _tree_result(config, hierarchy_sample, config.level)
 
 
@@ -194,7 +205,8 @@ def cluster_tree(config: ClusterTreeConfig, hierarchy_sample: HierarchySample):
           kinds={"umap", "hdbscan"})
 def document_tree(config: TreeBuildConfig, hierarchy_sample: HierarchySample):
     """The same recursive UMAP + HDBSCAN tree on the sample's documents (each the sum of its unit token
-    vectors, i.e. mean-pooled up to scale): the tree outcome analysis at document level reads."""
+    vectors, i.e. mean-pooled up to scale): the tree outcome analysis at document level reads; the
+    page renders the tree."""
     return _tree_result(config, hierarchy_sample, "document")
 
 
@@ -241,7 +253,9 @@ def ensemble_fit_params(model: SequentialSoftClustering, config: EnsembleConfig,
 def ensemble(config: EnsembleConfig, hierarchy_sample: HierarchySample, centroids: SequentialSoftClustering):
     """Seeded re-fits of the soft clustering (the centroids' config) on the sample's ensemble_vectors:
     distances between runs, and each atlas cluster's stability (best-match cosine to every run, share of
-    its tokens a run keeps together); runs recorded in a SQLite registry under ATLAS_HOME."""
+    its tokens a run keeps together); runs recorded in a SQLite registry under ATLAS_HOME. Says which
+    clusters are real (found again from other seeds) and which an artifact of one seed; the page
+    shows the atlas clusters' stability distribution and the runs' pairwise agreement."""
     x = np.ascontiguousarray(hierarchy_sample.ensemble_vectors, np.float32)
     params = ensemble_fit_params(centroids, config, len(x))
     k = int(centroids.cluster_centers_.shape[0])
@@ -271,7 +285,16 @@ def ensemble(config: EnsembleConfig, hierarchy_sample: HierarchySample, centroid
                   "mean_pairwise_ari": float(result.distances["ari"][off].mean()),
                   "mean_pairwise_hamming_fraction": float(result.distances["perm_invariant_hamming"][off].mean() / n),
                   "wall_seconds": round(seconds, 2),
-                  "registry": dg.MetadataValue.path(str(registry.path))},
+                  "registry": dg.MetadataValue.path(str(registry.path)),
+                  "atlas_stability": histogram_markdown(
+                      {"stability (median cosine)": result.atlas.stability,
+                       "assignment agreement": result.atlas.agreement},
+                      "atlas clusters across the runs", "value", bins=20, reference=config.stability_floor),
+                  "pairwise_runs": markdown_table(
+                      {"run_a": f"seed={config.seeds[i]}", "run_b": f"seed={config.seeds[j]}",
+                       "ari": float(result.distances["ari"][i, j]),
+                       "hamming_fraction": float(result.distances["perm_invariant_hamming"][i, j] / n)}
+                      for i in range(len(config.seeds)) for j in range(i + 1, len(config.seeds)))},
         check_results=[
             dg.AssetCheckResult(check_name="atlas_stability_floor", passed=floor.passed, metadata={
                 "clusters_below_floor": floor.n_below, "share_below_floor": round(floor.share_below, 4),
@@ -295,16 +318,14 @@ class MergeHierarchyConfig(dg.Config):
     distance: str = Field(default="perm_invariant_hamming", description="Distance between members' merge states")
 
 
-def _png_markdown(path: Path, title: str) -> str:
-    return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-
 @dg.asset(io_manager_key="parquet_io_manager", group_name="hierarchy", kinds={"parquet"})
 def merge_hierarchy(config: MergeHierarchyConfig, hierarchy_sample: HierarchySample,
                     centroids: SequentialSoftClustering, ensemble: EnsembleResult):
     """Greedy MDL merges of the soft clusters by coactivation on the sample, for the centroids and for
     every ensemble member, each member's clusters aligned to the centroids' first (so component j is the
-    same cluster in every member); one row per (member, merge) with the distance between members at that merge."""
+    same cluster in every member); one row per (member, merge) with the distance between members at that merge.
+    A coarser-to-finer view of the clusters, and whether it is stable across seeds (the page plots the
+    members' distance at each merge)."""
     merge = MergeConfig(**config.model_dump(exclude={"distance"}))
     members = {f"seed={seed}": centers for seed, centers in zip(ensemble.seeds, ensemble.centers)}
     ensemble_histories = aligned_merge_histories(
@@ -319,7 +340,7 @@ def merge_hierarchy(config: MergeHierarchyConfig, hierarchy_sample: HierarchySam
         "members": list(histories), "merges_per_member": int(distances.shape[0]),
         "median_distance_at_half": float(np.median(per_pair[len(per_pair) // 2])) if len(per_pair) else 0.0,
         "plot_path": dg.MetadataValue.path(str(plot)),
-        "distances": dg.MetadataValue.md(_png_markdown(plot, "merge history distances"))})
+        "distances": png_markdown(plot.read_bytes(), "merge history distances")})
 
 
 # ---------------------------------------------------------------- outcomes
@@ -363,7 +384,8 @@ def text_token_vectors(text_file: Path, config: DocumentPathsConfig, whitening: 
 def document_paths(config: DocumentPathsConfig, hierarchy_sample: HierarchySample, document_tree: ClusterTree,
                    cluster_tree: ClusterTree, whitening: Whitening, model: ModelResource, device: TorchDeviceResource):
     """Each document's path down the tree (one column per depth) and its outcome: the corpus category,
-    or the label of a CSV row. The document tree by default: documents meet a tree built on documents."""
+    or the label of a CSV row. The document tree by default: documents meet a tree built on documents.
+    What outcome_association tests; the page counts documents per first-level cluster and outcome."""
     if config.method not in ("mean", "majority"):
         raise ValueError(f"method must be 'mean' or 'majority', got {config.method!r}")
     trees = {"document": document_tree, "token": cluster_tree}
@@ -389,8 +411,12 @@ def document_paths(config: DocumentPathsConfig, hierarchy_sample: HierarchySampl
     ordered = [paths[d] for d in doc_ids]
     table = pa.table({"doc_id": doc_ids, "outcome": [outcomes[d] for d in doc_ids],
                       "path": [path_text(p) for p in ordered], **annotate_documents(ordered, max_depth)})
+    # annotate_documents always gives cluster_depth_1 (max_depth >= 1): the first split, per outcome
+    first_level = crosstab_markdown([str(c) for c in table.column("cluster_depth_1").to_pylist()],
+                                    [str(outcomes[d]) for d in doc_ids], "cluster_depth_1")
     return dg.MaterializeResult(value=table, metadata={"documents": len(doc_ids), "outcomes": source, "tree": config.tree,
-                                                       "method": config.method, "depths": max_depth})
+                                                       "method": config.method, "depths": max_depth,
+                                                       "documents_by_cluster": first_level})
 
 
 class OutcomeAssociationConfig(dg.Config):
@@ -413,7 +439,9 @@ class OutcomeAssociationConfig(dg.Config):
 def outcome_association(config: OutcomeAssociationConfig, document_paths: pa.Table):
     """Association of the documents' clusters with their outcome at each depth (chi-squared; Fisher's exact
     test on a 2x2 table, a permutation test on a larger one where expected counts are small; Cramér's V plain
-    and bias-corrected; cell p-values BH-adjusted): one row per (depth, cluster, outcome)."""
+    and bias-corrected; cell p-values BH-adjusted): one row per (depth, cluster, outcome). Whether the
+    atlas's branches track an outcome a person cares about; the page lists the over- and
+    under-represented clusters per outcome."""
     paths = [parse_path(p) for p in document_paths.column("path").to_pylist()]
     outcomes = document_paths.column("outcome").to_pylist()
     depths = sum(1 for c in document_paths.column_names if c.startswith("cluster_depth_"))

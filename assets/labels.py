@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from assets.analysis import _decoder, _fan_in, context_reader
+from assets.metadata import markdown_table
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutConfig, check_disjoint, heldout_examples, shown_examples
@@ -98,7 +99,8 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
                    memberships: dict[str, Path], whitened_activations: dict[str, Path],
                    corpus: CorpusResource, model: ModelResource, labeler: LabelerResource):
     """Label, explanation and measured confidence per cluster; one JSON record per cluster in the
-    label directory (reused when its inputs are unchanged)."""
+    label directory (reused when its inputs are unchanged). The names the atlas_report and
+    ClusterAnalyzer show, with how far to trust each; the page lists the first labels."""
 
     open_chunk = context_reader(memberships, whitened_activations, "held-out")
 
@@ -174,6 +176,18 @@ def node_rows(tree_name: str, tasks: list[NodeTask], records: list[CentroidExpla
     return pa.table(columns)
 
 
+def _node_markdown(table: pa.Table, per_tree: int = 8) -> dg.MetadataValue:
+    """The first `per_tree` nodes (breadth-first: root side first) of each tree with label and confidence;
+    document-tree nodes with their majority and nearest categories (equal when the label names it)."""
+    rows = []
+    for tree in dict.fromkeys(table.column("tree").to_pylist()):
+        mine = [r for r in table.to_pylist() if r["tree"] == tree]
+        rows += [{"tree": tree, "node": r["node_id"], "depth": r["depth"], "size": r["size"], "label": r["label"],
+                  "confidence": r["confidence"], "majority_category": r["majority_category"] or "–",
+                  "nearest_category": r["nearest_category"] or "–"} for r in mine[:per_tree]]
+    return markdown_table(rows)
+
+
 @dg.asset(io_manager_key="parquet_io_manager", group_name="labels",
           ins={"memberships": _fan_in(), "whitened_activations": _fan_in(), "token_chunks": _fan_in()},
           kinds={"parquet"})
@@ -183,7 +197,9 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
                 corpus: CorpusResource, model: ModelResource, labeler: LabelerResource):
     """Label, explanation and measured confidence of every node of the token and document trees,
     labeled breadth-first with each parent's label in its children's prompts; on the document tree
-    the labels are also checked against the corpus categories (category_accuracy)."""
+    the labels are also checked against the corpus categories (category_accuracy). The names of the
+    trees' branches in the atlas_report; the page lists the first nodes of each tree and, on the
+    document tree, each node's majority category beside the category its label is nearest to."""
     decode = _decoder(corpus, model)
     examples = NodeExamplesConfig(config.top_k, config.max_positives, config.max_negatives, config.window,
                                   config.excerpt_tokens, config.seed)
@@ -229,6 +245,7 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
         if name == "document_tree":
             metadata.update(category_accuracy=accuracy["accuracy"], category_accuracy_nodes=accuracy["n"])
     table = pa.concat_tables(parts, promote_options="permissive")  # a tree may lack a component the other has
+    metadata["first_labels"] = _node_markdown(table)
     context.log.info(f"labeled {table.num_rows} tree nodes; category accuracy {metadata.get('category_accuracy')}")
     return dg.MaterializeResult(value=table, metadata={
         "labeler": chosen.name, "model": chosen.model, "prompt_version": chosen.prompt_version,

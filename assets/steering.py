@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 
 from assets.analysis import _fan_in
+from assets.metadata import markdown_table, png_markdown, top_clusters
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.paths import atlas_home, model_cache_dir
@@ -40,7 +41,9 @@ _DEFAULTS = SteeringEvalConfig()
 def steering_vectors(intervention_vectors: InterventionVectors, merged_statistics: ChunkStatistics,
                      whitening: Whitening, model: ModelResource):
     """Each cluster's LDA and difference-of-means directions mapped back through the whitening into the
-    residual stream of the extraction layer, at their natural scale (the whitened directions kept)."""
+    residual stream of the extraction layer, at their natural scale (the whitened directions kept). The
+    vectors a researcher adds to the model's residual stream to push it toward a cluster (steering_eval
+    measures the effect); the page lists the most used clusters' scales and mapping errors."""
     stats, moments = merged_statistics, merged_statistics.moments
     loaded = model.load(torch.device("cpu"), torch.float32)
     vectors = SteeringVectors.from_moments(
@@ -50,7 +53,12 @@ def steering_vectors(intervention_vectors: InterventionVectors, merged_statistic
         "clusters": vectors.n_clusters, "model": vectors.model, "layer": vectors.layer,
         "max_mapping_error": float(vectors.mapping_error.max()),
         "median_scale_lda": float(np.median(vectors.scale_lda)), "median_scale_mean": float(np.median(vectors.scale_mean)),
-        "median_residual_norm_mean": float(np.median(np.linalg.norm(vectors.residual_mean, axis=1)))})
+        "median_residual_norm_mean": float(np.median(np.linalg.norm(vectors.residual_mean, axis=1))),
+        "top_clusters": markdown_table(
+            {"cluster": int(c), "usage_fraction": float(vectors.usage[c]), "scale_lda": float(vectors.scale_lda[c]),
+             "scale_mean": float(vectors.scale_mean[c]),
+             "residual_norm_mean": float(np.linalg.norm(vectors.residual_mean[c])),
+             "mapping_error_lda": float(vectors.mapping_error[c, 0])} for c in top_clusters(vectors.usage))})
 
 
 class SteeringEvalAssetConfig(dg.Config):
@@ -90,7 +98,9 @@ def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetCo
                   token_chunks: dict[str, Path], corpus: CorpusResource):
     """Concept lift (the cluster's usage on steered continuations of held-out prompts, read back through
     the model) and cost (next-token KL on neutral text, perplexity) over a grid of alphas, for the LDA
-    vector, the difference of means and a random direction of equal norm; best lift at the KL budget."""
+    vector, the difference of means and a random direction of equal norm; best lift at the KL budget.
+    Whether a cluster's direction is causal for the model, not only a description of it; the page
+    shows the dose-response curves."""
     cfg = config.eval_config()
     if corpus.source == "npz":  # seed-format chunks come without a model to steer
         return dg.MaterializeResult(value=pa.table({"cluster": pa.array([], pa.int64())}),
@@ -113,4 +123,5 @@ def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetCo
     plot = dose_response_plot(table, cfg.kl_budget, atlas_home() / "plots" / "steering_dose_response.png")
     return dg.MaterializeResult(value=table, metadata={
         **summary, "prompts": len(prompts), "neutral_windows": len(neutral), "alphas": str(list(cfg.alphas)),
-        "dose_response_plot": dg.MetadataValue.path(str(plot))})
+        "dose_response_plot": dg.MetadataValue.path(str(plot)),
+        "dose_response": png_markdown(plot.read_bytes(), "dose response")})
