@@ -3,6 +3,7 @@
 import dagster as dg
 import numpy as np
 
+from assets.metadata import markdown_table, token_norms_table
 from latent_atlas.chunks import DenseChunk, load_npz_chunk
 from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
 from latent_atlas.device import batch_size_for_budget
@@ -30,7 +31,9 @@ def _npz_chunk(plan, corpus: CorpusResource) -> DenseChunk:
 @dg.asset(partitions_def=chunks, io_manager_key="parquet_io_manager", group_name="inputs",
           kinds={"parquet"})
 def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, model: ModelResource):
-    """Fixed-length token sequences of one chunk, with doc id, category and window per sequence."""
+    """Fixed-length token sequences of one chunk, with doc id, category and window per sequence: the
+    unit every per-chunk asset works on, and the doc ids that decide which documents are held out; the
+    page counts sequences, documents and tokens per category."""
     plan = read_manifest(context.partition_key)
     if isinstance(plan, ChunkPlan):
         tokens = tokenize_documents(plan.documents, model.tokenizer(), plan.sequence_length, corpus.skip_first_positions)
@@ -46,7 +49,12 @@ def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, mode
         source = plan.path
     return dg.MaterializeResult(
         value=tokens,
-        metadata={"sequences": len(tokens.doc_ids), "tokens": int(tokens.analysis_mask.sum()), "source": source},
+        metadata={"sequences": len(tokens.doc_ids), "tokens": int(tokens.analysis_mask.sum()), "source": source,
+                  "per_category": markdown_table(
+                      {"category": c or "(none)", "sequences": sum(1 for x in tokens.categories if x == c),
+                       "documents": len({d for d, x in zip(tokens.doc_ids, tokens.categories) if x == c}),
+                       "tokens": int(tokens.analysis_mask[[x == c for x in tokens.categories]].sum())}
+                      for c in sorted(set(tokens.categories)))},
     )
 
 
@@ -60,7 +68,8 @@ def activations(
     device: TorchDeviceResource,
 ):
     """Residual-stream activations (fp16) with token ids and the analysis mask (padding and
-    special tokens masked out); for an NPZ chunk, its validated contents."""
+    special tokens masked out); for an NPZ chunk, its validated contents. What whitening is fitted on;
+    the page shows the attended tokens' norms (a chunk of outliers or zeros shows there first)."""
     plan = read_manifest(context.partition_key)
     if isinstance(plan, ChunkPlan):
         tokens = TokenChunk.from_table(token_chunks)
@@ -82,7 +91,8 @@ def activations(
                                         f"(fixed by chunk {corpus_dimension(plan.corpus)[1]})")
     return dg.MaterializeResult(
         value=chunk,
-        metadata={"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta},
+        metadata={"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta,
+                  "token_norms": token_norms_table(chunk.activations, chunk.attention_mask)},
         check_results=activation_check_results(chunk, expected_dim),
     )
 

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from assets.metadata import spectrum_markdown, token_norms_table
 from latent_atlas.chunks import DenseChunk, read_chunk, screen_chunks
 from latent_atlas.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
                                     sample_vectors)
@@ -44,7 +45,9 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
               corpus: CorpusResource, compute: ComputeBackendResource):
     """Mean and whitening matrix from float64 moments merged exactly over all healthy chunks; a chunk
     that cannot be read, has another dimension or non-finite values is refused by name (metadata
-    `refused_chunks`), not allowed to fail the fit for everybody."""
+    `refused_chunks`), not allowed to fail the fit for everybody. Makes every direction of the residual
+    stream count alike before clustering (cosines are otherwise dominated by a few high-variance
+    directions); the page plots the covariance spectrum it divides out."""
     if not activations:
         raise ValueError("no materialized activations partitions to fit whitening on")
     healthy, refused, dim = screen_chunks(activations, corpus.expected_dim or None)
@@ -82,6 +85,7 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
             "top_eigenvalues": [round(float(v), 4) for v in fitted.eigenvalues_[:5]],
             "rank": fitted.rank_,
             **{f"check_{k}": round(check[k], 4) for k in ("relative_frobenius", "mean_diag") if k in check},
+            "spectrum": spectrum_markdown(fitted.eigenvalues_, fitted.rank_),
         },
         check_results=[dg.AssetCheckResult(
             check_name="whitened_covariance_is_identity", passed=check["passed"],
@@ -93,8 +97,11 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
 @dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
           io_manager_key="tensor_io_manager", group_name="whitening", kinds={"numpy"})
 def whitened_activations(activations: DenseChunk, whitening: Whitening):
-    """Activations after the global whitening transform (fp16); masked positions are zero."""
+    """Activations after the global whitening transform (fp16); masked positions are zero. What the
+    centroids are learned on and every statistic is computed from; the page shows the tokens' norms
+    (near the square root of the spanned rank, sqrt(d) at full rank, when the whitening fits this chunk)."""
     whitened = whitening.transform_chunk(activations)
     chunk = DenseChunk(whitened, activations.attention_mask, activations.token_ids,
                        meta={**activations.meta, "whitening": whitening.method})
-    return dg.MaterializeResult(value=chunk, metadata={"shape": str(whitened.shape), "whitening": whitening.method})
+    return dg.MaterializeResult(value=chunk, metadata={"shape": str(whitened.shape), "whitening": whitening.method,
+                                                       "token_norms": token_norms_table(whitened, activations.attention_mask)})
