@@ -117,6 +117,8 @@ def main() -> int:
                 server, base_url = serve_in_background()
                 labeler = LabelerResource(kind="openai", base_url=base_url, model="SmolLM2-135M-Instruct",
                                           api_key="local-server-needs-no-key", fallback_to_keywords=True,
+                                          # one CPU generation at a time serves the queue: long timeouts
+                                          concurrency=2, timeout=600.0,
                                           force_regenerate=True)
                 clusters, trees = args.clusters, ["document_tree"]
             else:

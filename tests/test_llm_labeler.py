@@ -140,6 +140,9 @@ def test_an_answer_that_echoes_the_prompt_is_not_a_label():
     labeler = LLMLabeler(_FixedAnswerClient(echoed), name="local-llm", fallback=CommonTokenLabeler())
     [draft] = labeler.label([request(1)])
     assert draft.label == "Beta tokens" and draft.usage["fallback"] == 1
+    placeholder = LLMLabeler(_FixedAnswerClient("Label: 1. <2-3>\nExplanation: 4."), name="local-llm",
+                             fallback=CommonTokenLabeler())
+    assert placeholder.label([request(1)])[0].usage["fallback"] == 1
 
 
 def test_the_parent_worked_example_is_shown_only_to_nodes_with_a_parent():

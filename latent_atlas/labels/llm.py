@@ -110,9 +110,10 @@ class LocalChatClient:
         texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.inference_mode():
-            # no_repeat_ngram_size: a 135M model greedy-decoding longer text falls into loops
-            # ("The model's C-ID is 32, which ..." four times over) that no parser can use.
-            generated = model.generate(**inputs, max_new_tokens=max_new, do_sample=False, no_repeat_ngram_size=4,
+            # Plain greedy: no_repeat_ngram_size would stop the loops a 135M model falls into on long
+            # answers, but transformers counts the prompt's n-grams too and so bans the worked
+            # examples' "Label: ... Explanation:" format (tried: labels became "1. The new policy will").
+            generated = model.generate(**inputs, max_new_tokens=max_new, do_sample=False,
                                        pad_token_id=tokenizer.pad_token_id)
         new = generated[:, inputs["input_ids"].shape[1]:]
         completions = []

@@ -119,9 +119,11 @@ _INSTRUCTION_ECHOES = ("name the", "name what", "document", "examples", "marked 
 
 
 def echoes_instruction(label: str) -> bool:
-    """True when `label` repeats the prompt's own words ('Name the topic these documents', 'Document 1')
-    instead of naming anything: a small model's frequent answer, no label at all."""
-    return _clean(label).lower().startswith(_INSTRUCTION_ECHOES)
+    """True when `label` repeats the prompt's own words ('Name the topic these documents', 'Document 1',
+    '<2-3>') instead of naming anything: a small model's frequent answer, no label at all."""
+    cleaned = _clean(label).lower()
+    # No letter at all ('1. <2-3>'): the answer format's placeholder, not a name.
+    return cleaned.startswith(_INSTRUCTION_ECHOES) or not any(ch.isalpha() for ch in cleaned)
 
 
 def copies_worked_example(label: str, request: LabelRequest) -> bool:
