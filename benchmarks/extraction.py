@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from latent_atlas.chunks import read_chunk, write_chunk  # noqa: E402
 from latent_atlas.corpus import bbc_documents, tokenize_documents  # noqa: E402
 from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.models import _layer_modules, extract_activations, load_model  # noqa: E402
+from latent_atlas.models import layer_modules, extract_activations, load_model  # noqa: E402
 from latent_atlas.paths import model_cache_dir  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def bbc_windows(tokenizer, n_sequences: int, seq_len: int):
 @contextlib.contextmanager
 def truncated(model: torch.nn.Module, n_layers: int, keep: int):
     """Temporarily replace the model's list of `n_layers` blocks by its first `keep` blocks."""
-    blocks = _layer_modules(model, n_layers)
+    blocks = layer_modules(model, n_layers)
     name = next(n for n, m in model.named_modules() if m is blocks)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     attr = name.rpartition(".")[2]

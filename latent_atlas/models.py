@@ -102,7 +102,9 @@ class _StopForward(Exception):
     """Raised by the layer hook: layers above the one we read need not run."""
 
 
-def _layer_modules(model: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList:
+def layer_modules(model: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList:
+    """The model's list of transformer blocks (the one ModuleList of `n_layers` entries): where
+    extraction reads a layer's output and steering adds to it."""
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
             return module
@@ -125,7 +127,7 @@ def extract_activations(
     """
     if not 1 <= layer <= loaded.n_layers:
         raise ValueError(f"layer must be in 1..{loaded.n_layers}, got {layer}")
-    block = _layer_modules(loaded.model, loaded.n_layers)[layer - 1]
+    block = layer_modules(loaded.model, loaded.n_layers)[layer - 1]
     captured: list[torch.Tensor] = []
 
     def hook(_module, _inputs, output):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latent_atlas.models import LoadedModel, _layer_modules, model_directory
+from latent_atlas.models import LoadedModel, layer_modules, model_directory
 from latent_atlas.tables import read_npz, write_npz
 from latent_atlas.whitening import Whitening
 
@@ -148,7 +148,7 @@ def load_causal_model(name: str, cache_dir: Path, device: torch.device = torch.d
     directory = model_directory(name, cache_dir)
     lm = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    return CausalModel(name, lm, tokenizer, _layer_modules(lm, lm.config.num_hidden_layers), device)
+    return CausalModel(name, lm, tokenizer, layer_modules(lm, lm.config.num_hidden_layers), device)
 
 
 @contextmanager
