@@ -1,4 +1,4 @@
-"""`latent-atlas`: run the demo, show status, analyze a sentence, steer the model, write synthetic chunks."""
+"""`latent-atlas`: run the demo or your own data, remove a chunk, show status, analyze a sentence, steer the model, write synthetic chunks."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"latent-atlas demo: {args.model} on BBC News "
           f"({'all articles' if args.full else f'{per_category} articles per category'}), ATLAS_HOME={home}")
+    from latent_atlas.chunks import remove_stale_temp_files
+
+    for path in remove_stale_temp_files(home):
+        print(f"removed a killed write's temp file: {path}")
     keys = corpus.register(model.tokenizer(), model.name)
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
@@ -41,6 +45,74 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"done in {time.perf_counter() - started:.0f} s; failed chunks: {len(report.failed)}")
     print(f"browse: .venv/bin/latent-atlas ui --home {home}")
     return 1 if report.failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The whole pipeline on the user's own data: a folder of NPZ chunks or text files."""
+    home = use_atlas_home(args.home)
+    import dagster as dg
+
+    from latent_atlas.chunks import remove_stale_temp_files
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import register_partitions, run_stages
+    from resources import CorpusResource, ModelResource
+
+    source = {"source": "npz", "path": args.npz} if args.npz else {"source": "files", "path": args.files}
+    corpus = CorpusResource(**source, name=args.name, sequences_per_chunk=args.sequences_per_chunk,
+                            expected_dim=args.expected_dim, already_whitened=args.already_whitened)
+    model = ModelResource(name=args.model, layer=args.layer)
+    defs = build_definitions(corpus=corpus, model=model)
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    for path in remove_stale_temp_files(home):
+        print(f"removed a killed write's temp file: {path}")
+    print(f"latent-atlas run: {source['source']} {source['path']} as corpus {corpus.corpus_name()!r}, ATLAS_HOME={home}")
+    try:
+        registration = corpus.registration(None if args.npz else model.tokenizer(), model.name)
+    except FileNotFoundError as exc:
+        print(f"latent-atlas run: {exc}", file=sys.stderr)
+        return 2
+    for line in registration.warnings():
+        print(f"warning: {line}")
+    if not registration.keys:
+        print("latent-atlas run: nothing to run (no usable files)", file=sys.stderr)
+        return 1
+    register_partitions(instance, registration.keys)
+    print(f"registered {len(registration.keys)} chunk partitions ({registration.keys[0]} .. {registration.keys[-1]})")
+    try:
+        report = run_stages(defs, instance, registration.keys)
+    except RuntimeError as exc:
+        print(f"latent-atlas run: {exc}", file=sys.stderr)
+        return 1
+    from orchestration.status import summary_lines
+
+    print("\n".join(summary_lines(defs, instance, home, report.keys)))
+    problems = report.problem_lines() + [f"  {line}" for line in registration.warnings()]
+    print(f"done in {time.perf_counter() - started:.0f} s; failed chunks: {len(report.failed)}")
+    if problems:
+        print("problems (fix or delete the file, then `latent-atlas remove-chunk KEY`):\n" + "\n".join(problems))
+    return 1 if report.failed or registration.refused else 0
+
+
+def _remove_chunk(args: argparse.Namespace) -> int:
+    """Delete a chunk partition, its manifest and its per-chunk outputs, so the home works again."""
+    use_atlas_home(args.home)
+    import dagster as dg
+
+    from latent_atlas.manifests import remove_chunk
+    from orchestration.partitions import chunks
+
+    instance = dg.DagsterInstance.get()
+    known = instance.has_dynamic_partition(chunks.name, args.key)
+    removed = remove_chunk(args.key)
+    if not known and not removed:
+        print(f"latent-atlas remove-chunk: no chunk {args.key!r} in this ATLAS_HOME", file=sys.stderr)
+        return 2
+    if known:
+        instance.delete_dynamic_partition(chunks.name, args.key)
+    print(f"removed chunk {args.key}: partition {'deleted' if known else 'was not registered'}, {len(removed)} files")
+    print("rerun `latent-atlas run ...` (or materialize the global assets) to refit without it")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -140,6 +212,23 @@ def main(argv: list[str] | None = None) -> int:
                       help="leave the first N positions of every window out of the analysis (default: the corpus default)")
     demo.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
     demo.set_defaults(func=_demo)
+    run = sub.add_parser("run", help="the whole pipeline on your own data: NPZ chunks or text files")
+    data = run.add_mutually_exclusive_group(required=True)
+    data.add_argument("--npz", default="", help="a folder of seed-format .npz chunks (one chunk per file)")
+    data.add_argument("--files", default="", help="a .txt/.jsonl/.parquet file or a folder of them")
+    run.add_argument("--name", default="", help="corpus name in the partition keys (default: the folder's name)")
+    run.add_argument("--model", default="smollm2-135m", help="text only: smollm2-135m (default) or minilm-l6")
+    run.add_argument("--layer", type=int, default=0, help="text only: residual stream layer (0 = middle)")
+    run.add_argument("--sequences-per-chunk", type=int, default=256, help="text only: sequences per chunk")
+    run.add_argument("--expected-dim", type=int, default=0,
+                     help="NPZ only: the activations' d (default: fixed by the first good chunk)")
+    run.add_argument("--already-whitened", action="store_true", help="NPZ only: whitening is the identity")
+    run.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas); one atlas per home")
+    run.set_defaults(func=_run)
+    remove = sub.add_parser("remove-chunk", help="delete a (bad) chunk partition and its outputs")
+    remove.add_argument("key", help="the partition key, e.g. mydata-part7")
+    remove.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
+    remove.set_defaults(func=_remove_chunk)
     status = sub.add_parser("status", help="partitions and what is materialized")
     status.add_argument("--home", default="")
     status.set_defaults(func=_status)
