@@ -1,4 +1,5 @@
-"""`latent-atlas`: run the demo or your own data, remove a chunk, show status, analyze a sentence, steer the model, write synthetic chunks."""
+"""`latent-atlas`: run the demo or your own data, remove a chunk, show status, analyze a sentence, steer the
+model, write synthetic chunks."""
 
 from __future__ import annotations
 
