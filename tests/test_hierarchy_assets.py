@@ -13,6 +13,7 @@ from latent_atlas.ensemble import (EnsembleResult, RunRegistry, cluster_stabilit
 from latent_atlas.tree import ClusterTree, TreeConfig, TreeNode
 from resources import CorpusResource
 from tests.conftest import check_results, materialized
+from tests.test_asset_metadata import assert_readable_pages
 
 HIERARCHY = ["hierarchy_sample", "cluster_tree", "document_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
 SMALL_TREE = {"max_depth": 2, "min_split_size": 40, "min_cluster_size_floor": 8, "hdbscan_min_samples": 5,
@@ -76,6 +77,8 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         assert checks["tree_has_structure"] and "association_testable" in checks
         assert checks["atlas_stability_floor"] == stability_floor(ens.atlas.stability).passed  # the asset's defaults
         assert checks["ensemble_members_converged"] == bool(ens.final_shift.max() <= 1e-3)
+        # every asset materialized here shows a table or plot on its Dagster UI page
+        assert set(HIERARCHY) <= set(assert_readable_pages(defs, instance))
 
         # a CSV of texts and labels instead of the corpus categories, on the token tree
         outcomes = tmp_path / "outcomes.csv"

@@ -13,6 +13,7 @@ from latent_atlas.memberships import SparseMemberships
 from latent_atlas.statistics import ChunkStatistics
 from resources import CorpusResource, LabelerResource, ModelResource
 from tests.conftest import check_results, materialized
+from tests.test_asset_metadata import assert_readable_pages
 
 CONFIG = {"ops": {"cluster_labels": {"config": {"max_positives": 16, "max_negatives": 16, "n_bootstrap": 100}}}}
 
@@ -39,6 +40,10 @@ def test_cluster_labels_end_to_end_with_keywords(atlas_home):
         top = _labels_run(defs, instance, max_clusters=3, label_dir=str(atlas_home / "labels" / "top3"))
         top_ids = pq.read_table(atlas_home / "tables" / "cluster_labels.parquet").column("centroid_id").to_pylist()
         _labels_run(defs, instance)  # the full table again, for the checks below
+        # every asset materialized here shows a table or plot on its Dagster UI page
+        covered = assert_readable_pages(defs, instance)
+        assert {"token_chunks", "whitening", "memberships", "chunk_stats", "merged_statistics", "cluster_stats",
+                "exemplars", "intervention_vectors", "cluster_summaries", "cluster_labels"} <= set(covered)
 
     tables, tensors = atlas_home / "tables", atlas_home / "tensors"
     table = pq.read_table(tables / "cluster_labels.parquet")

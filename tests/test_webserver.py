@@ -88,3 +88,21 @@ def test_webserver_lists_every_asset_and_the_convergence_plot(webserver):
     png = base64.b64decode(match.group(1))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000  # a real image, not an empty canvas
     assert {"final_objective", "steps", "learning_gemm"} <= set(entries)
+
+
+PAGES = """{ assetNodes { assetKey { path } description
+  assetMaterializations(limit: 1) { metadataEntries { label __typename } } } }"""
+
+
+def test_every_asset_page_has_a_description_and_its_materialization_a_table_or_plot(webserver):
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(webserver, PAGES)["assetNodes"]}
+    undescribed = [name for name, n in nodes.items() if len((n["description"] or "").split()) < 10]
+    assert not undescribed
+    readable = {"MarkdownMetadataEntry", "TableMetadataEntry"}
+    materialized = {name: n["assetMaterializations"][0]["metadataEntries"] for name, n in nodes.items()
+                    if n["assetMaterializations"]}
+    # the home holds everything up to centroids: per-chunk inputs, whitening and the clustering
+    assert {"token_chunks", "activations", "whitening", "whitened_activations", "centroids"} <= set(materialized)
+    bare = {name: [e["label"] for e in entries] for name, entries in materialized.items()
+            if not readable & {e["__typename"] for e in entries}}
+    assert not bare, bare
