@@ -187,7 +187,8 @@ def register_text(
             if duplicate:
                 report.duplicates[path] = duplicate
     new = [d for d in docs if (d.path, d.row) not in known and d.path not in report.duplicates]
-    first = max((_chunk_index(k, corpus) for k in existing), default=-1) + 1
+    # numbered after every key of this prefix, an NPZ file's key such as '<corpus>-00003' included
+    first = max((_chunk_index(k, corpus) for k in all_manifests() if k.startswith(f"{corpus}-")), default=-1) + 1
     plans = plan_chunks(new, tokenizer, corpus, sequence_length, sequences_per_chunk, model, shuffle_seed,
                         first_index=first, refused=report.refused) if new else []
     for plan in plans:

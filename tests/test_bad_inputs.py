@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import remove_stale_temp_files
+from latent_atlas.chunks import load_npz_chunk, remove_stale_temp_files
+from latent_atlas.errors import ChunkError
 from latent_atlas.manifests import read_manifest, register_npz, remove_chunk
 from latent_atlas.whitening import Whitening
 from orchestration.partitions import chunks
@@ -61,6 +62,20 @@ NPZ_CASES = {
 }
 
 
+# One of each way a file is caught (zip reader, pickle refusal, the corpus's d, the float16 range,
+# dtype, shape): the whole matrix runs through the pipeline in benchmarks/bad_inputs.py.
+PIPELINE_CASES = ["truncated", "pickled", "wrong dimension", "float64 beyond fp16", "int dtype", "zero sequences"]
+
+
+@pytest.mark.parametrize("case", sorted(NPZ_CASES))
+def test_every_bad_npz_is_refused_with_its_file_named(tmp_path, case):
+    name, make, expected = NPZ_CASES[case]
+    make(tmp_path / name)
+    with pytest.raises(ChunkError) as err:
+        load_npz_chunk(tmp_path / name, expected_dim=32)
+    assert str(err.value).startswith(f"{tmp_path / name}: ") and expected in str(err.value)
+
+
 def write_good_npz(folder):
     """Good chunks, named so that one of them is the corpus's first (it fixes d = 32); two collide."""
     for i, name in enumerate(["a b", "a_b", "good0", "good1"]):
@@ -72,7 +87,8 @@ def test_bad_npz_fail_alone_and_the_home_recovers(atlas_home, tmp_path):
     folder = tmp_path / "lab"
     folder.mkdir()
     write_good_npz(folder)
-    for name, make, _ in NPZ_CASES.values():
+    for case in PIPELINE_CASES:
+        name, make, _ = NPZ_CASES[case]
         make(folder / name)
     corpus = CorpusResource(source="npz", path=str(folder))
     registration = corpus.registration(None, "")
@@ -80,10 +96,10 @@ def test_bad_npz_fail_alone_and_the_home_recovers(atlas_home, tmp_path):
     assert registration.renamed == {str(folder / "a_b.npz"): registration.renamed[str(folder / "a_b.npz")]}
     good = ["lab-a_b", registration.renamed[str(folder / "a_b.npz")], "lab-good0", "lab-good1"]
     with materialized(atlas_home, corpus, ["whitening"]) as (defs, instance, keys, report):
-        assert sorted(keys) == sorted(registration.keys) and len(keys) == 4 + len(NPZ_CASES)
+        assert sorted(keys) == sorted(registration.keys) and len(keys) == 4 + len(PIPELINE_CASES)
         bad = [k for k in keys if k not in good]
         assert sorted(report.failed) == sorted(bad)  # every bad file failed, no good one did
-        for name, _, expected in NPZ_CASES.values():
+        for name, _, expected in (NPZ_CASES[case] for case in PIPELINE_CASES):
             error = report.failed[f"lab-{name[:-4]}"]
             # 'ChunkError: <file>: <problem>', not 'BadZipFile: File is not a zip file' without a file name
             assert error.startswith(f"ChunkError: {folder / name}: ") and expected in error, error
