@@ -18,6 +18,7 @@ from latent_atlas.labels.scorers import ScorerConfig
 from latent_atlas.tree import ClusterTree, TreeConfig, TreeNode
 from resources import CorpusResource
 from tests.conftest import materialized
+from tests.test_asset_metadata import assert_readable_pages
 from tests.openai_server import OpenAITestServer
 
 DIM = 8
@@ -126,6 +127,7 @@ def test_node_labels_asset_names_every_node_of_both_trees(atlas_home):
             selection=dg.AssetSelection.assets("hierarchy_sample", "cluster_tree", "document_tree", "node_labels"))
         first = run().asset_materializations_for_node("node_labels")[0].metadata
         second = run().asset_materializations_for_node("node_labels")[0].metadata
+        assert "node_labels" in assert_readable_pages(defs, instance)  # its UI page shows the first labels
     rows = pq.read_table(atlas_home / "tables" / "node_labels.parquet").to_pylist()
     for name in ("cluster_tree", "document_tree"):
         tree = ClusterTree.load(atlas_home / "tensors" / f"{name}.npz")
