@@ -15,6 +15,17 @@ from orchestration.instance import use_atlas_home
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
 
 
+def _stages(defs, steering: bool):
+    """The whole graph's stages; without `steering`, all but steering_eval, which generates text
+    for every top cluster (minutes on CPU) and so runs on request only."""
+    from orchestration.pipeline import stages_of
+
+    names = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]
+    if not steering:
+        print("steering_eval not run: add --steering, or materialize it in the UI")
+    return stages_of(defs, names if steering else [n for n in names if n != "steering_eval"])
+
+
 def _demo(args: argparse.Namespace) -> int:
     home = use_atlas_home(args.home)
     import dagster as dg
@@ -39,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
     keys = corpus.register(model.tokenizer(), model.name)
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
-    report = run_stages(defs, instance, keys)
+    report = run_stages(defs, instance, keys, _stages(defs, args.steering))
     from orchestration.status import summary_lines
 
     print("\n".join(summary_lines(defs, instance, home, report.keys)))
@@ -81,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     register_partitions(instance, registration.keys)
     print(f"registered {len(registration.keys)} chunk partitions ({registration.keys[0]} .. {registration.keys[-1]})")
     try:
-        report = run_stages(defs, instance, registration.keys)
+        report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering))
     except RuntimeError as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 1
@@ -211,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--layer", type=int, default=0, help="residual stream layer (0 = middle)")
     demo.add_argument("--skip-first", type=int, default=None,
                       help="leave the first N positions of every window out of the analysis (default: the corpus default)")
+    demo.add_argument("--steering", action="store_true", help="also run steering_eval (generates text: minutes)")
     demo.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
     demo.set_defaults(func=_demo)
     run = sub.add_parser("run", help="the whole pipeline on your own data: NPZ chunks or text files")
     data = run.add_mutually_exclusive_group(required=True)
     data.add_argument("--npz", default="", help="a folder of seed-format .npz chunks (one chunk per file)")
     data.add_argument("--files", default="", help="a .txt/.jsonl/.parquet file or a folder of them")
+    run.add_argument("--steering", action="store_true", help="also run steering_eval (text corpora; minutes)")
     run.add_argument("--name", default="", help="corpus name in the partition keys (default: the folder's name)")
     run.add_argument("--model", default="smollm2-135m", help="text only: smollm2-135m (default) or minilm-l6")
     run.add_argument("--layer", type=int, default=0, help="text only: residual stream layer (0 = middle)")

@@ -71,12 +71,16 @@ def run_stages(
     keys: list[str],
     stages: list[Stage] | None = None,
     log: Callable[[str], None] = print,
+    dagster_log_level: str = "WARNING",
 ) -> PipelineReport:
     """Materialize each stage; a chunk that fails is reported and skipped by later stages.
 
     Logs progress per stage and per chunk; a global stage that leaves chunks out (metadata
-    `refused_chunks`) has them recorded in the report.
+    `refused_chunks`) has them recorded in the report. Dagster's own console logger prints only
+    from `dagster_log_level` up (its DEBUG events, hundreds a run, would bury the progress lines);
+    every event is still in the instance's event log for the UI.
     """
+    quiet = {"loggers": {"console": {"config": {"log_level": dagster_log_level}}}}
     report = PipelineReport(keys)
     stages = stages or stages_of(defs)
     for number, (names, per_chunk) in enumerate(stages, start=1):
@@ -88,7 +92,7 @@ def run_stages(
             began = time.perf_counter()
             result = dg.materialize(
                 list(defs.assets), instance=instance, resources=defs.resources, partition_key=key,
-                selection=dg.AssetSelection.assets(*names), raise_on_error=False,
+                selection=dg.AssetSelection.assets(*names), raise_on_error=False, run_config=quiet,
             )
             if not result.success:
                 error = _first_error(result)
