@@ -78,14 +78,10 @@ def label_rows(records: list[CentroidExplanation]) -> pa.Table:
     return pa.table(columns)
 
 
-def _markdown(records: list[CentroidExplanation], n: int = 10) -> str:
-    lines = ["| cluster | label | confidence | 95% interval | explanation |", "|---|---|---|---|---|"]
-    for r in records[:n]:
-        low, high = r.confidence_interval
-        text = r.explanation.replace("|", "\\|")
-        lines.append(f"| {r.centroid_id} | {r.label.replace('|', '/')} | {r.confidence:.2f} | "
-                     f"[{low:.2f}, {high:.2f}] | {text} |")
-    return "\n".join(lines)
+def _markdown(records: list[CentroidExplanation], n: int = 10) -> dg.MetadataValue:
+    return markdown_table({"cluster": r.centroid_id, "label": r.label, "confidence": r.confidence,
+                           "95% interval": f"[{r.confidence_interval[0]:.2f}, {r.confidence_interval[1]:.2f}]",
+                           "explanation": r.explanation} for r in records[:n])
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="labels",
@@ -134,7 +130,7 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
                                                                    "completion_tokens", "requests")},
                   "seconds_per_cluster": float(stats["seconds_per_cluster"]),
                   "median_confidence": median_confidence(records), "median_confidence_low": median_low,
-                  "first_labels": dg.MetadataValue.md(_markdown(records))},
+                  "first_labels": _markdown(records)},
         check_results=[dg.AssetCheckResult(check_name="labels_beat_chance", passed=bool(median_low > 0),
                                            metadata={"median_confidence_low": median_low,
                                                      "clusters_above_chance": int(np.sum(lows > 0))})],

@@ -67,8 +67,10 @@ def _cell(value, digits: int) -> str:
         return f"{value:.{digits}f}" if plain else f"{value:.{digits}g}"
     if isinstance(value, (list, tuple, np.ndarray)):
         return ", ".join(_cell(v, digits) for v in value)
-    # a table cell holds one line; a pipe would end the cell and markdown would eat backticks/stars
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("`", "\\`").replace("*", "\\*")
+    # a table cell holds one line; a pipe would end the cell, markdown would eat backticks/stars, and a
+    # corpus token such as <script> is text, not HTML
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("`", "\\`").replace("*", "\\*")
 
 
 def markdown_table(rows: Iterable[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> dg.MetadataValue:

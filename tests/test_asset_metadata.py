@@ -69,6 +69,7 @@ def test_markdown_table_keeps_one_row_per_record_whatever_the_tokens():
     for line in lines:  # five cells each: an unescaped pipe would add one
         assert len(re.findall(r"(?<!\\)\|", line)) == 6, line
     assert "0.333" in lines[2] and "–" in lines[2] and "1e-07" in lines[2]
+    assert "<script>" not in text and "&lt;script&gt;" in text  # a corpus token is shown as text, not run as HTML
     assert markdown_table([]).value == "(no rows)"
 
 
