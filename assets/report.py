@@ -18,7 +18,7 @@ class AtlasReportConfig(dg.Config):
 @dg.asset(
     group_name="report",
     # Read from disk, not passed in: the site is rebuilt from whatever the home holds.
-    deps=["cluster_summaries", "cluster_tree", "document_tree", "outcome_association", "cluster_labels"],
+    deps=["cluster_summaries", "cluster_tree", "document_tree", "outcome_association", "cluster_labels", "node_labels"],
     kinds={"html"},
 )
 def atlas_report(config: AtlasReportConfig) -> dg.MaterializeResult:
