@@ -175,9 +175,9 @@ def node_rows(tree_name: str, tasks: list[NodeTask], records: list[CentroidExpla
 def _node_markdown(table: pa.Table, per_tree: int = 8) -> dg.MetadataValue:
     """The first `per_tree` nodes (breadth-first: root side first) of each tree with label and confidence;
     document-tree nodes with their majority and nearest categories (equal when the label names it)."""
-    rows = []
-    for tree in dict.fromkeys(table.column("tree").to_pylist()):
-        mine = [r for r in table.to_pylist() if r["tree"] == tree]
+    rows, all_rows = [], table.to_pylist()
+    for tree in dict.fromkeys(r["tree"] for r in all_rows):
+        mine = [r for r in all_rows if r["tree"] == tree]
         rows += [{"tree": tree, "node": r["node_id"], "depth": r["depth"], "size": r["size"], "label": r["label"],
                   "confidence": r["confidence"], "majority_category": r["majority_category"] or "–",
                   "nearest_category": r["nearest_category"] or "–"} for r in mine[:per_tree]]
@@ -199,7 +199,7 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
     decode = _decoder(corpus, model)
     examples = NodeExamplesConfig(config.top_k, config.max_positives, config.max_negatives, config.window,
                                   config.excerpt_tokens, config.seed)
-    tables = lambda wanted: document_excerpts(  # noqa: E731 - one token chunk in memory at a time
+    read_excerpts = lambda wanted: document_excerpts(  # noqa: E731 - one token chunk in memory at a time
         ((key, pq.read_table(path, columns=["doc_id", "window", "token_ids"])) for key, path in token_chunks.items()),
         wanted, decode, config.excerpt_tokens)
     unknown = set(config.trees) - set(TREES)
@@ -211,7 +211,7 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
                                                  context_reader(memberships, whitened_activations, "tree sample"),
                                                  decode, examples)
     if "document_tree" in config.trees:
-        tasks["document_tree"] = document_node_tasks(document_tree, hierarchy_sample, tables, examples)
+        tasks["document_tree"] = document_node_tasks(document_tree, hierarchy_sample, read_excerpts, examples)
     client = labeler.chat_client()
     chosen = labeler.labeler(client)
     scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
