@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,20 @@ import dagster as dg
 from io_managers.storage import input_paths, output_path, wants_single_partition
 from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
 from latent_atlas.paths import atlas_home
+from latent_atlas.tables import write_atomically
+
+# The classes this IO manager saves, as their sidecars name them. A sidecar is data, not code:
+# loading imports only these, never whatever `module:class` a file on disk happens to name.
+SAVED_TYPES = frozenset({
+    "latent_atlas.clustering:SequentialSoftClustering",
+    "latent_atlas.ensemble:EnsembleResult",
+    "latent_atlas.intervention:InterventionVectors",
+    "latent_atlas.sample:HierarchySample",
+    "latent_atlas.statistics:ChunkStatistics",
+    "latent_atlas.steering:SteeringVectors",
+    "latent_atlas.tree:ClusterTree",
+    "latent_atlas.whitening:Whitening",
+})
 
 
 class TensorIOManager(dg.ConfigurableIOManager):
@@ -39,12 +54,18 @@ class TensorIOManager(dg.ConfigurableIOManager):
             )
             return
         path = output_path(self._base(), context, ".npz", key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        obj.save(tmp)
-        tmp.replace(path)
         kind = f"{type(obj).__module__}:{type(obj).__qualname__}"
-        path.with_suffix(".json").write_text(json.dumps({"class": kind}))
+        if kind not in SAVED_TYPES:
+            raise TypeError(f"{path}: the tensor IO manager stores only {sorted(SAVED_TYPES)}, got {kind}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A name of its own per writer: two runs writing the same artifact never share a temp file.
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
+        try:
+            obj.save(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_atomically(path.with_suffix(".json"), lambda f: f.write(json.dumps({"class": kind}).encode()))
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
 
     def load_input(self, context: dg.InputContext):
@@ -59,6 +80,11 @@ class TensorIOManager(dg.ConfigurableIOManager):
 
 
 def load_artifact(path: Path):
-    """Load an .npz artifact with the class recorded beside it (our own classes; no pickle)."""
-    module, _, name = json.loads(path.with_suffix(".json").read_text())["class"].partition(":")
+    """Load an .npz artifact with the class recorded beside it (our own classes only; no pickle)."""
+    sidecar = path.with_suffix(".json")
+    kind = json.loads(sidecar.read_text())["class"]
+    if kind not in SAVED_TYPES:
+        raise ValueError(f"{sidecar}: names class {kind!r}, which is not one the tensor IO manager saves "
+                         f"({', '.join(sorted(SAVED_TYPES))}); refusing to import it")
+    module, _, name = kind.partition(":")
     return getattr(importlib.import_module(module), name).load(path)

@@ -98,6 +98,13 @@ def load_model(name: str, cache_dir: Path, device: torch.device, dtype: torch.dt
     return LoadedModel(name, model, tokenizer, config.num_hidden_layers, config.hidden_size, device)
 
 
+def load_tokenizer(name: str, cache_dir: Path):
+    """The tokenizer of a model, read from its directory without loading the weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_directory(name, cache_dir))
+
+
 class _StopForward(Exception):
     """Raised by the layer hook: layers above the one we read need not run."""
 

@@ -8,13 +8,20 @@ import dagster as dg
 import torch
 from pydantic import Field
 
-from latent_atlas.models import SMOLLM2, LoadedModel, load_model
+from latent_atlas.models import SMOLLM2, LoadedModel, load_model, load_tokenizer
 from latent_atlas.paths import model_cache_dir
 
 
 @lru_cache(maxsize=2)
 def _load(name: str, device: str, dtype: str) -> LoadedModel:
     return load_model(name, model_cache_dir(), torch.device(device), getattr(torch, dtype))
+
+
+@lru_cache(maxsize=2)
+def _load_tokenizer(name: str):
+    # Tokenizing needs no weights: a full fp32 copy of the model just for its tokenizer would
+    # double the model's memory beside the copy extraction loads on the device.
+    return load_tokenizer(name, model_cache_dir())
 
 
 class ModelResource(dg.ConfigurableResource):
@@ -27,7 +34,7 @@ class ModelResource(dg.ConfigurableResource):
         return _load(self.name, str(device), str(dtype).removeprefix("torch."))
 
     def tokenizer(self):
-        return _load(self.name, "cpu", "float32").tokenizer
+        return _load_tokenizer(self.name)
 
     def decoder(self):
         """ids -> display strings with this model's tokenizer."""
