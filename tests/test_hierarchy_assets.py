@@ -6,10 +6,11 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from assets.hierarchy import EnsembleConfig, ensemble_fit_params, tree_structure_check
+from assets.ensemble import EnsembleConfig
 from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.ensemble import (EnsembleResult, RunRegistry, cluster_stability, fit_ensemble, soft_clustering_fit_fn,
-                                   stability_floor)
+from latent_atlas.ensemble import EnsembleResult, RunRegistry, cluster_stability, stability_floor
+from latent_atlas.ensemble_runs import fit_atlas_ensemble
+from latent_atlas.sample_trees import tree_structure
 from latent_atlas.tree import ClusterTree, TreeConfig, TreeNode
 from resources import CorpusResource
 from tests.conftest import check_results, materialized
@@ -110,16 +111,16 @@ def test_tree_structure_check_fails_on_a_tree_without_structure():
     config = TreeConfig(min_split_size=50)
     split = ClusterTree({"root": _node("root", None, 500, ["0", "1"], noise=100),
                          "0": _node("0", "root", 250), "1": _node("1", "root", 150)}, config)
-    assert tree_structure_check(split, 0.5)[0]
+    assert tree_structure(split, 0.5)[0]
     unsplit = ClusterTree({"root": _node("root", None, 500)}, config)  # HDBSCAN found one cluster or only noise
-    passed, metadata = tree_structure_check(unsplit, 0.5)
+    passed, metadata = tree_structure(unsplit, 0.5)
     assert not passed and metadata["root_children"] == 0 and metadata["root_can_split"]
     noisy = ClusterTree({"root": _node("root", None, 500, ["0", "1"], noise=400),
                          "0": _node("0", "root", 60), "1": _node("1", "root", 40)}, config)
-    passed, metadata = tree_structure_check(noisy, 0.5)
+    passed, metadata = tree_structure(noisy, 0.5)
     assert not passed and metadata["root_noise_share"] == 0.8
     too_small = ClusterTree({"root": _node("root", None, 30)}, config)  # a leaf by configuration
-    assert tree_structure_check(too_small, 0.5)[0]
+    assert tree_structure(too_small, 0.5)[0]
 
 
 def test_ensemble_defaults_converge_and_find_the_planted_clusters():
@@ -130,9 +131,8 @@ def test_ensemble_defaults_converge_and_find_the_planted_clusters():
     x = (centers[labels] + 0.3 * rng.normal(size=(len(labels), 32))).astype(np.float32)
     atlas = SequentialSoftClustering(16, seed=100, max_points=len(x), n_epochs=30).fit(x)
     config = EnsembleConfig()
-    params = ensemble_fit_params(atlas, config, len(x))
-    result = fit_ensemble(x, config.seeds, soft_clustering_fit_fn(16, config.refine_iters, **params),
-                          atlas_centers=atlas.cluster_centers_, atlas_labels=atlas.predict(x))
+    result = fit_atlas_ensemble(x, atlas, config.seeds, config.points_per_step, config.n_epochs,
+                                config.refine_iters).result
     assert result.final_shift.max() <= config.max_final_shift, result.final_shift
     assert stability_floor(result.atlas.stability, config.stability_floor, config.max_unstable_share).passed
     assert np.median(result.atlas.stability) > 0.95 and np.median(result.atlas.agreement) > 0.9
