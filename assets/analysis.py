@@ -24,13 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from assets.clustering import CLUSTERING_IN
+from assets.configs import config_class, library_config
+from assets.partitions import all_chunks, chunks
 from assets.metadata import (histogram_markdown, marked_window, markdown_table, top_clusters, top_rows,
                              usage_curve_markdown)
 from latent_atlas.analyzer import results_summary, score_summary, write_results
 from latent_atlas.chunks import DenseChunk, read_chunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.ensemble import EnsembleResult, atlas_stability_columns
-from latent_atlas.exemplars import ExemplarConfig, check_exemplars, fill_context, select_exemplars
+from latent_atlas.exemplars import check_exemplars, fill_context, select_exemplars
 from latent_atlas.intervention import InterventionVectors, check_vectors
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
@@ -39,14 +42,7 @@ from latent_atlas.statistics import (
     document_keys_for, heldout_documents, merge_statistics, normalised_coactivation,
 )
 from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
-from orchestration.partitions import NEW_CHUNKS, chunks
 from resources import CorpusResource, ModelResource
-from resources.model import decoder_for
-
-def _fan_in() -> dg.AssetIn:
-    """All chunk partitions as {partition key: Path}, opened lazily."""
-    return dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
-
 
 def _whitened_opener(whitened_activations: dict[str, Path]):
     """open_chunk(chunk_id) -> memory-mapped whitened DenseChunk, naming a chunk not materialized."""
@@ -60,47 +56,17 @@ def _whitened_opener(whitened_activations: dict[str, Path]):
     return open_chunk
 
 
-def _decoder(corpus: CorpusResource, model: ModelResource):
-    # NPZ chunks carry token ids of an unknown tokenizer: show them as '<id>'.
-    return decoder_for(None) if corpus.source == "npz" else model.decoder()
+# The library's StatisticsConfig is the one source (exemplar candidates nested under `exemplars`,
+# whose seed seeds every sampling stream: exemplars, held-out split, reservoirs).
+ChunkStatsConfig = config_class(StatisticsConfig, name="ChunkStatsConfig")
 
 
-class ChunkStatsConfig(dg.Config):
-    density_threshold: float = Field(default=0.5, description="A token counts toward density above this membership")
-    coactivation_threshold: float = Field(default=0.1, description="Binary coactivation: both memberships above this")
-    heldout_fraction: float = Field(default=0.1, description="Share of documents held out of the LDA fit and exemplars (seeded hash)")
-    heldout_sample_size: int = Field(default=2048, description="Held-out tokens kept with vectors as a uniform sample")
-    heldout_per_cluster: int = Field(default=64, description="Held-out tokens also kept per cluster (its hard members)")
-    fit_sample_size: int = Field(default=2048, description="Fitting tokens kept with vectors, for Ledoit-Wolf")
-    block_sequences: int = Field(default=256, description="Sequences per block when streaming a chunk (bounds memory)")
-    top_k: int = Field(default=20, description="Highest-membership exemplars per cluster")
-    random_k: int = Field(default=20, description="Seeded random exemplars per cluster")
-    n_bands: int = Field(default=4, description="Equal-count membership bands per cluster")
-    per_band: int = Field(default=5, description="Exemplars sampled per band")
-    seed: int = Field(default=0, description="Seed of every sampling stream (exemplars, held-out split, reservoirs)")
-    hard_negative_clusters: int = Field(default=3, description="Hard negatives: held-out members of this many most similar clusters")
-    position_window: int = Field(default=4, description="Position concentration: weight in the first this-many positions")
-    position_artifact_share: float = Field(default=0.5, description="Flag position_artifact above this share in the first positions")
-    near_duplicate_cosine: float = Field(default=0.9, description="Near-duplicate partners: centroid cosine above this")
-    near_duplicate_coactivation: float = Field(default=0.7, description="Near-duplicate partners: normalised coactivation above this")
-
-    def statistics_config(self) -> StatisticsConfig:
-        exemplars = ExemplarConfig(top_k=self.top_k, random_k=self.random_k, n_bands=self.n_bands,
-                                   per_band=self.per_band, seed=self.seed)
-        return StatisticsConfig(
-            density_threshold=self.density_threshold, coactivation_threshold=self.coactivation_threshold,
-            heldout_fraction=self.heldout_fraction, heldout_sample_size=self.heldout_sample_size,
-            heldout_per_cluster=self.heldout_per_cluster, fit_sample_size=self.fit_sample_size,
-            block_sequences=self.block_sequences, exemplars=exemplars, hard_negative_clusters=self.hard_negative_clusters,
-            position_window=self.position_window, position_artifact_share=self.position_artifact_share,
-            near_duplicate_cosine=self.near_duplicate_cosine, near_duplicate_coactivation=self.near_duplicate_coactivation,
-        )
-
-
-@dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
-          io_manager_key="tensor_io_manager", group_name="analysis", kinds={"numpy"})
+# Eager: a new chunk upstream, or a refit global model, makes the partition due (once the UI's
+# default automation sensor is switched on).
+@dg.asset(partitions_def=chunks, automation_condition=dg.AutomationCondition.eager(),
+          io_manager_key="tensor_io_manager", group_name="analysis", ins=CLUSTERING_IN, kinds={"numpy"})
 def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, memberships: pa.Table,
-                whitened_activations: DenseChunk, token_chunks: pa.Table, centroids: SequentialSoftClustering):
+                whitened_activations: DenseChunk, token_chunks: pa.Table, clustering: SequentialSoftClustering):
     """Mergeable statistics of one chunk: usage, position and membership histograms, token counts,
     coactivation, LDA moments, exemplar candidates and held-out / fitting reservoirs (documents
     held out whole, by their doc id). The map step of the analysis: merged exactly into
@@ -111,8 +77,8 @@ def chunk_stats(context: dg.AssetExecutionContext, config: ChunkStatsConfig, mem
         raise ValueError(f"chunk {context.partition_key}: token_chunks has {len(doc_ids)} sequences, "
                          f"whitened_activations {whitened_activations.n_sequences}: rematerialize them together")
     stats = ChunkStatistics.compute(context.partition_key, SparseMemberships.from_table(memberships),
-                                    whitened_activations, centroids.cluster_centers_.shape[0],
-                                    config.statistics_config(), document_keys=document_keys_for(doc_ids))
+                                    whitened_activations, clustering.cluster_centers_.shape[0],
+                                    library_config(config), document_keys=document_keys_for(doc_ids))
     return dg.MaterializeResult(value=stats, metadata={
         "tokens": stats.n_tokens, "total_usage": float(stats.usage.sum()),
         "exemplar_candidates": int(stats.candidates.kind.size), "heldout_tokens": int(stats.heldout.priority.size),
@@ -131,7 +97,7 @@ def _statistics_table(stats: ChunkStatistics, n: int = 10) -> dg.MetadataValue:
                            "heldout_tokens": int(stats.heldout_count[c])} for c in top_clusters(stats.usage, n))
 
 
-@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"chunk_stats": _fan_in()},
+@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"chunk_stats": all_chunks()},
           kinds={"numpy"})
 def merged_statistics(chunk_stats: dict[str, Path]):
     """chunk_stats of every materialized chunk merged exactly, one file loaded at a time: the one
@@ -152,11 +118,11 @@ def merged_statistics(chunk_stats: dict[str, Path]):
     })
 
 
-@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", ins={"memberships": _fan_in()},
+@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", ins={**CLUSTERING_IN, "memberships": all_chunks()},
           check_specs=[dg.AssetCheckSpec("usage_matches_memberships", asset="cluster_stats",
                                          description="Merged usage per cluster equals the sum of stored memberships")],
           kinds={"parquet"})
-def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering,
+def cluster_stats(merged_statistics: ChunkStatistics, clustering: SequentialSoftClustering,
                   memberships: dict[str, Path], ensemble: EnsembleResult, corpus: CorpusResource, model: ModelResource):
     """One row per cluster: usage, density, membership moments and histogram, position
     distribution, top tokens, most coactivating and most similar clusters, the measures a cluster is
@@ -167,7 +133,7 @@ def cluster_stats(merged_statistics: ChunkStatistics, centroids: SequentialSoftC
     missing = sorted(set(stats.chunk_ids) - set(memberships))
     if missing:
         raise ValueError(f"memberships missing for merged chunks {missing[:5]}: rematerialize them")
-    table = stats_table(stats, centroids.cluster_centers_, _decoder(corpus, model))
+    table = stats_table(stats, clustering.cluster_centers_, corpus.token_decoder(model))
     stability = atlas_stability_columns(ensemble)
     if len(stability["cluster"]) != table.num_rows:
         raise ValueError(f"the ensemble's stability covers {len(stability['cluster'])} clusters, the atlas has "
@@ -222,7 +188,7 @@ class ExemplarsConfig(dg.Config):
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="analysis",
-          ins={"memberships": _fan_in(), "whitened_activations": _fan_in(), "token_chunks": _fan_in()},
+          ins={"memberships": all_chunks(), "whitened_activations": all_chunks(), "token_chunks": all_chunks()},
           check_specs=[dg.AssetCheckSpec("exemplars_match_chunks", asset="exemplars",
                                          description="Each exemplar's token and membership equal its chunk files' at "
                                                      "its position; none repeated; none in a held-out sequence")],
@@ -236,7 +202,7 @@ def exemplars(config: ExemplarsConfig, merged_statistics: ChunkStatistics, membe
     windows of the most used clusters, the token marked ⟦like this⟧."""
 
     open_chunk = context_reader(memberships, whitened_activations, "exemplar")
-    decode = _decoder(corpus, model)
+    decode = corpus.token_decoder(model)
     table = fill_context(select_exemplars(merged_statistics.candidates), open_chunk, decode, config.window)
     table = table.replace_schema_metadata({_META_KEY: json.dumps({"window": config.window}).encode()})
     passed, check_meta = check_exemplars(table, heldout_sequences(table, token_chunks, merged_statistics.config))
@@ -271,10 +237,10 @@ def _exemplar_windows(table: pa.Table, usage: np.ndarray, clusters: int = 5, per
     return markdown_table(out)
 
 
-@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={"whitened_activations": _fan_in()},
+@dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={**CLUSTERING_IN, "whitened_activations": all_chunks()},
           check_specs=[dg.AssetCheckSpec("vectors_finite_and_unit_norm", asset="intervention_vectors")],
           kinds={"numpy"})
-def intervention_vectors(merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering,
+def intervention_vectors(merged_statistics: ChunkStatistics, clustering: SequentialSoftClustering,
                          whitened_activations: dict[str, Path]):
     """Per-cluster LDA steering directions (Ledoit-Wolf shrunk pooled covariance), sign-aligned
     with the centroids, with held-out AUROC (and interval) against random and hard negatives and
@@ -282,7 +248,7 @@ def intervention_vectors(merged_statistics: ChunkStatistics, centroids: Sequenti
     whitened chunk files (memory-mapped, only the sampled rows, one chunk at a time). The directions
     steering_vectors maps into the model and the held-out scores that say whether a cluster is a
     direction at all; the page shows the AUROC distribution (0.5 is chance)."""
-    stats, centers = merged_statistics, centroids.cluster_centers_
+    stats, centers = merged_statistics, clustering.cluster_centers_
     vectors = stats.fit_intervention_vectors(centers, open_chunk=_whitened_opener(whitened_activations))
     passed, check_meta = check_vectors(vectors.vectors)
     flags = pa.table(cluster_measures(stats, center_cosines(centers), normalised_coactivation(stats)))
@@ -305,15 +271,15 @@ INDEX_SCORES = ("auroc", "auroc_low", "auroc_high", "auroc_hard", "auroc_hard_lo
                 "diff_means_auroc", "diff_means_auroc_hard", "positive_tokens", "hard_negative_tokens")
 
 
-@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", kinds={"parquet"})
+@dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", ins=CLUSTERING_IN, kinds={"parquet"})
 def cluster_summaries(cluster_stats: pa.Table, exemplars: pa.Table, intervention_vectors: InterventionVectors,
-                      merged_statistics: ChunkStatistics, centroids: SequentialSoftClustering):
+                      merged_statistics: ChunkStatistics, clustering: SequentialSoftClustering):
     """Writes the results directory ATLAS_HOME/results (read it with
     `ClusterAnalyzer(results_path)`, or browse it in the atlas_report site); the table is its index,
     one row per cluster, statistics and held-out scores side by side."""
     vectors, stats = intervention_vectors, merged_statistics
     window = json.loads((exemplars.schema.metadata or {})[_META_KEY])["window"]
-    path = write_results(atlas_home() / "results", cluster_stats, exemplars, vectors, centroids.cluster_centers_,
+    path = write_results(atlas_home() / "results", cluster_stats, exemplars, vectors, clustering.cluster_centers_,
                          stats.coactivation, results_summary(stats, window))
     per_cluster = np.bincount(exemplars.column("cluster").to_numpy(), minlength=stats.n_clusters)
     scores = vectors.per_cluster_columns()

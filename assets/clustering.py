@@ -1,5 +1,6 @@
 """Soft spherical clustering: centroids learned online over all chunks, memberships per chunk."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -7,35 +8,31 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from assets.configs import config_class, library_config
 from assets.metadata import figure_markdown, markdown_table, pyplot, top_clusters
 from latent_atlas.chunks import DenseChunk
-from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
+from latent_atlas.clustering import ClusteringConfig, SequentialSoftClustering, checkpoint_key
 from latent_atlas.estep import effective_precision
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
-from orchestration.partitions import NEW_CHUNKS, chunks
+from assets.partitions import all_chunks, chunks
 from resources import ComputeBackendResource, TorchDeviceResource
 
+
+# Assets that apply the clustering read the fitted model (SequentialSoftClustering: centers, config,
+# history) from the `centroids` asset under the name of what it is.
+CLUSTERING_IN = {"clustering": dg.AssetIn("centroids")}
 
 # What the UI plots per step and shows for the last one (history_ holds more).
 CONVERGENCE = ("objective", "centroid_shift", "usage_entropy", "imbalance", "n_dead")
 
 
-class CentroidsConfig(dg.Config):
-    n_clusters: int = Field(default=64, description="Number of soft clusters k")
-    temperature: float = Field(default=0.05, description="Softmax temperature on cosine similarities")
-    top_m: int = Field(default=8, description="Memberships kept per token")
-    threshold: float = Field(default=0.01, description="Memberships below this are dropped")
-    max_points: int = Field(default=100_000, description="Attended positions sampled per chunk per step")
-    n_epochs: int = Field(default=3, description="Passes over the chunk stream")
-    init: str = Field(default="random", description="'random' on the unit sphere or 'kmeans++'")
-    seed: int = Field(default=0, description="Seeds initialization and sampling")
-    chunks_per_step: int = Field(default=1, description="Chunks reduced per M-step (same on any backend)")
-    learn_precision: str = Field(default="auto", description="Learning GEMM: 'auto' (bf16 where the CPU has native "
-                                 "bf16 units, else fp32), 'bfloat16' (bf16 products, fp32 accumulation) or "
-                                 "'float32'; memberships are always fp32")
-    max_dead_fraction: float = Field(default=0.05, description="Asset check: at most this share of clusters dead at "
-                                     "the end or moved (reseeded, swapped) in the last epoch")
+# The library's ClusteringConfig is the one source (k=512 by default, the user's scale); the device comes
+# from the device resource and the NPZ key names from the corpus. The demo sets k=64 for its ~90k tokens.
+CentroidsConfig = config_class(
+    ClusteringConfig, exclude=("device", "npz_keys"), name="CentroidsConfig",
+    extra={"max_dead_fraction": (float, Field(default=0.05, description="Asset check: at most this share of "
+                                              "clusters dead at the end or moved (reseeded, swapped) in the last epoch"))})
 
 
 def _plot_history(history: list[dict]) -> dg.MetadataValue:
@@ -53,8 +50,7 @@ def _plot_history(history: list[dict]) -> dg.MetadataValue:
 @dg.asset(
     io_manager_key="tensor_io_manager",
     group_name="clustering",
-    ins={"whitened_activations": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
-                                            metadata={"allow_missing_partitions": True})},
+    ins={"whitened_activations": all_chunks()},
     check_specs=[
         dg.AssetCheckSpec("centroids_unit_norm_and_finite", asset="centroids"),
         dg.AssetCheckSpec("few_dead_clusters", asset="centroids",
@@ -70,9 +66,9 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
     the convergence curves (objective, centroid shift, usage entropy, imbalance, dead clusters)."""
     if not whitened_activations:
         raise ValueError("no materialized whitened_activations partitions to learn centroids from")
-    params = config.model_dump(exclude={"max_dead_fraction"})
     paths = [str(p) for p in whitened_activations.values()]
-    model = SequentialSoftClustering(**params, device=str(device.torch_device()))
+    settings = library_config(config, device=str(device.torch_device()))
+    model = SequentialSoftClustering(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
     # One checkpoint directory per (resolved config, chunk contents): the same fit resumes, a refit of
     # the whitening (new chunk contents under the same paths) starts afresh; older fits are dropped.
     root = atlas_home() / "checkpoints" / "centroids"
@@ -103,21 +99,23 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
     )
 
 
-@dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
+# Eager: a new chunk upstream, or a refit global model, makes the partition due (once the UI's
+# default automation sensor is switched on).
+@dg.asset(partitions_def=chunks, automation_condition=dg.AutomationCondition.eager(),
           io_manager_key="parquet_io_manager", group_name="clustering",
           check_specs=[dg.AssetCheckSpec("memberships_valid", asset="memberships", partitions_def=chunks,
                                          description="Values in (0, 1], per-token sums <= 1, sorted rows")],
-          kinds={"parquet"})
-def memberships(whitened_activations: DenseChunk, centroids: SequentialSoftClustering):
+          ins=CLUSTERING_IN, kinds={"parquet"})
+def memberships(whitened_activations: DenseChunk, clustering: SequentialSoftClustering):
     """Sparse soft memberships of every attended token of the chunk: (sequence, position, cluster,
     value, token id), the centroids applied to new data. What the statistics, exemplars and labels
     are computed from; the page shows which clusters this chunk uses most."""
-    sparse = centroids.transform(whitened_activations)
+    sparse = clustering.transform(whitened_activations)
     return dg.MaterializeResult(
         value=sparse,
         metadata={"nonzero": len(sparse), "tokens": whitened_activations.n_tokens,
                   "mean_clusters_per_token": len(sparse) / max(whitened_activations.n_tokens, 1),
-                  "top_clusters": chunk_top_clusters(sparse, centroids.cluster_centers_.shape[0],
+                  "top_clusters": chunk_top_clusters(sparse, clustering.cluster_centers_.shape[0],
                                                      whitened_activations.n_tokens)},
         check_results=[dg.AssetCheckResult(check_name="memberships_valid", **membership_check(sparse))],
     )

@@ -10,7 +10,7 @@ from latent_atlas.device import batch_size_for_budget
 from latent_atlas.errors import ChunkError
 from latent_atlas.manifests import claim_dimension, corpus_dimension, read_manifest
 from latent_atlas.models import extract_activations
-from orchestration.partitions import chunks
+from assets.partitions import chunks
 from resources import CorpusResource, ModelResource, TorchDeviceResource
 
 ACTIVATION_CHECKS = [

@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from assets.analysis import _decoder, _fan_in, context_reader
+from assets.analysis import context_reader
+from assets.configs import config_class, library_config
 from assets.metadata import markdown_table
+from assets.partitions import all_chunks
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutConfig, check_disjoint, heldout_examples, shown_examples
@@ -39,18 +41,16 @@ from resources import CorpusResource, LabelerResource, ModelResource
 COMPONENTS = ("embedding_random", "embedding_hard", "detection")
 
 
-class ClusterLabelsConfig(dg.Config):
-    top_k: int = Field(default=10, description="Top exemplar windows shown to the labeler per cluster")
-    max_positives: int = Field(default=64, description="Held-out members scored per cluster")
-    max_negatives: int = Field(default=64, description="Held-out random and (separately) hard negatives per cluster")
-    heldout_window: int = Field(default=10, description="Context tokens each side of a held-out token")
-    score_window: int = Field(default=1, description="Tokens each side of a held-out token embedded by the "
-                              "embedding scorer (-1 = its whole window)")
-    n_bootstrap: int = Field(default=200, description="Bootstrap resamples behind every interval")
-    seed: int = Field(default=0, description="Seed of the held-out samples and the bootstrap")
-    label_dir: str = Field(default="", description="Cache directory of the JSON records; '' = ATLAS_HOME/labels/clusters")
-    max_clusters: int = Field(default=0, description="Label only the most used clusters, this many (0 = all): "
-                              "a first look with a slow or paid LLM")
+# The library's HeldoutConfig and ScorerConfig are the one source (one seed for both); the detection
+# client comes from the labeler resource.
+ClusterLabelsConfig = config_class(HeldoutConfig, ScorerConfig, exclude=("detection_client",), name="ClusterLabelsConfig",
+                                   extra={"top_k": (int, Field(default=10, description="Top exemplar windows shown to "
+                                                                "the labeler per cluster")),
+                                          "label_dir": (str, Field(default="", description="Cache directory of "
+                                                                   "the JSON records; '' = ATLAS_HOME/labels/clusters")),
+                                          "max_clusters": (int, Field(default=0, description="Label only the most "
+                                                                      "used clusters, this many (0 = all): a first "
+                                                                      "look with a slow or paid LLM"))})
 
 
 def label_rows(records: list[CentroidExplanation]) -> pa.Table:
@@ -85,7 +85,7 @@ def _markdown(records: list[CentroidExplanation], n: int = 10) -> dg.MetadataVal
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="labels",
-          ins={"memberships": _fan_in(), "whitened_activations": _fan_in()},
+          ins={"memberships": all_chunks(), "whitened_activations": all_chunks()},
           check_specs=[dg.AssetCheckSpec("labels_beat_chance", asset="cluster_labels",
                                          description="The median cluster's confidence interval lies above chance "
                                                      "(lower end > 0): labels tell members from hard negatives")],
@@ -103,14 +103,11 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
     k = int(intervention_vectors.vectors.shape[0])
     shown = shown_examples(exemplars, config.top_k)
     held = heldout_examples(merged_statistics.heldout, intervention_vectors.hard_negatives, open_chunk,
-                            _decoder(corpus, model), HeldoutConfig(config.max_positives, config.max_negatives,
-                                                                   config.heldout_window, config.seed))
+                            corpus.token_decoder(model), library_config(config, HeldoutConfig))
     check_disjoint(shown, held)
     client = labeler.chat_client()  # None for keywords; one client serves labeling and detection
     chosen = labeler.labeler(client)
-    scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
-                          score_window=None if config.score_window < 0 else config.score_window,
-                          detection_client=client if labeler.score_with_llm else None)
+    scorer = library_config(config, ScorerConfig, detection_client=client if labeler.score_with_llm else None)
     cache = LabelCache(config.label_dir or None)
     chosen_ids = range(k) if config.max_clusters <= 0 else sorted(
         np.argsort(-merged_statistics.usage, kind="stable")[:config.max_clusters].tolist())
@@ -137,18 +134,11 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
     )
 
 
-class NodeLabelsConfig(dg.Config):
-    top_k: int = Field(default=10, description="Members nearest a node's centroid shown to the labeler")
-    max_positives: int = Field(default=64, description="Held-out members scored per node")
-    max_negatives: int = Field(default=64, description="Held-out random and (separately) sibling negatives per node")
-    window: int = Field(default=10, description="Token tree: context tokens each side of a member token")
-    excerpt_tokens: int = Field(default=64, description="Document tree: tokens of a document's opening shown")
-    score_window: int = Field(default=1, description="Token tree: tokens each side embedded by the embedding "
-                              "scorer (-1 = whole window); document excerpts are embedded whole")
-    n_bootstrap: int = Field(default=200, description="Bootstrap resamples behind every interval")
-    seed: int = Field(default=0, description="Seed of the held-out samples and the bootstrap")
-    label_dir: str = Field(default="", description="Cache root; '' = ATLAS_HOME/labels/nodes (one folder per tree)")
-    trees: list[str] = Field(default=["cluster_tree", "document_tree"], description="Trees whose nodes are labeled")
+NodeLabelsConfig = config_class(NodeExamplesConfig, ScorerConfig, exclude=("detection_client",), name="NodeLabelsConfig",
+                                extra={"label_dir": (str, Field(default="", description="Cache root; '' = "
+                                                                "ATLAS_HOME/labels/nodes (one folder per tree)")),
+                                       "trees": (list[str], Field(default=["cluster_tree", "document_tree"],
+                                                                  description="Trees whose nodes are labeled"))})
 
 
 TREES = ("cluster_tree", "document_tree")
@@ -185,7 +175,7 @@ def _node_markdown(table: pa.Table, per_tree: int = 8) -> dg.MetadataValue:
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="labels",
-          ins={"memberships": _fan_in(), "whitened_activations": _fan_in(), "token_chunks": _fan_in()},
+          ins={"memberships": all_chunks(), "whitened_activations": all_chunks(), "token_chunks": all_chunks()},
           kinds={"parquet"})
 def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hierarchy_sample: HierarchySample,
                 cluster_tree: ClusterTree, document_tree: ClusterTree, memberships: dict[str, Path],
@@ -196,9 +186,8 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
     the labels are also checked against the corpus categories (category_accuracy). The names of the
     trees' branches in the atlas_report; the page lists the first nodes of each tree and, on the
     document tree, each node's majority category beside the category its label is nearest to."""
-    decode = _decoder(corpus, model)
-    examples = NodeExamplesConfig(config.top_k, config.max_positives, config.max_negatives, config.window,
-                                  config.excerpt_tokens, config.seed)
+    decode = corpus.token_decoder(model)
+    examples = library_config(config, NodeExamplesConfig)
     read_excerpts = lambda wanted: document_excerpts(  # noqa: E731 - one token chunk in memory at a time
         ((key, pq.read_table(path, columns=["doc_id", "window", "token_ids"])) for key, path in token_chunks.items()),
         wanted, decode, config.excerpt_tokens)
@@ -214,9 +203,7 @@ def node_labels(context: dg.AssetExecutionContext, config: NodeLabelsConfig, hie
         tasks["document_tree"] = document_node_tasks(document_tree, hierarchy_sample, read_excerpts, examples)
     client = labeler.chat_client()
     chosen = labeler.labeler(client)
-    scorer = ScorerConfig(n_bootstrap=config.n_bootstrap, seed=config.seed,
-                          score_window=None if config.score_window < 0 else config.score_window,
-                          detection_client=client if labeler.score_with_llm else None)
+    scorer = library_config(config, ScorerConfig, detection_client=client if labeler.score_with_llm else None)
     root = Path(config.label_dir) if config.label_dir else atlas_home() / "labels" / "nodes"
     categories = np.asarray(hierarchy_sample.doc_categories).astype(str)
     parts, metadata = [], {}

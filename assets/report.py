@@ -3,16 +3,13 @@ file:// with no network (latent_atlas.report). It reads what the upstream assets
 ATLAS_HOME (results, labels, trees, outcome tables); optional ones that are missing show as such."""
 
 import dagster as dg
-from pydantic import Field
 
+from assets.configs import config_class, library_config
 from latent_atlas.paths import atlas_home
 from latent_atlas.report import ReportConfig, build_site
 
 
-class AtlasReportConfig(dg.Config):
-    map_method: str = Field(default=ReportConfig.map_method,
-                            description="2D map of the centers: 'umap' (cosine, seeded) or 'pca'")
-    seed: int = Field(default=ReportConfig.seed, description="random_state of the map's UMAP")
+AtlasReportConfig = config_class(ReportConfig, name="AtlasReportConfig")
 
 
 @dg.asset(
@@ -27,7 +24,7 @@ def atlas_report(config: AtlasReportConfig) -> dg.MaterializeResult:
     membership, statistics, intervention vector download, stability, related clusters), the token
     and document trees and the outcome association. Built in a temp directory, then renamed."""
     home = atlas_home()
-    summary = build_site(home, home / "report", ReportConfig(map_method=config.map_method, seed=config.seed))
+    summary = build_site(home, home / "report", library_config(config))
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(f"{summary.path}/index.html"),
         "url": dg.MetadataValue.url(f"file://{summary.path}/index.html"),

@@ -1,7 +1,7 @@
 """Steering: the intervention vectors in the model's residual stream, and their measured causal effect.
 
     intervention_vectors, merged_statistics, whitening -> steering_vectors
-    steering_vectors, whitening, centroids, merged_statistics, token_chunks -> steering_eval
+    steering_vectors, whitening, centroids (the fitted clustering), merged_statistics, token_chunks -> steering_eval
                                                        (+ ATLAS_HOME/plots/steering_dose_response.png)
 
 `steering_vectors` is a `latent_atlas.steering.SteeringVectors` (.npz by the tensor IO manager:
@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import Field
 
-from assets.analysis import _fan_in
+from assets.clustering import CLUSTERING_IN
+from assets.configs import config_class, library_config
 from assets.metadata import markdown_table, png_markdown, top_clusters
+from assets.partitions import all_chunks
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.intervention import InterventionVectors
 from latent_atlas.paths import atlas_home, model_cache_dir
@@ -33,8 +34,6 @@ from latent_atlas.steering_eval import (SteeringEvalConfig, dose_response_plot, 
 from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
 from latent_atlas.whitening import Whitening
 from resources import CorpusResource, ModelResource
-
-_DEFAULTS = SteeringEvalConfig()
 
 
 @dg.asset(io_manager_key="tensor_io_manager", group_name="steering", kinds={"numpy"})
@@ -61,23 +60,7 @@ def steering_vectors(intervention_vectors: InterventionVectors, merged_statistic
              "mapping_error_lda": float(vectors.mapping_error[c, 0])} for c in top_clusters(vectors.usage))})
 
 
-class SteeringEvalAssetConfig(dg.Config):
-    top_n: int = Field(default=_DEFAULTS.top_n, description="Clusters evaluated: the top N by usage")
-    alphas: list[float] = Field(default=list(_DEFAULTS.alphas),
-                                description="Steering strengths, in units of the difference of means' natural scale")
-    kl_budget: float = Field(default=_DEFAULTS.kl_budget, description="Cost budget: mean next-token KL (nats) on neutral text")
-    n_prompts: int = Field(default=_DEFAULTS.n_prompts, description="Held-out prompts continued per direction and alpha")
-    prompt_tokens: int = Field(default=_DEFAULTS.prompt_tokens, description="Tokens of each prompt")
-    max_new_tokens: int = Field(default=_DEFAULTS.max_new_tokens, description="Greedy tokens generated per prompt")
-    n_neutral: int = Field(default=_DEFAULTS.n_neutral, description="Held-out windows the KL is measured on")
-    neutral_tokens: int = Field(default=_DEFAULTS.neutral_tokens, description="Tokens of each neutral window")
-    seed: int = Field(default=_DEFAULTS.seed, description="Seed of the prompt choice and the random directions")
-
-    def eval_config(self) -> SteeringEvalConfig:
-        return SteeringEvalConfig(top_n=self.top_n, alphas=tuple(self.alphas), kl_budget=self.kl_budget,
-                                  n_prompts=self.n_prompts, prompt_tokens=self.prompt_tokens,
-                                  max_new_tokens=self.max_new_tokens, n_neutral=self.n_neutral,
-                                  neutral_tokens=self.neutral_tokens, seed=self.seed)
+SteeringEvalAssetConfig = config_class(SteeringEvalConfig, name="SteeringEvalAssetConfig")
 
 
 def heldout_token_windows(token_chunks: dict[str, Path], stats: ChunkStatistics):
@@ -91,17 +74,17 @@ def heldout_token_windows(token_chunks: dict[str, Path], stats: ChunkStatistics)
             yield ids[i][: counts[i]]
 
 
-@dg.asset(io_manager_key="parquet_io_manager", group_name="steering", ins={"token_chunks": _fan_in()},
+@dg.asset(io_manager_key="parquet_io_manager", group_name="steering", ins={**CLUSTERING_IN, "token_chunks": all_chunks()},
           kinds={"parquet"})
 def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetConfig, steering_vectors: SteeringVectors,
-                  whitening: Whitening, centroids: SequentialSoftClustering, merged_statistics: ChunkStatistics,
+                  whitening: Whitening, clustering: SequentialSoftClustering, merged_statistics: ChunkStatistics,
                   token_chunks: dict[str, Path], corpus: CorpusResource):
     """Concept lift (the cluster's usage on steered continuations of held-out prompts, read back through
     the model) and cost (next-token KL on neutral text, perplexity) over a grid of alphas, for the LDA
     vector, the difference of means and a random direction of equal norm; best lift at the KL budget.
     Whether a cluster's direction is causal for the model, not only a description of it; the page
     shows the dose-response curves."""
-    cfg = config.eval_config()
+    cfg = library_config(config)
     if corpus.source == "npz":  # seed-format chunks come without a model to steer
         return dg.MaterializeResult(value=pa.table({"cluster": pa.array([], pa.int64())}),
                                     metadata={"skipped": "NPZ corpus: no model to steer"})
@@ -114,9 +97,9 @@ def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetCo
         raise ValueError(f"steering_eval needs at least 2 held-out windows of {length} tokens, found {len(windows)}")
     n_prompts = min(cfg.n_prompts, len(windows) - 1)
     prompts, neutral = windows[:n_prompts, : cfg.prompt_tokens], windows[n_prompts:, : cfg.neutral_tokens]
-    centroids.config = dataclasses.replace(centroids.config, device="cpu")  # memberships are exact fp32 anywhere
+    clustering.config = dataclasses.replace(clustering.config, device="cpu")  # memberships are exact fp32 anywhere
     model = load_causal_model(vectors.model, model_cache_dir())
-    table = evaluate_steering(model, vectors.layer, whitening, centroids, vectors, clusters, prompts, neutral, cfg,
+    table = evaluate_steering(model, vectors.layer, whitening, clustering, vectors, clusters, prompts, neutral, cfg,
                               log=context.log.info)
     table = table.replace_schema_metadata({_META_KEY: json.dumps({"kl_budget": cfg.kl_budget, "alphas": list(cfg.alphas)})})
     summary = summarize(table, cfg.kl_budget)

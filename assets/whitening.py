@@ -10,7 +10,7 @@ from assets.metadata import spectrum_markdown, token_norms_table
 from latent_atlas.chunks import DenseChunk, read_chunk, screen_chunks
 from latent_atlas.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
                                     sample_vectors)
-from orchestration.partitions import NEW_CHUNKS, chunks
+from assets.partitions import all_chunks, chunks
 from resources import ComputeBackendResource, CorpusResource
 
 
@@ -35,7 +35,7 @@ def _chunk_moments(path: Path) -> Moments | str:
 @dg.asset(
     io_manager_key="tensor_io_manager",
     group_name="whitening",
-    ins={"activations": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})},
+    ins={"activations": all_chunks()},
     check_specs=[dg.AssetCheckSpec("whitened_covariance_is_identity", asset="whitening",
                                    description="Held-out vectors sampled across chunks, whitened by a refit whose "
                                    "moments exclude them, have covariance close to identity")],
@@ -94,7 +94,9 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
     )
 
 
-@dg.asset(partitions_def=chunks, automation_condition=NEW_CHUNKS,
+# Eager: a new chunk upstream, or a refit global model, makes the partition due (once the UI's
+# default automation sensor is switched on).
+@dg.asset(partitions_def=chunks, automation_condition=dg.AutomationCondition.eager(),
           io_manager_key="tensor_io_manager", group_name="whitening", kinds={"numpy"})
 def whitened_activations(activations: DenseChunk, whitening: Whitening):
     """Activations after the global whitening transform (fp16); masked positions are zero. What the

@@ -24,13 +24,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from assets.analysis import ChunkStatsConfig  # noqa: E402
 from latent_atlas.analyzer import ClusterAnalyzer  # noqa: E402
 from latent_atlas.chunks import read_chunk  # noqa: E402
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
 from latent_atlas.cpu import describe  # noqa: E402
 from latent_atlas.paths import atlas_home  # noqa: E402
-from latent_atlas.statistics import ChunkStatistics  # noqa: E402
+from latent_atlas.statistics import ChunkStatistics, StatisticsConfig  # noqa: E402
 
 
 def timed(fn) -> tuple[float, object]:
@@ -94,7 +93,7 @@ def time_passes(home: Path, repeat: int) -> None:
                         and not p.name.startswith("."))
     model = SequentialSoftClustering.load(home / "tensors" / "centroids.npz")
     k = model.cluster_centers_.shape[0]
-    config = ChunkStatsConfig().statistics_config()  # the asset's defaults
+    config = StatisticsConfig()  # the asset's defaults (derived from it)
     chunks = [read_chunk(p) for p in chunk_dirs]
     for chunk in chunks:  # into the page cache, for both passes alike
         np.asarray(chunk.activations).sum()

@@ -28,7 +28,7 @@ def _npz_case(root: Path, case: str) -> dict:
 
     from latent_atlas.manifests import read_manifest, remove_chunk
     from orchestration.definitions import build_definitions
-    from orchestration.partitions import chunks
+    from assets.partitions import chunks
     from orchestration.pipeline import register_partitions, run_stages, stages_of
     from resources import CorpusResource, ModelResource
     from tests.conftest import write_seed_npz

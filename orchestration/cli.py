@@ -26,6 +26,11 @@ def _stages(defs, steering: bool):
     return stages_of(defs, names if steering else [n for n in names if n != "steering_eval"])
 
 
+def _asset_config(args: argparse.Namespace) -> dict[str, dict]:
+    """Run config of the assets the command line sets: the number of clusters."""
+    return {"centroids": {"n_clusters": args.clusters}}
+
+
 def _demo(args: argparse.Namespace) -> int:
     home = use_atlas_home(args.home)
     import dagster as dg
@@ -50,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
     keys = corpus.register(model.tokenizer(), model.name)
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
-    report = run_stages(defs, instance, keys, _stages(defs, args.steering))
+    report = run_stages(defs, instance, keys, _stages(defs, args.steering), asset_config=_asset_config(args))
     from orchestration.status import summary_lines
 
     print("\n".join(summary_lines(defs, instance, home, report.keys)))
@@ -92,7 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     register_partitions(instance, registration.keys)
     print(f"registered {len(registration.keys)} chunk partitions ({registration.keys[0]} .. {registration.keys[-1]})")
     try:
-        report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering))
+        report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering),
+                            asset_config=_asset_config(args))
     except RuntimeError as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 1
@@ -112,7 +118,7 @@ def _remove_chunk(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from latent_atlas.manifests import remove_chunk
-    from orchestration.partitions import chunks
+    from assets.partitions import chunks
 
     instance = dg.DagsterInstance.get()
     known = instance.has_dynamic_partition(chunks.name, args.key)
@@ -132,7 +138,7 @@ def _status(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orchestration.definitions import defs
-    from orchestration.partitions import chunks
+    from assets.partitions import chunks
     from orchestration.status import summary_lines
 
     instance = dg.DagsterInstance.get()
@@ -212,6 +218,8 @@ def _steer(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from latent_atlas.clustering import ClusteringConfig  # the library's defaults are the CLI's
+
     parser = argparse.ArgumentParser(prog="latent-atlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (SmolLM2 on BBC News)")
@@ -222,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--layer", type=int, default=0, help="residual stream layer (0 = middle)")
     demo.add_argument("--skip-first", type=int, default=None,
                       help="leave the first N positions of every window out of the analysis (default: the corpus default)")
+    demo.add_argument("--clusters", type=int, default=64,
+                      help="number of clusters k (default 64: ~1,400 tokens each in the default demo's ~90k)")
     demo.add_argument("--steering", action="store_true", help="also run steering_eval (generates text: minutes)")
     demo.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas)")
     demo.set_defaults(func=_demo)
@@ -229,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     data = run.add_mutually_exclusive_group(required=True)
     data.add_argument("--npz", default="", help="a folder of seed-format .npz chunks (one chunk per file)")
     data.add_argument("--files", default="", help="a .txt/.jsonl/.parquet file or a folder of them")
+    run.add_argument("--clusters", type=int, default=ClusteringConfig.n_clusters,
+                     help=f"number of clusters k (default {ClusteringConfig.n_clusters}, the library's; fewer for "
+                     "small corpora: aim for at least ~1,000 tokens per cluster)")
     run.add_argument("--steering", action="store_true", help="also run steering_eval (text corpora; minutes)")
     run.add_argument("--name", default="", help="corpus name in the partition keys (default: the folder's name)")
     run.add_argument("--model", default="smollm2-135m", help="text only: smollm2-135m (default) or minilm-l6")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import dagster as dg
 
-from orchestration.partitions import chunks
+from assets.partitions import chunks
 
 Stage = tuple[tuple[str, ...], bool]  # (asset names, per chunk?)
 
@@ -72,15 +72,18 @@ def run_stages(
     stages: list[Stage] | None = None,
     log: Callable[[str], None] = print,
     dagster_log_level: str = "WARNING",
+    asset_config: dict[str, dict] | None = None,
 ) -> PipelineReport:
     """Materialize each stage; a chunk that fails is reported and skipped by later stages.
 
     Logs progress per stage and per chunk; a global stage that leaves chunks out (metadata
     `refused_chunks`) has them recorded in the report. Dagster's own console logger prints only
     from `dagster_log_level` up (its DEBUG events, hundreds a run, would bury the progress lines);
-    every event is still in the instance's event log for the UI.
+    every event is still in the instance's event log for the UI. `asset_config` {asset: its config}
+    is the run config of the assets it names (e.g. {"centroids": {"n_clusters": 64}}).
     """
     quiet = {"loggers": {"console": {"config": {"log_level": dagster_log_level}}}}
+    asset_config = asset_config or {}
     report = PipelineReport(keys)
     stages = stages or stages_of(defs)
     for number, (names, per_chunk) in enumerate(stages, start=1):
@@ -92,7 +95,8 @@ def run_stages(
             began = time.perf_counter()
             result = dg.materialize(
                 list(defs.assets), instance=instance, resources=defs.resources, partition_key=key,
-                selection=dg.AssetSelection.assets(*names), raise_on_error=False, run_config=quiet,
+                selection=dg.AssetSelection.assets(*names), raise_on_error=False,
+                run_config={**quiet, "ops": {n: {"config": asset_config[n]} for n in names if n in asset_config}},
             )
             if not result.success:
                 error = _first_error(result)

@@ -12,7 +12,7 @@ from latent_atlas.errors import ChunkError
 from latent_atlas.manifests import register_npz, register_text
 from latent_atlas.paths import incoming_dir
 from orchestration.jobs import chunk_job
-from orchestration.partitions import chunks
+from assets.partitions import chunks
 from resources import CorpusResource, ModelResource
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -36,6 +37,12 @@ class CorpusResource(dg.ConfigurableResource):
 
     def npz_keys(self) -> NpzKeys:
         return NpzKeys(self.npz_activations_key, self.npz_attention_mask_key, self.npz_token_ids_key)
+
+    def token_decoder(self, model) -> Callable:
+        """ids -> display strings: the model's tokenizer for text sources; NPZ chunks carry ids of an
+        unknown tokenizer, shown as '<id>'."""
+        from resources.model import decoder_for
+        return decoder_for(None) if self.source == "npz" else model.decoder()
 
     def corpus_name(self) -> str:
         """The corpus part of this source's partition keys."""

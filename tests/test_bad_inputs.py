@@ -13,7 +13,7 @@ from latent_atlas.chunks import load_npz_chunk, remove_stale_temp_files
 from latent_atlas.errors import ChunkError
 from latent_atlas.manifests import read_manifest, register_npz, remove_chunk
 from latent_atlas.whitening import Whitening
-from orchestration.partitions import chunks
+from assets.partitions import chunks
 from orchestration.pipeline import run_stages
 from resources import CorpusResource, ModelResource
 from tests.conftest import materialized, write_seed_npz
