@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration.instance import use_atlas_home
+from orchestration.instance import fail_orphaned_runs, use_atlas_home
 
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
 
@@ -52,6 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     for path in remove_stale_temp_files(home):
         print(f"removed a killed write's temp file: {path}")
+    for run_id in fail_orphaned_runs(instance):
+        print(f"marked run {run_id} failed: its process was killed")
     keys = corpus.register(model.tokenizer(), model.name)
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
@@ -83,6 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for path in remove_stale_temp_files(home):
         print(f"removed a killed write's temp file: {path}")
+    for run_id in fail_orphaned_runs(instance):
+        print(f"marked run {run_id} failed: its process was killed")
     print(f"latent-atlas run: {source['source']} {source['path']} as corpus {corpus.corpus_name()!r}, ATLAS_HOME={home}")
     try:
         registration = corpus.registration(None if args.npz else model.tokenizer(), model.name)

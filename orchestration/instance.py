@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 # Per-chunk partitions run as separate runs; the queue bounds how many run at once (one machine).
+# Run monitoring (the daemon of `latent-atlas ui`) marks runs whose worker died failed; runs of the
+# CLI, which execute in its own process, are marked by fail_orphaned_runs when it next starts.
 DAGSTER_YAML = """\
 telemetry:
   enabled: false
 concurrency:
   runs:
     max_concurrent_runs: 2
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
 """
 
 
@@ -28,3 +34,40 @@ def use_atlas_home(home: str | Path = "") -> Path:
         (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return path
+
+
+def fail_orphaned_runs(instance) -> list[str]:
+    """Mark failed every run still STARTING/STARTED whose process on this host is gone (killed with
+    SIGKILL, or the machine lost power): without this such a run shows as in progress forever. Returns
+    their run ids. A run whose process lives (another CLI, the UI's workers) is left alone."""
+    import dagster as dg
+
+    orphans = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING,
+                                                                 dg.DagsterRunStatus.STARTED])):
+        pid = _last_pid(instance, run.run_id)
+        if pid is None or _alive(pid):
+            continue
+        instance.report_run_failed(run, message=f"run worker (pid {pid} on {socket.gethostname()}) is gone: the "
+                                   "process was killed; marked failed when latent-atlas next started")
+        orphans.append(run.run_id)
+    return orphans
+
+
+def _last_pid(instance, run_id: str) -> int | None:
+    """The process that wrote the run's last event on this host, if any event says so."""
+    for record in reversed(instance.all_logs(run_id)):
+        event = record.dagster_event
+        if event is not None and event.pid is not None:
+            return int(event.pid)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
