@@ -13,6 +13,7 @@ The root has depth 0; a child of a depth-d node has depth d + 1.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_atlas.neighbors import cosine_knn, unit_rows
 from latent_atlas.tables import save_npz, write_npz
 
 ROOT = "root"
@@ -58,8 +60,20 @@ class TreeConfig:
     """UMAP n_neighbors (local vs global structure); a node needs more members than this to split."""
     umap_min_dist: float = 0.0
     """UMAP min_dist; 0 packs clusters tightly, which suits density clustering."""
-    umap_n_epochs: int | None = None
-    """UMAP optimisation epochs; None lets UMAP choose (200 for large, 500 for small inputs)."""
+    umap_n_epochs: int | None = 200
+    """UMAP optimisation epochs; None lets UMAP choose (500 up to 10,000 points, 200 above: the default
+    before issue 12). 200: the layout epochs are most of a node's cost once the kNN graph is exact, and
+    fewer of them keep the planted-hierarchy ARI of the previous build (benchmarks/tree_speed.py)."""
+    knn: str = "exact"
+    """Neighbour graph of each node's UMAP: "exact" (cosine kNN by blocked matrix products, handed to UMAP
+    as precomputed_knn) or "umap" (UMAP's own search: exact below 4,096 points, NN-descent above; the
+    behaviour before issue 12). NN-descent's numba kernels take 1-3 minutes to compile in every new
+    process, most of the cost of a 5,000-token tree; the exact graph is at least as accurate."""
+    umap_fit_size: int | None = None
+    """For very large samples: a node with more members than this fits UMAP and HDBSCAN on a seeded
+    subsample of this many; every other member takes the label most common among its umap_n_neighbors
+    nearest fitted members (cosine, noise counts as a label). None fits every node on all its members:
+    the exact kNN graph costs O(m^2 d) for a node of m members, a few seconds at 20,000 on 2 cores."""
     soft_cluster_min_fraction: float = 0.5
     """A soft cluster is mapped to a node when at least this fraction of its members fall in it."""
     seed: int = 0
@@ -110,7 +124,7 @@ class ClusterTree:
     def assign_paths(self, x: np.ndarray) -> list[list[str]]:
         """Path of node ids for each vector of x [m, d]: from the root, the child whose centroid is
         nearest by cosine at each depth, down to a leaf (the root is not in the path)."""
-        unit = _unit_rows(np.asarray(x, dtype=np.float32))
+        unit = unit_rows(np.asarray(x, dtype=np.float32))
         paths: list[list[str]] = [[] for _ in range(len(unit))]
         frontier = {ROOT: np.arange(len(unit))}
         while frontier:
@@ -137,7 +151,7 @@ class ClusterTree:
         doc_ids = np.asarray(doc_ids)
         docs, inverse = np.unique(doc_ids, return_inverse=True)
         if method == "mean":
-            unit = _unit_rows(np.asarray(x, dtype=np.float32))
+            unit = unit_rows(np.asarray(x, dtype=np.float32))
             pooled = np.zeros((len(docs), unit.shape[1]), np.float64)
             np.add.at(pooled, inverse, unit)
             return dict(zip(docs.tolist(), self.assign_paths(pooled)))
@@ -207,7 +221,7 @@ class ClusterTree:
                 m["id"], m["parent"], m["depth"], m["size"],
                 float("nan") if m["silhouette"] is None else m["silhouette"], arrays["centroids"][i],
                 span["members"], span["noise"], m["children"], {int(c): f for c, f in m["soft_clusters"].items()})
-        return cls(nodes, TreeConfig(**meta["config"]))
+        return cls(nodes, TreeConfig(**{"knn": "umap", **meta["config"]}))  # files before issue 12: UMAP's kNN
 
 
 def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: np.ndarray | None = None,
@@ -219,6 +233,7 @@ def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: n
     data_version (or of x's bytes) and loaded from there on the next call.
     """
     config = config or TreeConfig()
+    check_config(config)
     x = np.asarray(x)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty [n, d] array, got shape {x.shape}")
@@ -229,7 +244,7 @@ def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: n
         cache_path = Path(cache_dir) / f"tree-{cache_key(x, config, soft_clusters, data_version)}.json"
         if cache_path.exists():
             return ClusterTree.load(cache_path)
-    unit = _unit_rows(x.astype(np.float32))
+    unit = unit_rows(x.astype(np.float32))
     soft = _soft_mass(soft_clusters)
     root = _make_node(ROOT, None, 0, np.arange(len(x)), float("nan"), unit, soft, config)
     nodes = {ROOT: root}
@@ -263,28 +278,83 @@ def split_node(x: np.ndarray, depth: int, config: TreeConfig) -> tuple[np.ndarra
     """Re-embed one node's members x [m, d] with UMAP and cluster with HDBSCAN.
 
     Returns HDBSCAN labels [m] (-1 = noise) and each cluster's mean silhouette on the embedding,
-    noise excluded; fewer than two clusters gives an empty dict.
+    noise excluded; fewer than two clusters gives an empty dict. With umap_fit_size below m, both
+    are fitted on a seeded subsample and the other members labelled by their nearest fitted ones.
     """
-    import warnings
-
     import hdbscan  # imported here: UMAP/numba take seconds to load, path assignment needs neither
-    import umap
     from sklearn.metrics import silhouette_samples
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # random_state forces 1 thread: wanted
-        embedding = umap.UMAP(n_components=config.umap_n_components, n_neighbors=config.umap_n_neighbors,
-                              min_dist=config.umap_min_dist, metric="cosine", n_epochs=config.umap_n_epochs,
-                              random_state=config.seed).fit_transform(x)
+    fitted = _fitted_members(len(x), config)  # [f] indices into x
+    embedding = embed_node(x[fitted], config)
     min_cluster_size = max(config.min_cluster_size_floor, int(len(x) * config.base_pct * config.decay**depth))
-    labels = hdbscan.HDBSCAN(min_cluster_size=max(min_cluster_size, 2), min_samples=config.hdbscan_min_samples,
-                             cluster_selection_method=config.cluster_selection_method).fit_predict(embedding)
-    kept = labels >= 0
-    clusters = np.unique(labels[kept])
+    if len(fitted) < len(x):  # the same share of the node, counted on the subsample
+        min_cluster_size = max(config.min_cluster_size_floor, round(min_cluster_size * len(fitted) / len(x)))
+    fit_labels = hdbscan.HDBSCAN(min_cluster_size=max(min_cluster_size, 2), min_samples=config.hdbscan_min_samples,
+                                 cluster_selection_method=config.cluster_selection_method).fit_predict(embedding)
+    labels = fit_labels if len(fitted) == len(x) else _label_by_fitted_neighbours(x, fitted, fit_labels, config)
+    kept = fit_labels >= 0
+    clusters = np.unique(fit_labels[kept])
     if len(clusters) < 2:
         return labels, {}
-    per_point = silhouette_samples(embedding[kept], labels[kept])
-    return labels, {int(c): float(per_point[labels[kept] == c].mean()) for c in clusters}
+    per_point = silhouette_samples(embedding[kept], fit_labels[kept])
+    return labels, {int(c): float(per_point[fit_labels[kept] == c].mean()) for c in clusters}
+
+
+def embed_node(x: np.ndarray, config: TreeConfig) -> np.ndarray:
+    """[m, umap_n_components] UMAP embedding of x [m, d] (cosine), seeded: the same x and config give the
+    same embedding."""
+    import warnings
+
+    import umap
+
+    _cache_umap_kernels()
+    knn = {}
+    if config.knn == "exact":
+        knn = {"precomputed_knn": cosine_knn(x, x, min(config.umap_n_neighbors, len(x)), self_first=True)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # random_state forces 1 thread: wanted
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # no transform needed: no search index
+        return umap.UMAP(n_components=config.umap_n_components, n_neighbors=config.umap_n_neighbors,
+                         min_dist=config.umap_min_dist, metric="cosine", n_epochs=config.umap_n_epochs,
+                         random_state=config.seed, **knn).fit_transform(x)
+
+
+@functools.cache
+def _cache_umap_kernels() -> None:
+    """Turn numba's on-disk cache on for UMAP's module-level kernels (umap leaves it off): the first
+    process compiles them (~15 s), later ones load them (~1 s). The compiled code is the same."""
+    from numba.core.dispatcher import Dispatcher
+    from umap import distances, layouts, spectral, umap_, utils
+
+    for module in (umap_, layouts, spectral, utils, distances):
+        for kernel in vars(module).values():
+            if isinstance(kernel, Dispatcher) and type(kernel._cache).__name__ == "NullCache" and not kernel.overloads:
+                try:
+                    kernel.enable_caching()
+                except RuntimeError:  # no writable cache directory: compile in memory, as umap does
+                    return
+
+
+def _fitted_members(m: int, config: TreeConfig) -> np.ndarray:
+    """Indices of the members a node's UMAP and HDBSCAN are fitted on: all, or a seeded subsample."""
+    if config.umap_fit_size is None or m <= config.umap_fit_size:
+        return np.arange(m)
+    return np.sort(np.random.default_rng([config.seed, m]).choice(m, config.umap_fit_size, replace=False))
+
+
+def _label_by_fitted_neighbours(x: np.ndarray, fitted: np.ndarray, fit_labels: np.ndarray,
+                                config: TreeConfig) -> np.ndarray:
+    """Labels [m] of all members: the fitted keep theirs, the others take the most common label (ties: the
+    smallest) among their umap_n_neighbors nearest fitted members."""
+    labels = np.empty(len(x), np.int64)
+    labels[fitted] = fit_labels
+    rest = np.setdiff1d(np.arange(len(x)), fitted)
+    neighbours, _ = cosine_knn(x[rest], x[fitted], min(config.umap_n_neighbors, len(fitted)))  # [r, k]
+    votes = fit_labels[neighbours] + 1  # noise (-1) -> 0
+    counts = np.zeros((len(rest), int(votes.max()) + 1), np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(rest)), votes.shape[1]), votes.ravel()), 1)
+    labels[rest] = np.argmax(counts, axis=1) - 1
+    return labels
 
 
 def cache_key(x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | None, data_version: str | None) -> str:
@@ -298,6 +368,15 @@ def cache_key(x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | Non
     if soft_clusters is not None:
         h.update(np.ascontiguousarray(soft_clusters).tobytes())
     return h.hexdigest()[:16]
+
+
+def check_config(config: TreeConfig) -> None:
+    """Raise ValueError naming the TreeConfig field whose value cannot work."""
+    if config.knn not in ("exact", "umap"):
+        raise ValueError(f"TreeConfig.knn must be 'exact' or 'umap', got {config.knn!r}")
+    if config.umap_fit_size is not None and config.umap_fit_size < min_split_size(config):
+        raise ValueError(f"TreeConfig.umap_fit_size must be None or at least {min_split_size(config)} "
+                         f"(min_split_size: a smaller fit cannot split), got {config.umap_fit_size!r}")
 
 
 def min_split_size(config: TreeConfig) -> int:
@@ -329,10 +408,6 @@ def _soft_mass(soft_clusters):
     else:
         mass = soft.astype(np.float64)
     return mass, np.asarray(mass.sum(0)).ravel()
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _sort_key(node_id: str) -> tuple:
