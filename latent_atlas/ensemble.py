@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
+from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics.cluster import contingency_matrix
 
 from latent_atlas.tables import save_npz
 
@@ -35,16 +37,17 @@ STABILITY_FLOOR = 0.8  # an atlas cluster whose median best-match cosine to the 
 MAX_UNSTABLE_SHARE = 0.2  # a stability floor passes with at most this share of unstable clusters
 
 
-def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Counts of items per (label in a, label in b) -> [ka, kb]; labels need not be 0..k-1."""
+def _partitions(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"partitions must be 1-D and the same length, got {a.shape} and {b.shape}")
-    _, a_idx = np.unique(a, return_inverse=True)
-    b_ids, b_idx = np.unique(b, return_inverse=True)
-    ka = int(a_idx.max()) + 1 if a.size else 0
-    flat = np.bincount(a_idx * len(b_ids) + b_idx, minlength=ka * len(b_ids))
-    return flat.reshape(ka, len(b_ids))
+    return a, b
+
+
+def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Counts of items per (label in a, label in b) -> [ka, kb] int64, rows and columns in sorted
+    label order; labels need not be 0..k-1."""
+    return contingency_matrix(*_partitions(a, b))
 
 
 def perm_invariant_hamming(a: np.ndarray, b: np.ndarray) -> int:
@@ -70,15 +73,9 @@ def matching_distance(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
-    """Adjusted Rand index (1 = same partition up to relabelling, ~0 = chance)."""
-    table = contingency(a, b)
-    n = int(table.sum())
-    both, in_a, in_b = _pairs(table), _pairs(table.sum(1)), _pairs(table.sum(0))
-    total = n * (n - 1) // 2
-    expected = in_a * in_b / total if total else 0.0
-    top = 0.5 * (in_a + in_b)
-    # two identical trivial partitions (all-one-cluster or all-singletons) agree perfectly
-    return 1.0 if top == expected else float((both - expected) / (top - expected))
+    """Adjusted Rand index (1 = same partition up to relabelling, ~0 = chance); two identical trivial
+    partitions (all-one-cluster or all-singletons) agree perfectly."""
+    return float(adjusted_rand_score(*_partitions(a, b)))
 
 
 def partition_distance(a: np.ndarray, b: np.ndarray, method: str) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import chi2_contingency, false_discovery_control, fisher_exact, permutation_test
 from scipy.stats.contingency import association
+from sklearn.metrics.cluster import contingency_matrix
 
 MIN_EXPECTED = 5.0  # the usual validity rule of thumb for the chi-squared approximation
 PERMUTATION_RESAMPLES = 9_999  # Monte Carlo resamples: the p-value's standard error is at most 0.005
@@ -112,7 +113,7 @@ def cluster_outcome_association(clusters: Sequence[str], outcomes: Sequence[str]
         raise ValueError(f"clusters and outcomes must have the same length, got {len(clusters)} and {len(outcomes)}")
     cluster_ids, ci = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
     outcome_ids, oi = np.unique(np.asarray(outcomes, dtype=str), return_inverse=True)
-    table = _contingency(ci, oi, len(cluster_ids), len(outcome_ids))
+    table = contingency_matrix(ci, oi)  # [clusters, outcomes], rows and columns in the ids' order
     reason = _untestable_reason(cluster_ids, outcome_ids, table)
     if reason:
         expected, nan = table.astype(float), float("nan")
@@ -134,9 +135,10 @@ def permutation_chi2_p(cluster_index: np.ndarray, outcome_index: np.ndarray, res
     """Monte Carlo p-value of the chi-squared statistic of independence: the share of random
     permutations of the outcomes over documents [n] (both margins fixed) with a statistic at least
     the observed one, counting the observed (p >= 1 / (resamples + 1)). Exact when n! <= resamples.
+    Indices are 0 .. r - 1 and 0 .. k - 1 with every value present (np.unique's inverse).
     """
-    r, k = int(cluster_index.max()) + 1, int(outcome_index.max()) + 1
-    table = _contingency(cluster_index, outcome_index, r, k)
+    table = contingency_matrix(cluster_index, outcome_index)  # [r, k]
+    r, k = table.shape
     expected = np.outer(table.sum(1), table.sum(0)) / table.sum()
 
     def chi2(permuted: np.ndarray, axis: int = -1) -> np.ndarray:  # permuted: [..., n] outcome indices
@@ -206,13 +208,6 @@ def association_markdown(results: Sequence[Association], top: int = 3) -> str:
             under = ", ".join(f"{c.cluster} ({c.residual:+.1f})" for c in a.most_under(outcome, top))
             lines.append(f"| {a.depth} | {outcome} | {over} | {under} |")
     return "\n".join(lines)
-
-
-def _contingency(cluster_index: np.ndarray, outcome_index: np.ndarray, n_clusters: int, n_outcomes: int) -> np.ndarray:
-    """Document counts [n_clusters, n_outcomes]."""
-    table = np.zeros((n_clusters, n_outcomes), dtype=np.int64)
-    np.add.at(table, (cluster_index, outcome_index), 1)
-    return table
 
 
 def _untestable_reason(cluster_ids: np.ndarray, outcome_ids: np.ndarray, table: np.ndarray) -> str:
