@@ -54,6 +54,15 @@ def test_weighted_auroc_matches_sklearn():
     w = rng.random(500)
     expected = roc_auc_score(np.r_[np.ones(500), np.zeros(500)], np.r_[scores, scores], sample_weight=np.r_[w, 1 - w])
     assert weighted_auroc(scores, w, 1 - w) == pytest.approx(expected, abs=1e-12)
+    # the interval's own point estimate (rank-based, beside the influences) is the same number
+    assert auroc_interval(scores, w, 1 - w, rng.integers(0, 50, 500))[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_weighted_auroc_without_positives_or_negatives_is_nan():
+    scores = np.arange(5.0)
+    assert np.isnan(weighted_auroc(scores, np.zeros(5), np.ones(5)))
+    assert np.isnan(weighted_auroc(scores, np.ones(5), np.zeros(5)))
+    assert np.isnan(auroc_interval(scores, np.zeros(5), np.ones(5))[0])
 
 
 def test_planted_direction_beats_random_on_heldout():

@@ -83,17 +83,25 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_bootstrap: int, level: float, seed: int
                     ) -> tuple[float, float, float]:
     """(AUROC, low, high): AUROC by sklearn; interval from resampling members and negatives
-    separately (each resample's AUROC is the mean of the pairwise win matrix, ties count 1/2)."""
+    separately (see `resampled_aurocs`)."""
     if pos.size == 0 or neg.size == 0:
         return float("nan"), float("nan"), float("nan")
     value = float(roc_auc_score(np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg]))
-    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # [n_pos, n_neg]
     rng = np.random.default_rng(seed)
     pos_counts = rng.multinomial(pos.size, np.full(pos.size, 1 / pos.size), n_bootstrap)  # [B, n_pos]
     neg_counts = rng.multinomial(neg.size, np.full(neg.size, 1 / neg.size), n_bootstrap)  # [B, n_neg]
-    samples = np.einsum("bi,ij,bj->b", pos_counts, wins, neg_counts) / (pos.size * neg.size)
+    samples = resampled_aurocs(pos, neg, pos_counts, neg_counts)
     tail = (1 - level) / 2
     return value, float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))
+
+
+def resampled_aurocs(pos: np.ndarray, neg: np.ndarray, pos_counts: np.ndarray, neg_counts: np.ndarray) -> np.ndarray:
+    """AUROC of each resample [B], the scores pos [n_pos] and neg [n_neg] counted pos_counts [B, n_pos]
+    and neg_counts [B, n_neg] times: the count-weighted mean of the pairwise win matrix (ties 1/2).
+    Equals sklearn's roc_auc_score with the counts as sample weights (tests/test_library_equivalents.py)
+    in one matrix product for all B, where a call per resample costs ~100x more."""
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # [n_pos, n_neg]
+    return np.einsum("bi,ij,bj->b", pos_counts, wins, neg_counts) / (pos_counts.sum(1) * neg_counts.sum(1))
 
 
 def window_text(example: Example, window: int | None) -> str:
