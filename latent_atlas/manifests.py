@@ -23,6 +23,7 @@ from pathlib import Path
 from latent_atlas.corpus import (ChunkPlan, Document, NpzPlan, bbc_documents, documents_of_files, file_documents,
                                  plan_chunks, text_files)
 from latent_atlas.paths import atlas_home, manifests_dir
+from latent_atlas.tables import write_atomically
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 # Bytes hashed from each end of a file for its quick fingerprint; equal quick fingerprints are
@@ -54,12 +55,7 @@ class Registration:
 
 
 def write_manifest(key: str, text: str) -> Path:
-    path = manifests_dir() / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(manifests_dir() / f"{key}.json", lambda f: f.write(text.encode("utf-8")))
 
 
 def _plan_of(data: dict) -> ChunkPlan | NpzPlan:

@@ -19,11 +19,13 @@ import json
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.tables import save_npz
 
 # (chunk key, chunk, doc id per sequence [n_seq], category per sequence [n_seq])
 SampleChunk = tuple[str, DenseChunk, Sequence[str], Sequence[str]]
@@ -63,8 +65,8 @@ class HierarchySample:
         """Dense soft memberships of the document directions [D, k]."""
         return dense_memberships(self.doc_member_clusters, self.doc_member_values, self.n_clusters)
 
-    def save(self, path) -> None:
-        np.savez(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+    def save(self, path) -> Path:
+        return save_npz(path, {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
 
     @classmethod
     def load(cls, path) -> HierarchySample:

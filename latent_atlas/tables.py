@@ -17,19 +17,11 @@ _META_KEY = b"latent_atlas"
 
 def write_table(table: pa.Table, path: str | Path, metadata: dict | None = None) -> Path:
     """Write `table` to `path` atomically; `metadata` (JSON-able) goes into the file footer."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         schema_meta = dict(table.schema.metadata or {})
         schema_meta[_META_KEY] = json.dumps(metadata).encode()
         table = table.replace_schema_metadata(schema_meta)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -41,7 +33,7 @@ def read_metadata(path: str | Path) -> dict:
 
 def write_atomically(path: str | Path, write) -> Path:
     """Call write(binary file) on a temp file beside `path`, fsync, rename: a killed process leaves
-    the old file or the new one, never half of one."""
+    the old file or the new one, never half of one (a directory: `latent_atlas.chunks.atomic_dir`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -57,7 +49,7 @@ def write_atomically(path: str | Path, write) -> Path:
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays to one .npz atomically."""
+    """Write arrays to one .npz atomically, at exactly `path` (np.savez on a name would append .npz)."""
     return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_atlas.chunks import DenseChunk, to_float16
+from latent_atlas.tables import save_npz
 
 # Rows multiplied per block when accumulating moments: bounds the float64 copy to ~64 MB at d=2304.
 _BLOCK_ROWS = 4096
@@ -77,8 +78,8 @@ class Moments:
         mu = self.mean
         return self.outer / self.count - np.outer(mu, mu)
 
-    def save(self, path: str | Path) -> None:
-        np.savez(path, count=np.int64(self.count), total=self.total, outer=self.outer)
+    def save(self, path: str | Path) -> Path:
+        return save_npz(path, {"count": np.int64(self.count), "total": self.total, "outer": self.outer})
 
     @classmethod
     def load(cls, path: str | Path) -> "Moments":
@@ -163,11 +164,9 @@ class Whitening:
             out[start : start + block.n_sequences] = to_float16(whitened, source, "whitened activations", start)
         return out
 
-    def save(self, path: str | Path) -> None:
-        np.savez(
-            path, mean=self.mean_, matrix=self.matrix_, method=np.str_(self.method),
-            eps=np.float64(self.eps), eigenvalues=self.eigenvalues_,
-        )
+    def save(self, path: str | Path) -> Path:
+        return save_npz(path, {"mean": self.mean_, "matrix": self.matrix_, "method": np.str_(self.method),
+                               "eps": np.float64(self.eps), "eigenvalues": self.eigenvalues_})
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":

@@ -105,7 +105,8 @@ def test_document_sums_match_a_direct_computation(model):
 
 def test_save_load_round_trip(model, tmp_path):
     s = draw_sample(make_chunks(), 12, seed=0, model=model)
-    s.save(tmp_path / "sample.npz")
+    assert s.save(tmp_path / "sample.npz") == tmp_path / "sample.npz"
+    assert [p.name for p in tmp_path.iterdir()] == ["sample.npz"]  # written atomically: no temp file left
     t = HierarchySample.load(tmp_path / "sample.npz")
     assert t.version == s.version and t.n_clusters == 4 and t.tokens_seen == s.tokens_seen
     np.testing.assert_array_equal(t.doc_vectors, s.doc_vectors)

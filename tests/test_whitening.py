@@ -71,6 +71,19 @@ def test_save_load_and_identity(tmp_path):
     np.testing.assert_array_equal(Whitening.identity(5).transform(x), x)
 
 
+def test_save_writes_exactly_the_path_given_and_nothing_else(tmp_path):
+    moments = Moments.of_vectors(_correlated(200, 4, 7))
+    w = Whitening.fit(moments)
+    # the tensor IO manager saves to a temp name of its own, then renames it
+    assert w.save(tmp_path / ".w.1a2b3c4d.tmp.npz") == tmp_path / ".w.1a2b3c4d.tmp.npz"
+    assert moments.save(tmp_path / "moments.npz") == tmp_path / "moments.npz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.1a2b3c4d.tmp.npz", "moments.npz"]
+    np.testing.assert_array_equal(Whitening.load(tmp_path / ".w.1a2b3c4d.tmp.npz").eigenvalues_, w.eigenvalues_)
+    back = Moments.load(tmp_path / "moments.npz")
+    assert back.count == moments.count
+    np.testing.assert_array_equal(back.outer, moments.outer)
+
+
 def test_too_few_vectors():
     with pytest.raises(ValueError, match="at least 2 vectors"):
         Whitening.fit(Moments.of_vectors(np.ones((1, 3))))
