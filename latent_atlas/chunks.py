@@ -10,7 +10,9 @@ Layout of a chunk directory (written atomically: temp directory, then rename):
 .npy memory-mapped reads measured fastest on this machine kind (docs/benchmarks.md): reading a
 chunk costs no decode and no copy until the pages are touched.
 
-Seed-format NPZ files (the user's own chunks) are validated and read by `load_npz_chunk`.
+Seed-format NPZ files (the user's own chunks) are validated and read by `load_npz_chunk`;
+`open_chunk` takes either kind (or a DenseChunk), and `open_rows` / `sample_positions` give the
+attended rows of one as the clustering reads them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -315,6 +317,60 @@ def load_npz_chunk(path: str | Path, keys: NpzKeys = NpzKeys(), expected_dim: in
         raise ChunkError(path, f"truncated or corrupt NPZ file: {exc}") from exc
     validate_chunk(chunk, path, expected_dim)
     return chunk
+
+
+def open_chunk(source: Any, keys: NpzKeys = NpzKeys()) -> DenseChunk:
+    """A DenseChunk from a DenseChunk, a chunk directory or a seed-format .npz file."""
+    if isinstance(source, DenseChunk):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        return read_chunk(path)
+    if path.suffix == ".npz":
+        return load_npz_chunk(path, keys)
+    raise ChunkError(path, "expected a chunk directory or a seed-format .npz file")
+
+
+class ChunkRows:
+    """Rows [n, d] of a chunk with the indices of its attended rows; indexing gathers rows."""
+
+    def __init__(self, data: np.ndarray, attended: np.ndarray):
+        self.data, self.attended = data, attended
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __getitem__(self, index):
+        return self.data[index]
+
+
+def open_rows(source: Any, keys: NpzKeys = NpzKeys()) -> tuple[ChunkRows, str]:
+    """(rows, name): activations flattened to [n_seq * seq_len, d] (memory-mapped when possible),
+    with the flat indices of attended positions marked by `rows.attended`, and a name for errors.
+    A 2-D array [n, d] is taken as n attended rows."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 2:
+            raise ValueError(f"X must be a 2-D array [n, d], got shape {source.shape}")
+        return ChunkRows(source, np.arange(source.shape[0])), "X"
+    chunk = open_chunk(source, keys)
+    flat = chunk.activations.reshape(-1, chunk.dim)
+    attended = np.flatnonzero(np.asarray(chunk.attention_mask).reshape(-1))
+    return ChunkRows(flat, attended), str(chunk.path or "<chunk>")
+
+
+def sample_positions(rows: ChunkRows, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat indices of at most max_points attended rows (sorted so memmap reads go forward)."""
+    attended = rows.attended
+    if len(attended) <= max_points:
+        return attended
+    return np.sort(rng.choice(attended, size=max_points, replace=False))
+
+
+def check_dim(rows: ChunkRows, d: int, name: str) -> None:
+    """ChunkError naming the chunk if its rows do not have the centroids' dimension d."""
+    if rows.shape[1] != d:
+        raise ChunkError(name, f"activations have dimension {rows.shape[1]}, the centroids have {d}")
 
 
 def _json_default(value):

@@ -9,340 +9,39 @@ p_c = exp(cos_c / T) / sum_k exp(cos_k / T) of the top-m clusters whose p_c >= t
 cluster is always kept). They are NOT renormalized: a value is the true soft membership, so every
 value is in (0, 1] and a token's values sum to <= 1 (the mass outside the kept clusters is dropped).
 
-The per-chunk E-step (`chunk_statistics`) is a pure function of (chunk, centroids, config, stream
-position); its results are reduced in chunk order, so the centroids are identical whether the map
-runs locally or on Dask. Sampling seeds derive from (seed, epoch, chunk index), so a resumed run
-draws the same samples as an uninterrupted one.
+This module holds the estimator: the learning loop, the M-step and memberships. Its parts live in
+their own modules: the config (`clustering_config`), initial centroids (`initialization`), the
+per-chunk E-step sums (`estep_sums`, reduced here in chunk order, so the centroids are identical
+whether the map runs locally or on Dask), where dead and redundant clusters move (`reseeding`), and
+checkpoints with the chunk fingerprints that guard a resume (`checkpoints`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from latent_atlas.backends import Backend, LocalBackend
-from latent_atlas.chunks import DenseChunk, NpzKeys, load_npz_chunk, read_chunk
-from latent_atlas.errors import ChunkError
-from latent_atlas.estep import (GEMM_DTYPES, SparseBlock, as_tensor, block_memberships, learning_dtype, load_rows,
-                                resolve_precision, scratch_space, weighted_cluster_sums)
+from latent_atlas.checkpoints import checkpoint_key, fingerprint, newest_checkpoint, write_checkpoint
+from latent_atlas.chunks import ChunkRows, check_dim, open_chunk, open_rows
+from latent_atlas.clustering_config import ClusteringConfig
+from latent_atlas.estep import SparseBlock, as_tensor, block_memberships, load_rows, resolve_precision, scratch_space
+from latent_atlas.estep_sums import EStepSums, check_finite, chunk_estep_sums
+from latent_atlas.initialization import initial_centers
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.memory import release_free_memory
+from latent_atlas.reseeding import duplicates, plan_moves
 from latent_atlas.tables import save_npz
 
-_CHECKPOINT_GLOB = "checkpoint-*.npz"
-_KEEP_CHECKPOINTS = 3  # the newest and two fallbacks (a kill mid-write leaves at worst a stale temp file)
-
-
-@dataclass(frozen=True)
-class ClusteringConfig:
-    """Everything that determines the learned centroids (same config + data -> same numbers)."""
-
-    n_clusters: int = 512
-    """Number of soft clusters k."""
-    temperature: float = 0.05
-    """Softmax temperature on cosine similarities (1/T is the concentration)."""
-    top_m: int = 8
-    """At most this many memberships are kept per token."""
-    threshold: float = 0.01
-    """Memberships below this are dropped (the top one is always kept)."""
-    max_points: int = 100_000
-    """At most this many attended positions are sampled per chunk for a learning step."""
-    n_epochs: int = 3
-    """Passes over the chunk stream."""
-    init: str = "random"
-    """'random' (uniform on the unit sphere, the seed's choice) or 'kmeans++' on a sample drawn evenly
-    from every chunk."""
-    init_points: int = 20_000
-    """Sample size for k-means++ initialization."""
-    seed: int = 0
-    """Seeds initialization and per-chunk sampling."""
-    device: str = "cpu"
-    """Torch device for the E-step."""
-    chunks_per_step: int = 1
-    """Chunks whose statistics are reduced into one M-step (set to the number of workers to parallelize)."""
-    step_offset: float = 1.0
-    """t0 of the step size rho_t = (t0 + t)^-kappa; >= 1 so that rho_0 <= 1."""
-    step_decay: float = 0.6
-    """kappa of the step size, in (0.5, 1] (Robbins-Monro)."""
-    dead_fraction: float = 0.05
-    """A cluster is dead in a step when its usage is below this fraction of the mean usage."""
-    dead_window: int = 0
-    """Steps over which a cluster's usage (and removal loss) is summed to decide that it is dead (then
-    it is reseeded on the most poorly explained points) or can be swapped; 0 = two epochs of steps
-    (2 for partial_fit). In a stream kept in topic order a real cluster is absent from most chunks,
-    and judging it on the last step or two would reseed it; two epochs see every chunk."""
-    duplicate_cosine: float = 0.95
-    """A cluster whose centroid is this close (cosine) to one with more usage is redundant: it is
-    reseeded at once, like a dead one (two centroids stuck on one mode never die on their own)."""
-    swap_margin: float = 2.0
-    """A cluster is also moved onto a group of poorly explained points when the cosine those points
-    gain exceeds this multiple of what the cluster explains over the last window (its removal loss):
-    a stream kept in topic order can leave a mode without a cluster and two clusters on another, and
-    no cluster ever dies. 0 switches swaps off."""
-    swaps_per_step: int = 2
-    """At most this many swaps per step."""
-    reseed_candidates: int = 512
-    """Poorly explained points each chunk offers as reseed candidates."""
-    reseed_neighbors: int = 8
-    """A reseeded centroid is the mean of its pick and the pick's nearest candidates (this many in
-    all): in high dimensions one noisy point is far from its mode, and a centroid placed on it draws
-    no mass and dies again; a mean of a few points from the same mode does not."""
-    shuffle_chunks: bool = True
-    """Visit chunks in a seeded random order each epoch."""
-    block_size: int = 2048
-    """Rows per similarity block; bounds E-step memory to ~block_size * (d + k) floats. 2048 rows of
-    d=2304 (19 MB fp32) stay in cache between conversion and GEMM; 4096 measured 5-11% slower."""
-    learn_precision: str = "auto"
-    """Precision of the similarity GEMM of the learning E-step. 'bfloat16': fp32 in and out, products
-    in bf16 with fp32 accumulation (oneDNN on AMX, ~4x the fp32 GEMM; TF32/bf16 on CUDA; elsewhere
-    the same products from operands rounded to bf16, slower than fp32); cosines to ~1e-3, noise well
-    below the step's own sampling noise. 'float32' for an exact learning E-step. 'auto' (default):
-    'bfloat16' where the CPU has AMX-BF16 (or on CUDA), 'float32' elsewhere; the estimator resolves it
-    once, when it is made, so a run never mixes precisions across workers or a resume, and
-    checkpoints hold what was chosen. transform/predict always use fp32."""
-    npz_keys: NpzKeys = field(default_factory=NpzKeys)
-    """Array names inside seed-format NPZ chunks."""
-
-    def __post_init__(self):
-        def check(name: str, ok: bool, expected: str):
-            if not ok:
-                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        check("n_clusters", is_int(self.n_clusters) and self.n_clusters >= 1, "a positive integer")
-        check("temperature", isinstance(self.temperature, (int, float)) and self.temperature > 0, "a positive number")
-        check("top_m", is_int(self.top_m) and self.top_m >= 1, "a positive integer")
-        check("threshold", isinstance(self.threshold, (int, float)) and 0 <= self.threshold < 1, "in [0, 1)")
-        check("max_points", is_int(self.max_points) and self.max_points >= 1, "a positive integer")
-        check("n_epochs", is_int(self.n_epochs) and self.n_epochs >= 1, "a positive integer")
-        check("init", self.init in ("random", "kmeans++"), "'random' or 'kmeans++'")
-        check("init_points", is_int(self.init_points) and self.init_points >= 1, "a positive integer")
-        check("seed", is_int(self.seed) and self.seed >= 0, "a non-negative integer")
-        check("chunks_per_step", is_int(self.chunks_per_step) and self.chunks_per_step >= 1, "a positive integer")
-        check("step_offset", isinstance(self.step_offset, (int, float)) and self.step_offset >= 1, ">= 1")
-        check("step_decay", isinstance(self.step_decay, (int, float)) and 0.5 < self.step_decay <= 1, "in (0.5, 1]")
-        check("dead_fraction", isinstance(self.dead_fraction, (int, float)) and 0 <= self.dead_fraction < 1, "in [0, 1)")
-        check("duplicate_cosine", isinstance(self.duplicate_cosine, (int, float)) and 0 < self.duplicate_cosine <= 1, "in (0, 1]")
-        check("dead_window", is_int(self.dead_window) and self.dead_window >= 0, "a non-negative integer")
-        check("swap_margin", isinstance(self.swap_margin, (int, float)) and self.swap_margin >= 0, ">= 0")
-        check("swaps_per_step", is_int(self.swaps_per_step) and self.swaps_per_step >= 0, "a non-negative integer")
-        check("reseed_candidates", is_int(self.reseed_candidates) and self.reseed_candidates >= 0, "a non-negative integer")
-        check("reseed_neighbors", is_int(self.reseed_neighbors) and self.reseed_neighbors >= 1, "a positive integer")
-        check("learn_precision", self.learn_precision in ("auto", *GEMM_DTYPES),
-              f"'auto' or one of {sorted(GEMM_DTYPES)}")
-        check("block_size", is_int(self.block_size) and self.block_size >= 1, "a positive integer")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ClusteringConfig":
-        values = json.loads(text)
-        values["npz_keys"] = NpzKeys(**values["npz_keys"])
-        return cls(**values)
-
-
-# ---------------------------------------------------------------- E-step (pure functions)
-
-
-@dataclass
-class ChunkStatistics:
-    """Sufficient statistics of one chunk's sample under fixed centroids (mergeable by summation)."""
-
-    chunk_index: int
-    n_points: int
-    sums: np.ndarray  # [k, d] float64, sum_i p_ic x_i / ||x_i||
-    mass: np.ndarray  # [k] float64, sum_i p_ic
-    max_cosine_sum: float  # sum_i max_c cos(x_i, c)
-    weighted_cosine_sum: float  # sum_i sum_c p_ic cos(x_i, c)
-    candidates: np.ndarray  # [r, d] float32 unit rows, the sample's most poorly explained points
-    candidate_scores: np.ndarray  # [r] their max cosine (lower = worse explained)
-    removal_loss: np.ndarray  # [k] float64, sum over points whose top cluster is c of cos(top) - cos(second)
-
-
-def chunk_statistics(item: tuple, centers: np.ndarray, config: ClusteringConfig) -> ChunkStatistics:
-    """E-step of one chunk. item = (source, epoch, chunk index); centers [k, d] float32 unit rows.
-
-    Module-level and deterministic so a backend can run it anywhere (threads, processes, Dask).
-    Per block: rows converted once into an fp32 buffer, one GEMM, sparse memberships, and a
-    sparse (nnz * d) accumulation of the weighted sums. The sums are fp32 within a chunk (at most
-    max_points / block_size block sums; a float64 [k, d] add per block cost more than the
-    accumulation itself) and float64 across chunks.
-    """
-    source, epoch, chunk_index = item
-    rows, name = open_rows(source, config.npz_keys)
-    selected = sample_positions(rows, config.max_points, np.random.default_rng([config.seed, 1, epoch, chunk_index]))
-    centers_t = torch.from_numpy(np.ascontiguousarray(centers.T)).to(config.device)
-    k, d = centers.shape
-    _check_dim(rows, d, name)
-    sums = torch.zeros(k, d, dtype=torch.float32, device=config.device)
-    mass = torch.zeros(k, dtype=torch.float64, device=config.device)
-    loss = np.zeros(k, np.float64)
-    max_cos_sum = weighted_cos_sum = 0.0
-    cand, cand_scores = [], []
-    scratch = scratch_space()
-    source_t = as_tensor(rows.data)
-    for start in range(0, len(selected), config.block_size):
-        x, inv_norm = load_rows(rows.data, source_t, selected[start:start + config.block_size], scratch, config.device)
-        result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold, scratch,
-                                   learning_dtype(config.learn_precision))
-        max_cosine = result.max_cosine
-        _check_finite(result.inv_norm, name)
-        sums += weighted_cluster_sums(x, result, k)
-        mass += torch.bincount(result.clusters, result.values, minlength=k)
-        top, gap = removal_gaps(result, config.temperature, config.threshold)
-        loss += np.bincount(top, weights=gap.astype(np.float64), minlength=k)
-        # numpy's pairwise float64 sums: the same bits whatever torch's thread count (Dask workers differ)
-        max_cos_sum += float(np.sum(max_cosine.cpu().numpy(), dtype=np.float64))
-        weighted_cos_sum += float(np.sum(result.values.cpu().numpy().astype(np.float64) * result.cosines.cpu().numpy()))
-        # each block offers twice its share of the chunk's candidates: the chunk's worst r are
-        # almost always among them, without copying r rows out of every block
-        share = -(-2 * config.reseed_candidates * len(max_cosine) // len(selected))
-        r = min(config.reseed_candidates, share, len(max_cosine))
-        if r:
-            worst = torch.topk(max_cosine, r, largest=False).indices
-            cand.append((x[worst] * result.inv_norm[worst, None]).cpu())
-            cand_scores.append(max_cosine[worst].cpu())
-    candidates, scores = _worst(cand, cand_scores, config.reseed_candidates, d)
-    return ChunkStatistics(int(chunk_index), int(len(selected)), sums.double().cpu().numpy(), mass.cpu().numpy(),
-                           float(max_cos_sum), float(weighted_cos_sum), candidates, scores, loss)
-
-
-def removal_gaps(block: SparseBlock, temperature: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(top cluster [b], cos(top) - cos(second best) [b]) per row: what the objective (mean max
-    cosine) would lose on that row without its top cluster. A second cluster that was not kept has
-    p < threshold, and p / p_top = exp((cos - cos_top) / T), so its gap is at least T log(p_top / threshold)."""
-    rows, clusters, cosines, values = (t.cpu().numpy() for t in (block.rows, block.clusters, block.cosines, block.values))
-    top_cos = block.max_cosine.cpu().numpy()
-    is_top = cosines >= top_cos[rows]  # exact: the top entry's cosine is max_cosine itself
-    top = np.zeros(len(top_cos), np.int64)
-    p_top = np.ones(len(top_cos), np.float64)
-    top[rows[is_top][::-1]] = clusters[is_top][::-1]  # ties: the lowest cluster
-    p_top[rows[is_top][::-1]] = values[is_top][::-1]
-    second = top_cos - temperature * np.log(np.maximum(p_top / max(threshold, 1e-12), 1.0))
-    np.maximum.at(second, rows[~is_top], cosines[~is_top])
-    return top, np.maximum(top_cos - second, 0.0)
-
-
-def _worst(blocks: list, scores: list, r: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    if not blocks:
-        return np.zeros((0, d), np.float32), np.zeros(0, np.float32)
-    scores_all = torch.cat(scores)
-    order = torch.argsort(scores_all, stable=True)[:r]
-    return torch.cat(blocks)[order].numpy(), scores_all[order].numpy()
-
-
-def open_rows(source: Any, keys: NpzKeys = NpzKeys()) -> tuple[np.ndarray, str]:
-    """(rows, name): activations flattened to [n_seq * seq_len, d] (memory-mapped when possible),
-    with the flat indices of attended positions marked by `rows.attended`, and a name for errors."""
-    if isinstance(source, np.ndarray):
-        if source.ndim != 2:
-            raise ValueError(f"X must be a 2-D array [n, d], got shape {source.shape}")
-        return _Rows(source, np.arange(source.shape[0])), "X"
-    chunk = open_chunk(source, keys)
-    flat = chunk.activations.reshape(-1, chunk.dim)
-    attended = np.flatnonzero(np.asarray(chunk.attention_mask).reshape(-1))
-    return _Rows(flat, attended), str(chunk.path or "<chunk>")
-
-
-class _Rows:
-    """Rows [n, d] of a chunk with the indices of its attended rows; indexing gathers rows."""
-
-    def __init__(self, data: np.ndarray, attended: np.ndarray):
-        self.data, self.attended = data, attended
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    def __getitem__(self, index):
-        return self.data[index]
-
-
-def open_chunk(source: Any, keys: NpzKeys = NpzKeys()) -> DenseChunk:
-    """A DenseChunk from a DenseChunk, a chunk directory or a seed-format .npz file."""
-    if isinstance(source, DenseChunk):
-        return source
-    path = Path(source)
-    if path.is_dir():
-        return read_chunk(path)
-    if path.suffix == ".npz":
-        return load_npz_chunk(path, keys)
-    raise ChunkError(path, "expected a chunk directory or a seed-format .npz file")
-
-
-def sample_positions(rows: _Rows, max_points: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted flat indices of at most max_points attended rows (sorted so memmap reads go forward)."""
-    attended = rows.attended
-    if len(attended) <= max_points:
-        return attended
-    return np.sort(rng.choice(attended, size=max_points, replace=False))
-
-
-def _check_dim(rows: _Rows, d: int, name: str) -> None:
-    if rows.shape[1] != d:
-        raise ChunkError(name, f"activations have dimension {rows.shape[1]}, the centroids have {d}")
-
-
-def _check_finite(inv_norm: torch.Tensor, name: str) -> None:
-    # A NaN/Inf anywhere in a row makes its norm NaN/Inf, so 1/norm NaN/0 (finite rows give 1/norm
-    # >= ~1e-19 > 0): a free check on [b] instead of [b, d].
-    if not bool(torch.isfinite(inv_norm).all() and (inv_norm > 0).all()):
-        raise ChunkError(name, "activations contain NaN/Inf")
-
-
-# ---------------------------------------------------------------- initialization
-
-
-def random_centers(k: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """[k, d] float32, uniform on the unit sphere."""
-    centers = rng.standard_normal((k, d)).astype(np.float32)
-    return centers / np.linalg.norm(centers, axis=1, keepdims=True)
-
-
-def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """[k, d] float32 k-means++ seeds for unit points [n, d] under the distance 1 - cos."""
-    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
-    n = x.shape[0]
-    if n < k:
-        raise ValueError(f"k-means++ needs at least n_clusters={k} points, the sample has {n}")
-    chosen = [int(rng.integers(n))]
-    distance = (1.0 - x @ x[chosen[0]]).clamp_min_(0).double()
-    for _ in range(1, k):
-        total = float(distance.sum())
-        if total <= 0:  # fewer distinct points than clusters: pick any not yet chosen
-            nxt = int(np.setdiff1d(np.arange(n), chosen)[0])
-        else:
-            nxt = int(np.searchsorted(np.cumsum(distance.numpy()), rng.random() * total, side="right"))
-            nxt = min(nxt, n - 1)
-        chosen.append(nxt)
-        distance = torch.minimum(distance, (1.0 - x @ x[nxt]).clamp_min_(0).double())
-    return x[chosen].numpy().copy()
-
-
-def _unit_sample(sources: Sequence[Any], config: ClusteringConfig, n: int) -> np.ndarray:
-    """About n unit rows drawn evenly from every chunk (one open at a time): a stream kept in topic
-    order has only a few topics in its first chunk, and seeds drawn there would all sit on them."""
-    per_chunk = max(1, -(-n // len(sources)))
-    parts = []
-    for i, source in enumerate(sources):
-        rows, _ = open_rows(source, config.npz_keys)
-        picked = sample_positions(rows, per_chunk, np.random.default_rng([config.seed, 2, i]))
-        parts.append(np.asarray(rows[picked], dtype=np.float32))
-    x = np.concatenate(parts)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-# ---------------------------------------------------------------- the estimator
+# checkpoint_key is re-exported for assets/clustering.py. The class stays defined here: sidecar JSON
+# files and io_managers/tensors.py name it latent_atlas.clustering:SequentialSoftClustering.
+__all__ = ["ClusteringConfig", "SequentialSoftClustering", "checkpoint_key"]
 
 
 class SequentialSoftClustering:
@@ -401,7 +100,7 @@ class SequentialSoftClustering:
             chunk = _check_array(chunk, "chunk")
         if not hasattr(self, "cluster_centers_"):
             self._initialize([chunk])
-        stats = chunk_statistics((chunk, 0, self.n_steps_), self.cluster_centers_, self.config)
+        stats = chunk_estep_sums((chunk, 0, self.n_steps_), self.cluster_centers_, self.config)
         self._step([stats], epoch=0)
         return self
 
@@ -419,7 +118,7 @@ class SequentialSoftClustering:
             order = _epoch_order(cfg, epoch, len(sources))
             group = order[position:position + cfg.chunks_per_step]
             items = [(sources[i], epoch, int(i)) for i in group]
-            stats = backend.map(chunk_statistics, items, centers=self.cluster_centers_, config=cfg)
+            stats = backend.map(chunk_estep_sums, items, centers=self.cluster_centers_, config=cfg)
             self._step(stats, epoch)
             del stats  # not alive while the next chunk is read: memory stays one chunk's worth
             release_free_memory()
@@ -433,10 +132,7 @@ class SequentialSoftClustering:
         cfg = self.config
         self._rng = np.random.default_rng([cfg.seed, 0])
         d = open_rows(sources[0], cfg.npz_keys)[0].shape[1]
-        if cfg.init == "random":
-            centers = random_centers(cfg.n_clusters, d, self._rng)
-        else:
-            centers = kmeans_plus_plus(_unit_sample(sources, cfg, cfg.init_points), cfg.n_clusters, self._rng)
+        centers = initial_centers(sources, cfg, d, self._rng)
         self.cluster_centers_ = centers
         self.n_features_in_ = d
         self.n_steps_ = 0
@@ -456,7 +152,7 @@ class SequentialSoftClustering:
         self._loss_window = np.zeros_like(self._usage_window)
         self._age = np.zeros(k, np.int64)
 
-    def _step(self, stats: Sequence[ChunkStatistics], epoch: int) -> None:
+    def _step(self, stats: Sequence[EStepSums], epoch: int) -> None:
         """M-step: blend the reduced statistics into the running ones, renormalize, reseed dead clusters."""
         cfg = self.config
         n = sum(s.n_points for s in stats)
@@ -486,9 +182,9 @@ class SequentialSoftClustering:
         recent = window.sum(axis=0)  # usage over the last window of steps
         judged = self._age >= len(window)  # only a cluster that has had a whole window is judged
         dead = judged & (recent < cfg.dead_fraction * recent.mean())
-        duplicates = _duplicates(centers, self.usage_, cfg.duplicate_cosine)
+        redundant = duplicates(centers, self.usage_, cfg.duplicate_cosine)
         due = dead.copy()
-        due[duplicates] = True
+        due[redundant] = True
         reseeded, swapped = self._reseed(centers, stats, np.flatnonzero(due), judged & ~due)
 
         self.cluster_centers_ = centers
@@ -507,56 +203,32 @@ class SequentialSoftClustering:
             "usage_entropy": float(entropy / math.log(cfg.n_clusters)) if cfg.n_clusters > 1 else 1.0,
             "imbalance": float(batch_usage.max() / max(batch_usage.mean(), 1e-300)),
             "n_dead": int(dead.sum()),
-            "n_duplicates": int(len(duplicates)),
+            "n_duplicates": int(len(redundant)),
             "n_reseeded": int(reseeded),
             "n_swapped": int(swapped),
             "moved": self._moved,  # clusters reseeded or swapped in this step
         })
 
-    def _reseed(self, centers: np.ndarray, stats: Sequence[ChunkStatistics], due: np.ndarray,
+    def _reseed(self, centers: np.ndarray, stats: Sequence[EStepSums], due: np.ndarray,
                 swappable: np.ndarray) -> tuple[int, int]:
         """(reseeded, swapped): move clusters due for reseeding onto poorly explained points of the
-        step, then swap clusters that explain little onto groups of points that would gain more.
-
-        Picks go farthest first: each is the candidate least similar to all centroids kept so far
-        and to earlier picks, so several moved clusters do not land on the same uncovered mode. A
-        moved centroid is the mean of its pick and the pick's nearest candidates.
-        """
-        cfg = self.config
+        step, then swap clusters that explain little onto groups of points that would gain more
+        (`reseeding.plan_moves` decides where)."""
         candidates = np.concatenate([s.candidates for s in stats])
         self._moved = []
         if not len(candidates):
             return 0, 0
-        n_swaps = cfg.swaps_per_step if cfg.swap_margin > 0 else 0
-        picks = _farthest_picks(candidates, np.delete(centers, due, axis=0), len(due) + 4 * n_swaps)
-        seeds = _seeds_near(candidates, picks, cfg.reseed_neighbors)
-        due = due[: len(picks)]
-        self._move(centers, due, seeds[: len(due)])
-        self._moved = [int(c) for c in due]
-        if not n_swaps or len(seeds) <= len(due):
-            return len(due), 0
-        # what each further seed would add to the cosine of the candidates it explains better
-        best = np.maximum(np.concatenate([s.candidate_scores for s in stats]),
-                          (candidates @ seeds[: len(due)].T).max(axis=1, initial=-1.0))
-        offers = candidates @ seeds[len(due):].T  # [r, p]
         # per epoch: in a stream kept in topic order an uncovered group is seen once an epoch, and so is
         # a real cluster's data. (The gain comes from <= reseed_candidates points a chunk: a lower bound,
         # so on large unsorted chunks swaps rarely fire; dead and duplicate reseeding cover those.)
         loss = self._loss_window.sum(axis=0) * (self._epoch_steps / len(self._loss_window))
-        order = np.flatnonzero(swappable)[np.argsort(loss[swappable], kind="stable")]
-        moved, targets = [], []
-        while len(moved) < min(n_swaps, len(order)):
-            gains = np.maximum(offers - best[:, None], 0).sum(axis=0)
-            j = int(np.argmax(gains))
-            if gains[j] <= cfg.swap_margin * loss[order[len(moved)]]:
-                break
-            moved.append(order[len(moved)])
-            targets.append(seeds[len(due) + j])
-            best = np.maximum(best, offers[:, j])  # the next seed gains only what this one leaves
-        if moved:
-            self._move(centers, np.array(moved), np.stack(targets))
-        self._moved += [int(c) for c in moved]
-        return len(due), len(moved)
+        due, due_seeds, swapped, swap_seeds = plan_moves(
+            candidates, np.concatenate([s.candidate_scores for s in stats]), centers, due, swappable, loss, self.config)
+        self._move(centers, due, due_seeds)
+        if swapped:
+            self._move(centers, np.array(swapped), np.stack(swap_seeds))
+        self._moved = [int(c) for c in due] + [int(c) for c in swapped]
+        return len(due), len(swapped)
 
     def churn(self) -> dict:
         """Clusters dead now (usage per step over their window below dead_fraction of the mean, judged
@@ -590,7 +262,7 @@ class SequentialSoftClustering:
         """
         self._check_fitted()
         chunk = open_chunk(chunk, self.config.npz_keys)
-        _check_dim(_Rows(chunk.activations.reshape(-1, chunk.dim), None), self.n_features_in_, str(chunk.path))
+        check_dim(ChunkRows(chunk.activations.reshape(-1, chunk.dim), None), self.n_features_in_, str(chunk.path))
         block_sequences = block_sequences or max(1, self.config.block_size // chunk.sequence_length)
         length, name = chunk.sequence_length, str(chunk.path or "<chunk>")
         flat = chunk.activations.reshape(-1, chunk.dim)
@@ -604,7 +276,7 @@ class SequentialSoftClustering:
                 continue
             index = attended[lo:hi]
             result = self._memberships(*load_rows(flat, source, index, scratch, self.config.device), centers_t, scratch)
-            _check_finite(result.inv_norm, name)
+            check_finite(result.inv_norm, name)
             token = index[result.rows.cpu().numpy()]  # entries are row-major, clusters ascending
             parts.append((token // length, token % length, result.clusters.cpu().numpy(),
                           result.values.cpu().numpy(), tokens_flat[token]))
@@ -665,19 +337,20 @@ class SequentialSoftClustering:
             "rng_state": np.array(json.dumps(self._rng.bit_generator.state)),
         }
 
-    def _restore(self, npz) -> None:
-        self.cluster_centers_ = npz["cluster_centers"]
+    def _restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Fitted state from `_state`'s arrays (a saved model's .npz or a checkpoint)."""
+        self.cluster_centers_ = state["cluster_centers"]
         self.n_features_in_ = int(self.cluster_centers_.shape[1])
-        self._sums, self.usage_ = npz["sums"], npz["usage"]
-        if "epoch_steps" in npz.files:
-            self._usage_window, self._loss_window, self._age = npz["usage_window"], npz["loss_window"], npz["age"]
-            self._epoch_steps = int(npz["epoch_steps"])
+        self._sums, self.usage_ = state["sums"], state["usage"]
+        if "epoch_steps" in state:
+            self._usage_window, self._loss_window, self._age = state["usage_window"], state["loss_window"], state["age"]
+            self._epoch_steps = int(state["epoch_steps"])
         else:  # a model saved before death was judged over windows: it transforms; further steps start a window
             self._start_window(2, 2)
-        self.n_steps_ = int(npz["n_steps"])
-        self.history_ = json.loads(str(npz["history"]))
+        self.n_steps_ = int(state["n_steps"])
+        self.history_ = json.loads(str(state["history"]))
         self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = json.loads(str(npz["rng_state"]))
+        self._rng.bit_generator.state = json.loads(str(state["rng_state"]))
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one .npz file (atomically)."""
@@ -694,100 +367,22 @@ class SequentialSoftClustering:
         return model
 
     def _save_checkpoint(self, epoch: int, position: int, fingerprints: list[str]) -> None:
-        state = {**self._state(), "epoch": np.array(epoch), "position": np.array(position),
-                 "sources": np.array(json.dumps(fingerprints))}
-        save_npz(self.checkpoint_dir / f"checkpoint-{self.n_steps_:07d}.npz", state)
-        for old in sorted(self.checkpoint_dir.glob(_CHECKPOINT_GLOB))[:-_KEEP_CHECKPOINTS]:
-            old.unlink(missing_ok=True)
+        write_checkpoint(self.checkpoint_dir, self.n_steps_, self._state(), epoch, position, fingerprints)
 
     def _resume(self, fingerprints: list[str]) -> tuple[int, int]:
         """(epoch, position) to continue from; (0, 0) when there is no checkpoint."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.checkpoint_dir.glob(".*.tmp-*"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
-        found = sorted(self.checkpoint_dir.glob(_CHECKPOINT_GLOB))
-        if not found:
+        state = newest_checkpoint(self.checkpoint_dir, self.config, fingerprints)
+        if state is None:
             return 0, 0
-        with np.load(found[-1], allow_pickle=False) as npz:
-            if str(npz["config"]) != self.config.to_json() or json.loads(str(npz["sources"])) != fingerprints:
-                raise ValueError(
-                    f"checkpoint_dir {self.checkpoint_dir} holds a run with another config or other chunk "
-                    "contents; use a new checkpoint_dir (checkpoint_key names one per fit) or delete it"
-                )
-            self._restore(npz)
-            return int(npz["epoch"]), int(npz["position"])
-
-
-def _farthest_picks(candidates: np.ndarray, kept: np.ndarray, n: int) -> list[int]:
-    """Up to n candidates, each the least similar to the kept centroids and to the earlier picks."""
-    closest = (candidates @ kept.T).max(axis=1) if len(kept) else np.full(len(candidates), -1.0, np.float32)
-    picks = []
-    for _ in range(min(n, len(candidates))):
-        best = int(np.argmin(closest))  # first minimum: deterministic
-        picks.append(best)
-        closest = np.maximum(closest, candidates @ candidates[best])
-        closest[best] = np.inf
-    return picks
-
-
-def _seeds_near(candidates: np.ndarray, picks: list[int], neighbors: int) -> np.ndarray:
-    """[p, d] unit means of each pick and its nearest candidates (`neighbors` in all): in high
-    dimensions one noisy point is far from its mode, the mean of a few from one mode is not."""
-    if not picks:
-        return np.zeros((0, candidates.shape[1]), np.float32)
-    q = min(neighbors, len(candidates))
-    near = np.argsort(-(candidates[picks] @ candidates.T), axis=1, kind="stable")[:, :q]  # [p, q], the pick first
-    seeds = candidates[near].mean(axis=1)
-    return seeds / np.maximum(np.linalg.norm(seeds, axis=1, keepdims=True), 1e-12)
-
-
-def _duplicates(centers: np.ndarray, usage: np.ndarray, max_cosine: float) -> np.ndarray:
-    """Indices of centroids within `max_cosine` of a centroid with more usage (ties: lower index wins)."""
-    if max_cosine >= 1:
-        return np.zeros(0, np.int64)
-    rank = np.lexsort((np.arange(len(usage)), -usage))  # most used first
-    cos = centers[rank] @ centers[rank].T  # [k, k]
-    close = np.triu(cos > max_cosine, k=1)
-    redundant = np.zeros(len(usage), bool)
-    for j in np.flatnonzero(close.any(axis=0)):  # few columns; keeps a chain a~b~c from dropping a
-        redundant[j] = bool((close[:j, j] & ~redundant[:j]).any())
-    return np.sort(rank[redundant])
+        self._restore(state)
+        return int(state["epoch"]), int(state["position"])
 
 
 def _epoch_order(config: ClusteringConfig, epoch: int, n: int) -> np.ndarray:
+    """[n] the order chunks are visited in one epoch: seeded by (seed, epoch), so a resume repeats it."""
     if not config.shuffle_chunks:
         return np.arange(n)
     return np.random.default_rng([config.seed, 3, epoch]).permutation(n)
-
-
-def fingerprint(source: Any) -> str:
-    """What a chunk source holds, cheaply: for files, each one's name, size and modification time
-    plus a hash of 64 evenly spaced 4 KB pieces; for arrays, a hash of the data. A rewritten chunk
-    (a whitening refit rewrites every whitened chunk under the same path) gets a new fingerprint, so
-    a checkpoint of a fit on the old contents is never resumed on the new ones."""
-    digest = hashlib.blake2b(digest_size=16)
-    if isinstance(source, DenseChunk) and source.path is None:
-        source = source.activations
-    if isinstance(source, np.ndarray):
-        digest.update(repr((source.shape, str(source.dtype))).encode())
-        digest.update(np.ascontiguousarray(source).view(np.uint8).reshape(-1))
-        return f"array{list(source.shape)}:{digest.hexdigest()}"
-    path = Path(source.path if isinstance(source, DenseChunk) else source)
-    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
-        stat = file.stat()
-        digest.update(repr((file.name, stat.st_size, stat.st_mtime_ns)).encode())
-        with open(file, "rb") as f:
-            for offset in np.linspace(0, max(stat.st_size - 4096, 0), 64).astype(np.int64):
-                f.seek(int(offset))
-                digest.update(f.read(4096))
-    return f"{path}:{digest.hexdigest()}"
-
-
-def checkpoint_key(config: ClusteringConfig, sources: Sequence[Any]) -> str:
-    """A name for the checkpoints of one fit: the (resolved) config and every chunk's fingerprint.
-    The same fit resumes; a new config or any changed chunk starts afresh."""
-    text = json.dumps([config.to_json(), [fingerprint(s) for s in sources]])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check_array(X: Any, name: str, dim: int | None = None) -> np.ndarray:
@@ -801,4 +396,3 @@ def _check_array(X: Any, name: str, dim: int | None = None) -> np.ndarray:
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN/Inf")
     return X
-

@@ -13,8 +13,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from latent_atlas.backends import DaskBackend, LocalBackend
+from latent_atlas.checkpoints import checkpoint_key
 from latent_atlas.chunks import load_npz_chunk
-from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
+from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.synthetic import labelled_tokens, write_synthetic_chunks
