@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from assets.clustering import CLUSTERING_IN
 from assets.metadata import histogram_markdown, markdown_table, png_markdown
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.ensemble import MAX_UNSTABLE_SHARE, STABILITY_FLOOR, EnsembleResult, RunRegistry, stability_floor
@@ -14,11 +15,6 @@ from latent_atlas.mdl import MergeConfig
 from latent_atlas.paths import atlas_home
 from latent_atlas.sample import HierarchySample
 from latent_atlas.sample_merges import merge_sample
-
-# The fitted model (SequentialSoftClustering: centers, config, history) of the `centroids` asset,
-# read under the name of what it is.
-CLUSTERING = {"clustering": dg.AssetIn("centroids")}
-
 
 class EnsembleConfig(dg.Config):
     """Seeded re-fits of the atlas's clustering on the hierarchy sample's ensemble_vectors: online steps
@@ -43,7 +39,7 @@ class EnsembleConfig(dg.Config):
 @dg.asset(
     io_manager_key="tensor_io_manager",
     group_name="hierarchy",
-    ins=CLUSTERING,
+    ins=CLUSTERING_IN,
     check_specs=[dg.AssetCheckSpec("atlas_stability_floor", asset="ensemble",
                                    description="At most max_unstable_share of the atlas clusters have stability "
                                                "(median best-match cosine to the runs) below stability_floor"),
@@ -94,7 +90,7 @@ class MergeHierarchyConfig(dg.Config):
     distance: str = Field(default="perm_invariant_hamming", description="Distance between members' merge states")
 
 
-@dg.asset(io_manager_key="parquet_io_manager", group_name="hierarchy", ins=CLUSTERING, kinds={"parquet"})
+@dg.asset(io_manager_key="parquet_io_manager", group_name="hierarchy", ins=CLUSTERING_IN, kinds={"parquet"})
 def merge_hierarchy(config: MergeHierarchyConfig, hierarchy_sample: HierarchySample,
                     clustering: SequentialSoftClustering, ensemble: EnsembleResult):
     """Greedy MDL merges of the soft clusters by coactivation on the sample, for the centroids and for

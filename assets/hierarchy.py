@@ -11,16 +11,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.clustering import CLUSTERING_IN
 from assets.metadata import markdown_table
+from assets.partitions import all_chunks
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.paths import atlas_home
 from latent_atlas.sample import HierarchySample
 from latent_atlas.sample_inputs import category_counts, draw_chunk_sample
 from latent_atlas.sample_trees import build_sample_tree, tree_structure
 from latent_atlas.tree import TreeConfig
-
-FAN_IN = {"partition_mapping": dg.AllPartitionMapping(), "metadata": {"allow_missing_partitions": True}}
-
 
 # ---------------------------------------------------------------- the shared sample
 
@@ -38,8 +37,7 @@ class HierarchySampleConfig(dg.Config):
 @dg.asset(
     io_manager_key="tensor_io_manager",
     group_name="hierarchy",
-    ins={"whitened_activations": dg.AssetIn(**FAN_IN), "token_chunks": dg.AssetIn(**FAN_IN),
-         "clustering": dg.AssetIn("centroids")},
+    ins={"whitened_activations": all_chunks(), "token_chunks": all_chunks(), **CLUSTERING_IN},
     kinds={"numpy"},
 )
 def hierarchy_sample(config: HierarchySampleConfig, whitened_activations: dict[str, Path],
