@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import Field
 
 from assets.clustering import CLUSTERING_IN
+from assets.configs import config_class, library_config
 from assets.metadata import histogram_markdown, markdown_table, png_markdown
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.ensemble import MAX_UNSTABLE_SHARE, STABILITY_FLOOR, EnsembleResult, RunRegistry, stability_floor
@@ -15,6 +16,7 @@ from latent_atlas.mdl import MergeConfig
 from latent_atlas.paths import atlas_home
 from latent_atlas.sample import HierarchySample
 from latent_atlas.sample_merges import merge_sample
+
 
 class EnsembleConfig(dg.Config):
     """Seeded re-fits of the atlas's clustering on the hierarchy sample's ensemble_vectors: online steps
@@ -81,13 +83,8 @@ def ensemble(config: EnsembleConfig, hierarchy_sample: HierarchySample, clusteri
     )
 
 
-class MergeHierarchyConfig(dg.Config):
-    activation_threshold: float = Field(default=0.1, description="A cluster is active on a token when its membership is > this")
-    alpha: float = Field(default=1.0, description="Weight of the rank term of the description length")
-    sampling: str = Field(default="range", description="'range' (greedy at threshold 0) or 'mcmc'")
-    range_threshold: float = Field(default=0.0, description="Near-best band for 'range' sampling")
-    temperature: float = Field(default=1.0, description="Temperature for 'mcmc' sampling (bits)")
-    distance: str = Field(default="perm_invariant_hamming", description="Distance between members' merge states")
+MergeHierarchyConfig = config_class(MergeConfig, name="MergeHierarchyConfig", extra={
+    "distance": (str, Field(default="perm_invariant_hamming", description="Distance between members' merge states"))})
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="hierarchy", ins=CLUSTERING_IN, kinds={"parquet"})
@@ -98,7 +95,7 @@ def merge_hierarchy(config: MergeHierarchyConfig, hierarchy_sample: HierarchySam
     same cluster in every member); one row per (member, merge) with the distance between members at that merge.
     A coarser-to-finer view of the clusters, and whether it is stable across seeds (the page plots the
     members' distance at each merge)."""
-    merges = merge_sample(hierarchy_sample, clustering, ensemble, MergeConfig(**config.model_dump(exclude={"distance"})),
+    merges = merge_sample(hierarchy_sample, clustering, ensemble, library_config(config),
                           config.distance, atlas_home() / "plots" / "merge_history_distances.png")
     return dg.MaterializeResult(value=merges.table, metadata={
         "members": merges.members, "merges_per_member": int(merges.distances.shape[0]),

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.clustering import CLUSTERING_IN
+from assets.configs import config_class, library_config
 from assets.metadata import markdown_table
 from assets.partitions import all_chunks
 from latent_atlas.clustering import SequentialSoftClustering
@@ -60,47 +61,23 @@ def hierarchy_sample(config: HierarchySampleConfig, whitened_activations: dict[s
 # ---------------------------------------------------------------- the trees
 
 
-_TREE = TreeConfig()  # one set of defaults: the library's (see TreeConfig for why each is what it is)
+# The library's TreeConfig is the one source of how a tree is built (its docstrings say why each default
+# is what it is, e.g. silhouette_threshold=0.8); the asset adds its cache switch and check bound.
+_TREE_ASSET_FIELDS = {
+    "cache": (bool, Field(default=True, description="Reuse a tree built with the same config and sample version")),
+    "max_root_noise_share": (float, Field(default=0.5, description="Check tree_has_structure: at most this share of "
+                                          "the points left as HDBSCAN noise at the root split (more and the tree "
+                                          "describes a minority of the sample)")),
+}
+TreeBuildConfig = config_class(TreeConfig, name="TreeBuildConfig", extra=_TREE_ASSET_FIELDS)
+ClusterTreeConfig = config_class(TreeConfig, name="ClusterTreeConfig", extra={
+    **_TREE_ASSET_FIELDS,
+    "level": (str, Field(default="token", description="'token' (the sampled tokens) or 'document' (document vectors)"))})
 
 
-class TreeBuildConfig(dg.Config):
-    """How a tree is built (latent_atlas.tree.TreeConfig). The user's rule: a cluster is split further only
-    when its silhouette is BELOW silhouette_threshold. The default 0.8 (not 0.3) gives a tree on the demo:
-    silhouettes are taken on each node's own UMAP embedding, where even mixed clusters score 0.5-0.8
-    (SmolLM2/BBC: top token clusters 0.52 and 0.77, top document clusters 0.57, 0.87, 0.90), so at 0.3
-    nothing is split and both trees stop at depth 1; at 0.8 the mixed clusters are split and the clean ones
-    (sport, entertainment documents) kept whole. max_depth=3 bounds the cost: on the demo the token
-    tree (5,000 sampled tokens, 40 nodes) takes ~80 s on 2 busy cores (+~20 s of numba compilation once
-    per process), 7x the depth-1 tree of 0.3; the document tree (200 documents) ~1 s."""
-
-    max_depth: int = Field(default=_TREE.max_depth, description="Deepest node depth (root is 0)")
-    base_pct: float = Field(default=_TREE.base_pct, description="HDBSCAN min_cluster_size at the root, fraction of the node")
-    min_cluster_size_floor: int = Field(default=_TREE.min_cluster_size_floor, description="Lower bound of HDBSCAN min_cluster_size")
-    hdbscan_min_samples: int = Field(default=_TREE.hdbscan_min_samples, description="HDBSCAN min_samples")
-    silhouette_threshold: float = Field(default=_TREE.silhouette_threshold,
-                                        description="Split a cluster only when its silhouette is below this")
-    min_split_size: int = Field(default=_TREE.min_split_size, description="Clusters smaller than this are leaves")
-    umap_n_components: int = Field(default=_TREE.umap_n_components, description="Dimensions of each node's UMAP embedding")
-    umap_n_neighbors: int = Field(default=_TREE.umap_n_neighbors, description="UMAP n_neighbors")
-    umap_n_epochs: int = Field(default=_TREE.umap_n_epochs or 0, description="UMAP epochs; 0 lets UMAP choose")
-    seed: int = Field(default=_TREE.seed, description="random_state of every UMAP")
-    cache: bool = Field(default=True, description="Reuse a tree built with the same config and sample version")
-    max_root_noise_share: float = Field(
-        default=0.5, description="Check tree_has_structure: at most this share of the points left as HDBSCAN noise at the "
-        "root split (more and the tree describes a minority of the sample)")
-
-    def tree_config(self) -> TreeConfig:
-        values = self.model_dump(exclude={"level", "cache", "max_root_noise_share"})
-        return TreeConfig(**{**values, "umap_n_epochs": values["umap_n_epochs"] or None})
-
-
-class ClusterTreeConfig(TreeBuildConfig):
-    level: str = Field(default="token", description="'token' (the sampled tokens) or 'document' (document vectors)")
-
-
-def _tree_result(config: TreeBuildConfig, sample: HierarchySample, level: str) -> dg.MaterializeResult:
+def _tree_result(config: dg.Config, sample: HierarchySample, level: str) -> dg.MaterializeResult:
     """The tree of the sample at `level` (from the cache when built before), its page and its structure check."""
-    built = build_sample_tree(sample, level, config.tree_config(),
+    built = build_sample_tree(sample, level, library_config(config),
                               atlas_home() / "cache" / "cluster_tree" if config.cache else None)
     passed, structure = tree_structure(built.tree, config.max_root_noise_share)
     return dg.MaterializeResult(

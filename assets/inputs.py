@@ -4,13 +4,12 @@ import dagster as dg
 import numpy as np
 
 from assets.metadata import markdown_table, token_norms_table
+from assets.partitions import chunks
 from latent_atlas.chunks import DenseChunk, load_npz_chunk
 from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
-from latent_atlas.device import batch_size_for_budget
 from latent_atlas.errors import ChunkError
 from latent_atlas.manifests import claim_dimension, corpus_dimension, read_manifest
-from latent_atlas.models import extract_activations
-from assets.partitions import chunks
+from latent_atlas.token_activations import sequence_activations
 from resources import CorpusResource, ModelResource, TorchDeviceResource
 
 ACTIVATION_CHECKS = [
@@ -75,8 +74,7 @@ def activations(
         tokens = TokenChunk.from_table(token_chunks)
         loaded = model.load(device.torch_device(), device.torch_dtype())
         layer = model.layer_of(loaded)
-        batch = batch_size_for_budget(device.memory_budget_mb, plan.sequence_length, loaded.hidden_size, layer)
-        acts = extract_activations(loaded, tokens.token_ids, tokens.model_mask, layer, batch)
+        acts = sequence_activations(loaded, tokens, layer, device.memory_budget_mb)
         chunk = DenseChunk(acts, tokens.analysis_mask, tokens.token_ids,
                            meta={"model": loaded.name, "layer": layer, "key": plan.key})
         expected_dim = loaded.hidden_size

@@ -7,6 +7,8 @@ import pytest
 
 from assets.analysis import ChunkStatsConfig
 from assets.clustering import CentroidsConfig
+from assets.ensemble import MergeHierarchyConfig
+from assets.hierarchy import ClusterTreeConfig, TreeBuildConfig
 from assets.configs import attribute_docs, config_class, library_config
 from assets.labels import ClusterLabelsConfig, NodeLabelsConfig
 from assets.report import AtlasReportConfig
@@ -15,9 +17,11 @@ from latent_atlas.clustering import ClusteringConfig
 from latent_atlas.labels.examples import HeldoutConfig
 from latent_atlas.labels.nodes import NodeExamplesConfig
 from latent_atlas.labels.scorers import ScorerConfig
+from latent_atlas.mdl import MergeConfig
 from latent_atlas.report import ReportConfig
 from latent_atlas.statistics import StatisticsConfig
 from latent_atlas.steering_eval import SteeringEvalConfig
+from latent_atlas.tree import TreeConfig
 
 # (asset config, library dataclass, fields a resource supplies instead)
 DERIVED = [
@@ -29,6 +33,9 @@ DERIVED = [
     (NodeLabelsConfig, ScorerConfig, {"detection_client"}),
     (SteeringEvalAssetConfig, SteeringEvalConfig, set()),
     (AtlasReportConfig, ReportConfig, set()),
+    (TreeBuildConfig, TreeConfig, set()),
+    (ClusterTreeConfig, TreeConfig, set()),
+    (MergeHierarchyConfig, MergeConfig, set()),
 ]
 
 
