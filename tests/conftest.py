@@ -40,9 +40,11 @@ SMALL_CORPUS_CONFIG = {"centroids": {"n_clusters": 64}}
 
 
 @contextmanager
-def materialized(atlas_home: Path, corpus, targets: list[str], model_name: str = "minilm-l6"):
+def materialized(atlas_home: Path, corpus, targets: list[str], model_name: str = "minilm-l6",
+                 asset_config: dict[str, dict] | None = None):
     """A test Dagster instance in ATLAS_HOME with `corpus` registered and `targets` (and their
-    upstreams) materialized stage by stage; yields (defs, instance, keys, report)."""
+    upstreams) materialized stage by stage (run config `asset_config`, default SMALL_CORPUS_CONFIG);
+    yields (defs, instance, keys, report)."""
     import dagster as dg
 
     from orchestration.definitions import build_definitions
@@ -55,7 +57,7 @@ def materialized(atlas_home: Path, corpus, targets: list[str], model_name: str =
         keys = corpus.register(model.tokenizer() if corpus.source != "npz" else None, model.name)
         register_partitions(instance, keys)
         report = run_stages(defs, instance, keys, stages_of(defs, targets), log=lambda _: None,
-                            asset_config=SMALL_CORPUS_CONFIG)
+                            asset_config=SMALL_CORPUS_CONFIG if asset_config is None else asset_config)
         yield defs, instance, keys, report
 
 
