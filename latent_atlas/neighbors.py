@@ -1,8 +1,8 @@
 """Exact cosine nearest neighbours by blocked matrix products.
 
 For the few thousand points of a tree node this is a single GEMM per block of rows, faster than
-NN-descent and free of numba compilation (pynndescent's kernels take one to three minutes to compile
-in every new process). Memory is one [block, n_reference] similarity block at a time.
+NN-descent and free of numba compilation (pynndescent's kernels compile in every new process: 36-45 s
+in benchmarks/tree_speed.py). Memory is one [block, n_reference] similarity block at a time.
 """
 
 from __future__ import annotations

@@ -67,13 +67,15 @@ class TreeConfig:
     knn: str = "exact"
     """Neighbour graph of each node's UMAP: "exact" (cosine kNN by blocked matrix products, handed to UMAP
     as precomputed_knn) or "umap" (UMAP's own search: exact below 4,096 points, NN-descent above; the
-    behaviour before issue 12). NN-descent's numba kernels take 1-3 minutes to compile in every new
-    process, most of the cost of a 5,000-token tree; the exact graph is at least as accurate."""
+    behaviour before issue 12). NN-descent's numba kernels compile in every new process, most of the
+    cost of a 5,000-token tree (36-45 s of 54-68 s, benchmarks/tree_speed.py); the exact graph is at
+    least as accurate."""
     umap_fit_size: int | None = None
     """For very large samples: a node with more members than this fits UMAP and HDBSCAN on a seeded
     subsample of this many; every other member takes the label most common among its umap_n_neighbors
     nearest fitted members (cosine, noise counts as a label). None fits every node on all its members:
-    the exact kNN graph costs O(m^2 d) for a node of m members, a few seconds at 20,000 on 2 cores."""
+    the exact kNN graph costs O(m^2 d) for a node of m members (benchmarks/tree_speed.py --large 20000:
+    umap_fit_size=5000 builds a 20,000-point tree 2.6x faster at the same leaf ARI)."""
     soft_cluster_min_fraction: float = 0.5
     """A soft cluster is mapped to a node when at least this fraction of its members fall in it."""
     seed: int = 0
@@ -322,7 +324,8 @@ def embed_node(x: np.ndarray, config: TreeConfig) -> np.ndarray:
 @functools.cache
 def _cache_umap_kernels() -> None:
     """Turn numba's on-disk cache on for UMAP's module-level kernels (umap leaves it off): the first
-    process compiles them (~15 s), later ones load them (~1 s). The compiled code is the same."""
+    process compiles them, later ones load them (a fresh process's import + 500-point tree: 11-20 s
+    compiling, 3.6-6.1 s loading, benchmarks/tree_speed.py). The compiled code is the same."""
     from numba.core.dispatcher import Dispatcher
     from umap import distances, layouts, spectral, umap_, utils
 
