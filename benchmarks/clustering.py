@@ -116,10 +116,12 @@ def centroid_pass(paths, args) -> None:
     t = interleaved({
         "ours": lambda: SequentialSoftClustering(**PARAMS).fit_chunks(paths),
         "ours_fp32": lambda: SequentialSoftClustering(**PARAMS, learn_precision="float32").fit_chunks(paths),
+        "ours_bf16": lambda: SequentialSoftClustering(**PARAMS, learn_precision="bfloat16").fit_chunks(paths),
         "faiss_1": faiss_train(1), "faiss_3": faiss_train(3),
         "sklearn": lambda: [mbk.partial_fit(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
     }, 2)
-    ours, ours_fp32, faiss_1, faiss_3, sk = (t[name] for name in ("ours", "ours_fp32", "faiss_1", "faiss_3", "sklearn"))
+    ours, ours_fp32, ours_bf16, faiss_1, faiss_3, sk = (
+        t[name] for name in ("ours", "ours_fp32", "ours_bf16", "faiss_1", "faiss_3", "sklearn"))
     faiss_iter = min(faiss_1, (faiss_3 - faiss_1) / 2)
 
     faiss_blas = "; ".join(b for b in blas_kernels() if b.startswith("faiss")) or "?"
@@ -129,10 +131,13 @@ def centroid_pass(paths, args) -> None:
     print(f"  ours: fit_chunks, 1 epoch, all points, from fp16 chunk dirs: {ours:7.3f} s  (default; learning GEMM here: {gemm})")
     print(f"  ours, learn_precision='float32' (exact learning GEMM):       {ours_fp32:7.3f} s  "
           f"({effective_precision('float32', 'cpu')})")
+    print(f"  ours, learn_precision='bfloat16':                            {ours_bf16:7.3f} s  "
+          f"({effective_precision('bfloat16', 'cpu')})")
     print(f"  faiss.Kmeans spherical, niter=1 train:  {faiss_1:7.3f} s;  niter=3: {faiss_3:7.3f} s;  per iteration {faiss_iter:7.3f} s")
     print(f"  sklearn MiniBatchKMeans partial_fit per chunk, in-memory fp32: {sk:7.3f} s")
     print(f"  speed-up default vs faiss iteration = {faiss_iter / ours:.2f}x,  vs MiniBatchKMeans = {sk / ours:.2f}x  (target > 1 for both)")
     print(f"  speed-up float32 vs faiss iteration = {faiss_iter / ours_fp32:.2f}x,  vs MiniBatchKMeans = {sk / ours_fp32:.2f}x")
+    print(f"  speed-up bfloat16 vs faiss iteration = {faiss_iter / ours_bf16:.2f}x,  vs MiniBatchKMeans = {sk / ours_bf16:.2f}x")
 
 
 def rss_child(paths) -> None:

@@ -76,7 +76,8 @@ class ClusteringConfig:
     d=2304 (19 MB fp32) stay in cache between conversion and GEMM; 4096 measured 5-11% slower."""
     learn_precision: str = "auto"
     """Precision of the similarity GEMM of the learning E-step. 'bfloat16': fp32 in and out, products
-    in bf16 with fp32 accumulation (oneDNN on AMX, ~4x the fp32 GEMM; TF32/bf16 on CUDA; elsewhere
+    in bf16 with fp32 accumulation (oneDNN on AMX, ~4x the fp32 GEMM; TF32/bf16 on CUDA; on
+    AVX512-BF16 without AMX a GEMM of bf16 copies whose output is rounded to bf16, ~2x fp32; elsewhere
     the same products from operands rounded to bf16, slower than fp32); cosines to ~1e-3, noise well
     below the step's own sampling noise. 'float32' for an exact learning E-step. 'auto' (default):
     'bfloat16' where the CPU has AMX-BF16 (or on CUDA), 'float32' elsewhere; the estimator resolves it

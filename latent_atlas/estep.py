@@ -31,8 +31,8 @@ GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:
-    """A concrete learning precision: name itself, or for 'auto' 'bfloat16' where the GEMM has
-    native bf16 units (AMX-BF16 CPUs, CUDA) and 'float32' elsewhere."""
+    """A concrete learning precision: name itself, or for 'auto' what default_learn_precision picks
+    ('bfloat16' on AMX-BF16 CPUs and CUDA, 'float32' elsewhere)."""
     if name == "auto":
         return default_learn_precision(str(device))
     if name not in GEMM_DTYPES:
@@ -80,16 +80,7 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     """
     b, k = x.shape[0], centers_t.shape[1]
     sims = buffer(scratch, "sims", (b, k), x.device)
-    rows = x
-    if gemm_dtype == torch.bfloat16 and x.device.type == "cpu" and not _has_bf16_gemm():
-        # no bf16 GEMM here (no AMX, or a capped ISA: torch's GEMM would quietly stay fp32): the same
-        # bf16 products, exact in fp32, from operands rounded to bf16, so every worker of a run
-        # learns in the precision the driver chose for it
-        rows = buffer(scratch, "x_bf16", x.shape, x.device).copy_(x.to(torch.bfloat16))
-        centers_t, gemm_dtype = centers_t.to(torch.bfloat16).float(), torch.float32
-    with matmul_precision(gemm_dtype):
-        for lo, hi in _gemm_pieces(b, gemm_dtype):
-            torch.mm(rows[lo:hi], centers_t, out=sims[lo:hi])
+    _similarities(x, centers_t, sims, scratch, gemm_dtype)
     g = group_size(k)
     n_groups = k // g
     group_max = torch.amax(sims.view(b, n_groups, g), dim=2)  # [b, n_groups]
@@ -112,6 +103,34 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     # cos_c = cos_max + T log e_c: recovered from the exponentials, no second copy of the block
     cosines = kept.log().mul_(temperature).add_(max_cosine.index_select(0, rows))
     return SparseBlock(rows, clusters, kept / denominator.index_select(0, rows), cosines, inv_norm, max_cosine)
+
+
+def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, scratch: dict,
+                  gemm_dtype: torch.dtype) -> None:
+    """sims[b, k] = x @ centers_t in fp32, or for bf16 on the unit this device has:
+    - CUDA or AMX-BF16: torch's fp32 GEMM under matmul precision 'medium' (bf16 products, fp32 sums
+      and output);
+    - AVX512-BF16: a GEMM of bf16 copies (bf16 dot products with fp32 sums, output rounded to bf16,
+      ~2e-3 relative; measured 2-3x the fp32 GEMM on an AMD EPYC), widened into sims;
+    - no bf16 unit (or a capped ISA, where torch's GEMM would quietly stay fp32 or be emulated): the
+      same bf16 products, exact in fp32, from operands rounded to bf16, so every worker of a run
+      learns in the precision the driver chose for it.
+    """
+    unit = _bf16_unit() if gemm_dtype == torch.bfloat16 and x.device.type == "cpu" else None
+    if gemm_dtype == torch.bfloat16 and x.device.type == "cpu" and unit != "AMX-BF16":
+        rows = buffer(scratch, "x_bf16", x.shape, x.device, torch.bfloat16).copy_(x)
+        if unit == "AVX512-BF16":
+            out = buffer(scratch, "sims_bf16", sims.shape, x.device, torch.bfloat16)
+            centers_bf16 = centers_t.to(torch.bfloat16)
+            for lo, hi in _gemm_pieces(x.shape[0], torch.bfloat16):
+                torch.mm(rows[lo:hi], centers_bf16, out=out[lo:hi])
+            sims.copy_(out)
+            return
+        x = buffer(scratch, "x_rounded", x.shape, x.device).copy_(rows)
+        centers_t, gemm_dtype = centers_t.to(torch.bfloat16).float(), torch.float32
+    with matmul_precision(gemm_dtype):
+        for lo, hi in _gemm_pieces(x.shape[0], gemm_dtype):
+            torch.mm(x[lo:hi], centers_t, out=sims[lo:hi])
 
 
 def _gemm_pieces(b: int, gemm_dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -165,9 +184,9 @@ _GEMM_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def _has_bf16_gemm() -> bool:
-    """Whether torch's fp32 GEMM multiplies in bf16 here under matmul precision 'medium' (AMX-BF16)."""
-    return native_bf16()[0] is not None
+def _bf16_unit() -> str | None:
+    """This CPU's bf16 matrix unit ('AMX-BF16', 'AVX512-BF16') or None, after caps set from outside."""
+    return native_bf16()[0]
 
 
 @contextmanager
@@ -199,6 +218,8 @@ def effective_precision(name: str, device: torch.device | str) -> str:
     unit, why = native_bf16()
     if learning_dtype(name) == torch.float32:
         return "float32" if unit else f"float32 ({why})"
+    if unit == "AVX512-BF16":
+        return "bfloat16 (AVX512-BF16: bf16 operands and output)"
     return f"bfloat16 ({unit})" if unit else f"bfloat16 (operands rounded to bf16, fp32 GEMM; {why})"
 
 
@@ -273,10 +294,11 @@ def scratch_space() -> dict:
     return _THREAD.scratch
 
 
-def buffer(scratch: dict, name: str, shape: tuple, device) -> torch.Tensor:
-    """A reused fp32 buffer of at least `shape` rows (fresh allocations page-fault on every call)."""
+def buffer(scratch: dict, name: str, shape: tuple, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A reused buffer (fp32 unless said) of at least `shape` rows (fresh allocations page-fault on every call)."""
     rows, cols = shape
     buf = scratch.get(name)
-    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.device != torch.device(device):
-        buf = scratch[name] = torch.empty(shape, dtype=torch.float32, device=device)
+    if (buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.device != torch.device(device)
+            or buf.dtype != dtype):
+        buf = scratch[name] = torch.empty(shape, dtype=dtype, device=device)
     return buf[:rows]

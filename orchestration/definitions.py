@@ -4,7 +4,7 @@ import dagster as dg
 
 import assets
 from io_managers import ParquetIOManager, TensorIOManager
-from orchestration.jobs import chunk_job, refit_job
+from orchestration.jobs import chunk_job, refit_job, stage_jobs
 from orchestration.schedules import nightly_refit
 from orchestration.sensors import incoming_chunks
 from resources import ComputeBackendResource, CorpusResource, LabelerResource, ModelResource, TorchDeviceResource
@@ -18,11 +18,8 @@ def build_definitions(
     labeler: LabelerResource = LabelerResource(),
 ) -> dg.Definitions:
     """Definitions with the given resources (the defaults are the embedded demo: SmolLM2 on BBC News)."""
-    return dg.Definitions(
+    graph = dg.Definitions(
         assets=dg.load_assets_from_package_module(assets),
-        jobs=[chunk_job, refit_job],
-        sensors=[incoming_chunks],
-        schedules=[nightly_refit],
         resources={
             "corpus": corpus,
             "model": model,
@@ -33,6 +30,10 @@ def build_definitions(
             "tensor_io_manager": TensorIOManager(),
         },
     )
-
+    return dg.Definitions.merge(graph, dg.Definitions(
+        jobs=[chunk_job, refit_job, *stage_jobs(graph)],
+        sensors=[incoming_chunks],
+        schedules=[nightly_refit],
+    ))
 
 defs = build_definitions()

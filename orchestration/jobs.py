@@ -1,4 +1,6 @@
-"""Jobs: per-chunk work for one partition, and the refit of the global models."""
+"""Jobs: per-chunk work for one partition, the refit of the global models, and one job per stage of
+the pipeline (what `latent-atlas demo/run` execute, so their runs carry a stage's name in the UI and
+can be re-executed from there)."""
 
 import dagster as dg
 
@@ -13,3 +15,33 @@ refit_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("whitening"),
     description="Refit the global models over every materialized chunk.",
 )
+
+
+def stage_job_name(names: tuple[str, ...], graph) -> str:
+    """'<head>_stage': head, the first (alphabetically) of the stage's assets with no upstream inside it,
+    e.g. token_chunks_stage for token_chunks + activations, centroids_stage for the global fits."""
+    keys = {dg.AssetKey(n) for n in names}
+    heads = sorted(k.to_user_string() for k in keys if not set(graph.get(k).parent_keys) & keys)
+    return f"{heads[0]}_stage"
+
+
+def stage_job(names: tuple[str, ...], per_chunk: bool, graph, name: str | None = None):
+    """An asset job for one stage (partitioned by chunk when the stage is per chunk)."""
+    kind = "one chunk partition of " if per_chunk else ""
+    return dg.define_asset_job(name or stage_job_name(names, graph), selection=dg.AssetSelection.assets(*names),
+                               description=f"Pipeline stage: {kind}{', '.join(names)}.")
+
+
+def stage_jobs(defs: dg.Definitions) -> list:
+    """One job per stage of the whole graph of `defs`, in dependency order (orchestration.pipeline.stages_of)."""
+    from orchestration.pipeline import stages_of
+
+    graph = defs.resolve_asset_graph()
+    everything = [k.to_user_string() for k in graph.get_all_asset_keys()]
+    # steering_eval generates text for every top cluster (minutes on CPU): a job of its own, on request
+    stages = stages_of(defs, [n for n in everything if n != ON_REQUEST])
+    return [*(stage_job(names, per_chunk, graph) for names, per_chunk in stages),
+            stage_job((ON_REQUEST,), False, graph)]
+
+
+ON_REQUEST = "steering_eval"

@@ -86,16 +86,17 @@ def run_stages(
     asset_config = asset_config or {}
     report = PipelineReport(keys)
     stages = stages or stages_of(defs)
+    jobs = _stage_job_defs(defs, stages)
     for number, (names, per_chunk) in enumerate(stages, start=1):
         stage = "+".join(names)
+        job = jobs[names]
         start = time.perf_counter()
         todo = [k for k in keys if k not in report.failed] if per_chunk else [None]
         log(f"stage {number}/{len(stages)} {stage}" + (f": {len(todo)} chunks" if per_chunk else ""))
         for done, key in enumerate(todo, start=1):
             began = time.perf_counter()
-            result = dg.materialize(
-                list(defs.assets), instance=instance, resources=defs.resources, partition_key=key,
-                selection=dg.AssetSelection.assets(*names), raise_on_error=False,
+            result = job.execute_in_process(
+                instance=instance, partition_key=key, raise_on_error=False,
                 run_config={**quiet, "ops": {n: {"config": asset_config[n]} for n in names if n in asset_config}},
             )
             if not result.success:
@@ -113,6 +114,23 @@ def run_stages(
         report.seconds[stage] = time.perf_counter() - start
         log(f"  {stage}: {report.seconds[stage]:.1f} s")
     return report
+
+
+def _stage_job_defs(defs: dg.Definitions, stages: list[Stage]) -> dict:
+    """{stage assets: its job}: the definitions' own stage job (orchestration.jobs) when one selects
+    exactly those assets, so the UI can re-execute the run; else one made for this subset of the graph."""
+    from orchestration.jobs import stage_job, stage_job_name
+
+    graph = defs.resolve_asset_graph()
+    defined = {}
+    for job in defs.jobs or []:
+        if job.name.endswith("_stage"):
+            defined[tuple(sorted(k.to_user_string() for k in job.selection.resolve(graph)))] = job.name
+    extra = [stage_job(names, per_chunk, graph, f"{stage_job_name(names, graph)}_adhoc")
+             for names, per_chunk in stages if names not in defined]
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=extra)) if extra else defs
+    names_of = {**defined, **{names: f"{stage_job_name(names, graph)}_adhoc" for names, _ in stages if names not in defined}}
+    return {names: merged.resolve_job_def(names_of[names]) for names, _ in stages}
 
 
 def _refused_chunks(result) -> dict[str, str]:

@@ -34,6 +34,10 @@ def test_text_corpus_end_to_end_with_minilm(atlas_home):
         assert abs(covariance_error(vectors)["mean_diag"] - 1) < 0.05
 
         checks = check_results(instance)
+        # every run is a named stage job the UI can re-execute, never Dagster's ephemeral job
+        jobs = {r.job_name for r in instance.get_runs()}
+        assert jobs == {"token_chunks_stage", "whitening_stage", "whitened_activations_stage",
+                        "centroids_stage_adhoc", "memberships_stage_adhoc"}  # the last two: subsets of a stage
     assert checks == dict.fromkeys({"whitened_covariance_is_identity", "finite_and_shaped", "mask_token_alignment",
                                     "centroids_unit_norm_and_finite", "few_dead_clusters", "memberships_valid"}, True)
 
