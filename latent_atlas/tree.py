@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_atlas.neighbors import cosine_knn, unit_rows
-from latent_atlas.tables import save_npz, write_npz
+from latent_atlas.tables import save_npz, write_atomically, write_npz
 
 ROOT = "root"
 
@@ -206,7 +206,7 @@ class ClusterTree:
         if json_path.suffix == ".npz":  # one self-contained file (the tensor IO manager stores .npz artifacts)
             return write_npz(json_path, arrays, meta)
         save_npz(json_path.with_suffix(".npz"), arrays)
-        _atomic(json_path, lambda p: p.write_text(json.dumps(meta, indent=1)), "")  # json last: marks complete
+        write_atomically(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))  # json last: marks complete
         return json_path
 
     @classmethod
@@ -415,12 +415,3 @@ def _soft_mass(soft_clusters):
 
 def _sort_key(node_id: str) -> tuple:
     return () if node_id == ROOT else tuple(int(p) for p in node_id.split("."))
-
-
-def _atomic(path: Path, write, suffix: str) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
