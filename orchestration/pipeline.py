@@ -12,6 +12,7 @@ from typing import Callable
 import dagster as dg
 
 from assets.partitions import chunks
+from orchestration.freshness import FINGERPRINT_TAG, stage_fingerprint, up_to_date
 
 Stage = tuple[tuple[str, ...], bool]  # (asset names, per chunk?)
 
@@ -51,6 +52,7 @@ class PipelineReport:
     failed: dict[str, str] = field(default_factory=dict)  # partition key -> error naming the file and problem
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
     refused: dict[str, str] = field(default_factory=dict)  # partition key -> why a global stage left it out
+    skipped: list[tuple[str, str | None]] = field(default_factory=list)  # (stage, partition) found up to date
 
     def problem_lines(self) -> list[str]:
         """One line per chunk that failed or was left out, naming the file and the problem."""
@@ -73,6 +75,7 @@ def run_stages(
     log: Callable[[str], None] = print,
     dagster_log_level: str = "WARNING",
     asset_config: dict[str, dict] | None = None,
+    skip_up_to_date: bool = True,
 ) -> PipelineReport:
     """Materialize each stage; a chunk that fails is reported and skipped by later stages.
 
@@ -80,7 +83,9 @@ def run_stages(
     `refused_chunks`) has them recorded in the report. Dagster's own console logger prints only
     from `dagster_log_level` up (its DEBUG events, hundreds a run, would bury the progress lines);
     every event is still in the instance's event log for the UI. `asset_config` {asset: its config}
-    is the run config of the assets it names (e.g. {"centroids": {"n_clusters": 64}}).
+    is the run config of the assets it names (e.g. {"centroids": {"n_clusters": 64}}). With
+    `skip_up_to_date`, a stage (of one chunk, or global) whose outputs were materialized from the same
+    code, config and upstream materializations is not run again (orchestration.freshness).
     """
     quiet = {"loggers": {"console": {"config": {"log_level": dagster_log_level}}}}
     asset_config = asset_config or {}
@@ -95,10 +100,16 @@ def run_stages(
         log(f"stage {number}/{len(stages)} {stage}" + (f": {len(todo)} chunks" if per_chunk else ""))
         for done, key in enumerate(todo, start=1):
             began = time.perf_counter()
-            result = job.execute_in_process(
-                instance=instance, partition_key=key, raise_on_error=False,
-                run_config={**quiet, "ops": {n: {"config": asset_config[n]} for n in names if n in asset_config}},
-            )
+            run_config = {**quiet, "ops": {n: {"config": asset_config[n]} for n in names if n in asset_config}}
+            fingerprint = stage_fingerprint(defs, instance, names, key, run_config)
+            if skip_up_to_date and up_to_date(instance, names, key, fingerprint):
+                report.skipped.append((stage, key))
+                log(f"  chunk {done}/{len(todo)} {key} up to date" if key else "  up to date")
+                if key is None:
+                    report.refused.update(_stored_refusals(instance, names))
+                continue
+            result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                            run_config=run_config, tags={FINGERPRINT_TAG: fingerprint})
             if not result.success:
                 error = _first_error(result)
                 if key is None:
@@ -131,6 +142,17 @@ def _stage_job_defs(defs: dg.Definitions, stages: list[Stage]) -> dict:
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=extra)) if extra else defs
     names_of = {**defined, **{names: f"{stage_job_name(names, graph)}_adhoc" for names, _ in stages if names not in defined}}
     return {names: merged.resolve_job_def(names_of[names]) for names, _ in stages}
+
+
+def _stored_refusals(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[str, str]:
+    """The `refused_chunks` of a skipped global stage, from its assets' latest materializations."""
+    refused: dict[str, str] = {}
+    for name in names:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        value = event.asset_materialization.metadata.get("refused_chunks") if event else None
+        if value is not None and isinstance(value.value, dict):
+            refused.update(value.value)
+    return refused
 
 
 def _refused_chunks(result) -> dict[str, str]:

@@ -1,0 +1,65 @@
+"""Only what changed is recomputed: a rerun skips every up-to-date stage, a new chunk runs its own
+per-chunk stages and the global refits (and what reads them), a changed config reruns its stage."""
+
+import dagster as dg
+import numpy as np
+
+from orchestration.pipeline import register_partitions, run_stages, stages_of
+from resources import CorpusResource
+from tests.conftest import materialized, write_seed_npz
+
+TARGETS = ["memberships"]
+CONFIG = {"centroids": {"n_clusters": 4, "n_epochs": 2}}
+
+
+def write_chunk(folder, i):
+    rng = np.random.default_rng(i)
+    directions = np.random.default_rng(99).standard_normal((4, 32))
+    acts = directions[rng.integers(0, 4, (16, 16))] + 0.3 * rng.standard_normal((16, 16, 32))
+    write_seed_npz(folder / f"part{i}.npz", n_seq=16, seq_len=16, dim=32, seed=i, activations=acts.astype(np.float16))
+
+
+def runs_by_job(instance) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run in instance.get_runs():
+        counts[run.job_name] = counts.get(run.job_name, 0) + 1
+    return counts
+
+
+def test_rerun_skips_and_a_new_chunk_runs_only_what_it_changes(atlas_home, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(3):
+        write_chunk(folder, i)
+    corpus = CorpusResource(source="npz", path=str(folder))
+    with materialized(atlas_home, corpus, TARGETS, asset_config=CONFIG) as (defs, instance, keys, first):
+        stages = stages_of(defs, TARGETS)
+        assert not first.skipped and not first.failed
+        before = runs_by_job(instance)
+        centers = np.load(atlas_home / "tensors" / "centroids.npz")["cluster_centers"].copy()
+
+        again = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        assert runs_by_job(instance) == before  # nothing ran again
+        assert len(again.skipped) == sum(len(keys) if per_chunk else 1 for _, per_chunk in stages)
+
+        write_chunk(folder, 3)  # one more chunk: its own per-chunk stages, the global refits, and what reads them
+        keys = corpus.register(None, "")
+        register_partitions(instance, keys)
+        grown = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        after = runs_by_job(instance)
+        added = {job: after[job] - before.get(job, 0) for job in after}
+        assert added["token_chunks_stage"] == 1  # the new chunk's activations only
+        assert added["whitening_stage"] == 1 and added["centroids_stage_adhoc"] == 1
+        assert added["whitened_activations_stage"] == 4 and added["memberships_stage_adhoc"] == 4  # refit whitening
+        assert ("activations+token_chunks", keys[0]) in grown.skipped
+
+        changed = {"centroids": {**CONFIG["centroids"], "seed": 1}}  # a config change reruns its stage
+        run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=changed)
+        final = runs_by_job(instance)
+        assert final["centroids_stage_adhoc"] == after["centroids_stage_adhoc"] + 1
+        assert final["whitening_stage"] == after["whitening_stage"]  # upstream of the change: skipped
+        assert not np.array_equal(np.load(atlas_home / "tensors" / "centroids.npz")["cluster_centers"], centers)
+
+        off = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=changed, skip_up_to_date=False)
+        assert not off.skipped and runs_by_job(instance)["whitening_stage"] == final["whitening_stage"] + 1
+        assert dg.DagsterRunStatus.FAILURE not in {r.status for r in instance.get_runs()}
