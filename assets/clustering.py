@@ -1,6 +1,5 @@
 """Soft spherical clustering: centroids learned online over all chunks, memberships per chunk."""
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
         raise ValueError("no materialized whitened_activations partitions to learn centroids from")
     paths = [str(p) for p in whitened_activations.values()]
     settings = library_config(config, device=str(device.torch_device()))
-    model = SequentialSoftClustering(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    model = SequentialSoftClustering(**vars(settings))
     # One checkpoint directory per (resolved config, chunk contents): the same fit resumes, a refit of
     # the whitening (new chunk contents under the same paths) starts afresh; older fits are dropped.
     root = atlas_home() / "checkpoints" / "centroids"

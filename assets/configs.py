@@ -23,7 +23,7 @@ from pydantic import Field
 
 @cache
 def attribute_docs(cls: type) -> dict[str, str]:
-    """{field: first sentence of its attribute docstring} for a dataclass written as
+    """{field: its attribute docstring, on one line} for a dataclass written as
     `name: type = default` followed by a string literal (the convention of latent_atlas/)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):

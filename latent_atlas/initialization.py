@@ -10,6 +10,7 @@ import torch
 
 from latent_atlas.chunks import open_rows, sample_positions
 from latent_atlas.clustering_config import ClusteringConfig
+from latent_atlas.neighbors import unit_rows
 
 
 def random_centers(k: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,7 +49,7 @@ def unit_sample(sources: Sequence[Any], config: ClusteringConfig, n: int) -> np.
         picked = sample_positions(rows, per_chunk, np.random.default_rng([config.seed, 2, i]))
         parts.append(np.asarray(rows[picked], dtype=np.float32))
     x = np.concatenate(parts)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(x)
 
 
 def initial_centers(sources: Sequence[Any], config: ClusteringConfig, d: int, rng: np.random.Generator) -> np.ndarray:

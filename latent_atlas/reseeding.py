@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from latent_atlas.clustering_config import ClusteringConfig
+from latent_atlas.neighbors import unit_rows
 
 
 def plan_moves(candidates: np.ndarray, candidate_scores: np.ndarray, centers: np.ndarray, due: np.ndarray,
@@ -70,7 +71,7 @@ def seeds_near(candidates: np.ndarray, picks: list[int], neighbors: int) -> np.n
     q = min(neighbors, len(candidates))
     near = np.argsort(-(candidates[picks] @ candidates.T), axis=1, kind="stable")[:, :q]  # [p, q], the pick first
     seeds = candidates[near].mean(axis=1)
-    return seeds / np.maximum(np.linalg.norm(seeds, axis=1, keepdims=True), 1e-12)
+    return unit_rows(seeds)
 
 
 def duplicates(centers: np.ndarray, usage: np.ndarray, max_cosine: float) -> np.ndarray:

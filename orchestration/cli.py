@@ -18,12 +18,13 @@ META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpreta
 def _stages(defs, steering: bool):
     """The whole graph's stages; without `steering`, all but steering_eval, which generates text
     for every top cluster (minutes on CPU) and so runs on request only."""
+    from orchestration.jobs import ON_REQUEST
     from orchestration.pipeline import stages_of
 
     names = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]
     if not steering:
-        print("steering_eval not run: add --steering, or materialize it in the UI")
-    return stages_of(defs, names if steering else [n for n in names if n != "steering_eval"])
+        print(f"{ON_REQUEST} not run: add --steering, or materialize it in the UI")
+    return stages_of(defs, names if steering else [n for n in names if n != ON_REQUEST])
 
 
 def _asset_config(args: argparse.Namespace) -> dict[str, dict]:

@@ -4,6 +4,9 @@ can be re-executed from there)."""
 
 import dagster as dg
 
+# Generates text for every top cluster (minutes on CPU): a stage job of its own, run on request only.
+ON_REQUEST = "steering_eval"
+
 chunk_job = dg.define_asset_job(
     "chunk_job",
     selection=dg.AssetSelection.assets("token_chunks", "activations"),
@@ -38,10 +41,7 @@ def stage_jobs(defs: dg.Definitions) -> list:
 
     graph = defs.resolve_asset_graph()
     everything = [k.to_user_string() for k in graph.get_all_asset_keys()]
-    # steering_eval generates text for every top cluster (minutes on CPU): a job of its own, on request
     stages = stages_of(defs, [n for n in everything if n != ON_REQUEST])
     return [*(stage_job(names, per_chunk, graph) for names, per_chunk in stages),
             stage_job((ON_REQUEST,), False, graph)]
 
-
-ON_REQUEST = "steering_eval"

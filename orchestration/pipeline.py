@@ -133,15 +133,15 @@ def _stage_job_defs(defs: dg.Definitions, stages: list[Stage]) -> dict:
     from orchestration.jobs import stage_job, stage_job_name
 
     graph = defs.resolve_asset_graph()
-    defined = {}
-    for job in defs.jobs or []:
-        if job.name.endswith("_stage"):
-            defined[tuple(sorted(k.to_user_string() for k in job.selection.resolve(graph)))] = job.name
-    extra = [stage_job(names, per_chunk, graph, f"{stage_job_name(names, graph)}_adhoc")
-             for names, per_chunk in stages if names not in defined]
+    job_names = {tuple(sorted(k.to_user_string() for k in job.selection.resolve(graph))): job.name
+                 for job in defs.jobs or [] if job.name.endswith("_stage")}
+    extra = []
+    for names, per_chunk in stages:
+        if names not in job_names:
+            job_names[names] = f"{stage_job_name(names, graph)}_adhoc"
+            extra.append(stage_job(names, per_chunk, graph, job_names[names]))
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=extra)) if extra else defs
-    names_of = {**defined, **{names: f"{stage_job_name(names, graph)}_adhoc" for names, _ in stages if names not in defined}}
-    return {names: merged.resolve_job_def(names_of[names]) for names, _ in stages}
+    return {names: merged.resolve_job_def(job_names[names]) for names, _ in stages}
 
 
 def _stored_refusals(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[str, str]:
