@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_atlas.sample import HierarchySample
-from latent_atlas.tree import ClusterTree, TreeConfig, build_tree, cache_key, min_split_size
+from latent_atlas.tree import ClusterTree, TreeConfig, build_tree, min_split_size, tree_cache_path
 
 LEVELS = ("token", "document")
 
@@ -44,7 +44,7 @@ def build_sample_tree(sample: HierarchySample, level: str, config: TreeConfig, c
     (so a new sample, or another config, builds anew)."""
     x, soft = tree_inputs(sample, level)
     version = f"{sample.version}:{level}"
-    cached = cache_dir is not None and (Path(cache_dir) / f"tree-{cache_key(x, config, soft, version)}.json").exists()
+    cached = cache_dir is not None and tree_cache_path(cache_dir, x, config, soft, version).exists()
     start = time.perf_counter()
     tree = build_tree(x, config, soft_clusters=soft, cache_dir=cache_dir, data_version=version)
     return SampleTree(tree, level, len(x), cached, time.perf_counter() - start)

@@ -241,11 +241,9 @@ def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: n
         raise ValueError(f"x must be a non-empty [n, d] array, got shape {x.shape}")
     if soft_clusters is not None and len(soft_clusters) != len(x):
         raise ValueError(f"soft_clusters must have one row per vector of x ({len(x)}), got {len(soft_clusters)}")
-    cache_path = None
-    if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"tree-{cache_key(x, config, soft_clusters, data_version)}.json"
-        if cache_path.exists():
-            return ClusterTree.load(cache_path)
+    cache_path = None if cache_dir is None else tree_cache_path(cache_dir, x, config, soft_clusters, data_version)
+    if cache_path is not None and cache_path.exists():
+        return ClusterTree.load(cache_path)
     unit = unit_rows(x.astype(np.float32))
     soft = _soft_mass(soft_clusters)
     root = _make_node(ROOT, None, 0, np.arange(len(x)), float("nan"), unit, soft, config)
@@ -358,6 +356,12 @@ def _label_by_fitted_neighbours(x: np.ndarray, fitted: np.ndarray, fit_labels: n
     np.add.at(counts, (np.repeat(np.arange(len(rest)), votes.shape[1]), votes.ravel()), 1)
     labels[rest] = np.argmax(counts, axis=1) - 1
     return labels
+
+
+def tree_cache_path(cache_dir: str | Path, x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | None,
+                    data_version: str | None) -> Path:
+    """Where build_tree caches the tree of these inputs under cache_dir."""
+    return Path(cache_dir) / f"tree-{cache_key(x, config, soft_clusters, data_version)}.json"
 
 
 def cache_key(x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | None, data_version: str | None) -> str:
