@@ -246,14 +246,59 @@ class ChunkStatistics:
 
 
 def merge_statistics(items) -> ChunkStatistics:
-    """Streaming fold over ChunkStatistics or paths to saved ones (one loaded at a time)."""
-    total = None
+    """Streaming fold over ChunkStatistics or paths to saved ones (one loaded at a time).
+
+    Equals folding with `merge`, bit for bit, in O(N) for N chunks: the token tables go to a
+    `_TokenTable` that re-uniques only once its pending rows outnumber its merged ones (a pairwise
+    fold re-uniques the whole growing table at every chunk, O(N^2))."""
+    total, tokens = None, _TokenTable()
     for item in items:
         stats = item if isinstance(item, ChunkStatistics) else ChunkStatistics.load(item)
+        tokens.add(stats.token_key, stats.token_weight, stats.token_hard)
+        stats = dataclasses.replace(stats, token_key=_NO_TOKENS[0], token_weight=_NO_TOKENS[1],
+                                    token_hard=_NO_TOKENS[2])
         total = stats if total is None else total.merge(stats)
     if total is None:
         raise ValueError("merge_statistics: no chunk statistics given")
-    return total
+    token_key, token_weight, token_hard = tokens.merged()
+    return dataclasses.replace(total, token_key=token_key, token_weight=token_weight, token_hard=token_hard)
+
+
+_NO_TOKENS = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
+
+
+class _TokenTable:
+    """(cluster, token) counts summed over chunks; amortised O(rows added).
+
+    Pending tables are folded in (one unique over merged + pending) once the pending rows reach
+    the merged rows, so every row takes part in O(1) folds on average, and memory stays within
+    about twice the merged table plus one chunk's. bincount adds in input order, which is the
+    chunk order, so the sums equal those of a pairwise fold exactly."""
+
+    def __init__(self):
+        self._key, self._weight, self._hard = _NO_TOKENS
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, key: np.ndarray, weight: np.ndarray, hard: np.ndarray) -> None:
+        self._pending.append((key, weight, hard))
+        self._pending_rows += key.size
+        if self._pending_rows >= self._key.size:
+            self._fold()
+
+    def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """token_key (unique, sorted), token_weight, token_hard of everything added."""
+        self._fold()
+        return self._key, self._weight, self._hard
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        parts = [(self._key, self._weight, self._hard)] + self._pending
+        key, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+        self._weight = np.bincount(inverse, np.concatenate([p[1] for p in parts]), key.size)
+        self._hard = np.bincount(inverse, np.concatenate([p[2] for p in parts]), key.size).astype(np.int64)
+        self._key, self._pending, self._pending_rows = key, [], 0
 
 
 def _first_max_rows(group: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -364,3 +364,20 @@ def test_read_back_refuses_a_rewritten_chunk(data, tmp_path):
     opener, _ = chunk_files(data, tmp_path, scale=1.5)
     with pytest.raises(ChunkError, match="chunk 'a' changed since its statistics were computed"):
         loaded.fit_intervention_vectors(data["centers"], opener)
+
+
+def test_streaming_merge_equals_pairwise_fold_exactly():
+    """merge_statistics folds the token tables lazily (O(N)); the result is the pairwise fold's, bit for bit."""
+    config = StatisticsConfig(heldout_sample_size=50, fit_sample_size=50, heldout_per_cluster=2)
+    items = []
+    for i in range(9):
+        chunk, mem = many_clusters(6 + i, 10, 16, seed=100 + i)
+        items.append(ChunkStatistics.compute(f"c{i}", mem, chunk, 16, config))
+    pairwise = items[0]
+    for stats in items[1:]:
+        pairwise = pairwise.merge(stats)
+    streamed = merge_statistics(items)
+    for name in ChunkStatistics._PLAIN:
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(pairwise, name), err_msg=name)
+    assert streamed.token_key.size > items[0].token_key.size  # the table grew across chunks
+    assert streamed.chunk_ids == pairwise.chunk_ids and streamed.n_tokens == pairwise.n_tokens
