@@ -1,5 +1,7 @@
 """Per-chunk inputs: token sequences and the model's activations (or validated NPZ contents)."""
 
+import dataclasses
+
 import dagster as dg
 import numpy as np
 
@@ -80,8 +82,8 @@ def activations(
         expected_dim = loaded.hidden_size
     else:
         chunk = _npz_chunk(plan, corpus)
-        chunk = DenseChunk(chunk.activations, chunk.attention_mask, chunk.token_ids,
-                           meta={"source": plan.path, "key": plan.key})
+        # keeps the NPZ reference: the partition then stores no second copy of the activations
+        chunk = dataclasses.replace(chunk, meta={"source": plan.path, "key": plan.key})
         # the first good chunk fixes the corpus's d: a later file of another d fails here, alone
         expected_dim = corpus.expected_dim or claim_dimension(plan.corpus, chunk.dim, plan.key)[0]
         if chunk.dim != expected_dim:

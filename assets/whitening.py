@@ -1,5 +1,6 @@
 """Global whitening from streaming moments, and per-chunk whitened activations."""
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -102,8 +103,14 @@ def whitened_activations(activations: DenseChunk, whitening: Whitening):
     """Activations after the global whitening transform (fp16); masked positions are zero. What the
     centroids are learned on and every statistic is computed from; the page shows the tokens' norms
     (near the square root of the spanned rank, sqrt(d) at full rank, when the whitening fits this chunk)."""
-    whitened = whitening.transform_chunk(activations)
-    chunk = DenseChunk(whitened, activations.attention_mask, activations.token_ids,
-                       meta={**activations.meta, "whitening": whitening.method})
+    meta = {**activations.meta, "whitening": whitening.method}
+    if whitening.method == "identity" and activations.storage == "reference":
+        # nothing to transform: a reference to the activations' bytes, not a full-size copy
+        # (masked positions then keep the input's values; every consumer reads attended positions)
+        chunk = dataclasses.replace(activations, meta=meta, path=None)
+        whitened = chunk.activations
+    else:
+        whitened = whitening.transform_chunk(activations)
+        chunk = DenseChunk(whitened, activations.attention_mask, activations.token_ids, meta=meta)
     return dg.MaterializeResult(value=chunk, metadata={"shape": str(whitened.shape), "whitening": whitening.method,
                                                        "token_norms": token_norms_table(whitened, activations.attention_mask)})

@@ -47,10 +47,12 @@ class TensorIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         key = context.partition_key if context.has_asset_partitions else None
         if isinstance(obj, DenseChunk):
-            path = write_chunk(output_path(self._base(), context, "", key), obj.activations, obj.attention_mask, obj.token_ids, obj.meta)
+            path = write_chunk(output_path(self._base(), context, "", key), obj.activations, obj.attention_mask,
+                               obj.token_ids, obj.meta, obj.activations_ref)
+            # storage: "reference" when the activations stay where they already lie (no second copy)
             context.add_output_metadata(
                 {"path": dg.MetadataValue.path(str(path)), "shape": str(obj.activations.shape),
-                 "attended_tokens": obj.n_tokens}
+                 "attended_tokens": obj.n_tokens, "storage": obj.storage}
             )
             return
         path = output_path(self._base(), context, ".npz", key)

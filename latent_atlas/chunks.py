@@ -3,12 +3,15 @@
 Layout of a chunk directory (written atomically: temp directory, then rename):
 
     activations.npy     [n_seq, seq_len, d]  float16
+      or activations.ref.json  where those bytes already lie in another file (ArrayReference)
     attention_mask.npy  [n_seq, seq_len]     bool   (False on padding and special tokens)
     token_ids.npy       [n_seq, seq_len]     int32
     meta.json           free-form metadata (source file, layer, model, doc ids ...)
 
 .npy memory-mapped reads measured fastest on this machine kind (docs/benchmarks.md): reading a
-chunk costs no decode and no copy until the pages are touched.
+chunk costs no decode and no copy until the pages are touched. A chunk whose fp16 activations
+already lie uncompressed in a file (a seed NPZ written by np.savez, or the activations chunk an
+identity whitening passes on) stores a reference to those bytes instead of a second full-size copy.
 
 Seed-format NPZ files (the user's own chunks) are validated and read by `load_npz_chunk`;
 `open_chunk` takes either kind (or a DenseChunk), and `open_rows` / `sample_positions` give the
@@ -42,6 +45,76 @@ _CAST_BLOCK_VALUES = 1 << 22
 
 
 @dataclass(frozen=True)
+class ArrayReference:
+    """Where an array's raw bytes lie in another file, and that file's size and mtime when it was
+    registered: a reference is opened as a memmap, and refused once the file has changed."""
+
+    file: str
+    offset: int
+    shape: tuple
+    dtype: str
+    fortran_order: bool
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def to(cls, file: str | Path, offset: int, shape, dtype, fortran_order: bool) -> "ArrayReference":
+        stat = Path(file).stat()
+        return cls(str(Path(file).resolve()), int(offset), tuple(int(n) for n in shape), np.dtype(dtype).str,
+                   bool(fortran_order), stat.st_size, stat.st_mtime_ns)
+
+    @classmethod
+    def of_npy(cls, array: np.memmap) -> "ArrayReference":
+        """The reference to a memory-mapped .npy file's whole array (np.load(..., mmap_mode='r'))."""
+        return cls.to(array.filename, array.offset, array.shape, array.dtype, np.isfortran(array) and array.ndim > 1)
+
+    def open(self, source: str | Path) -> np.memmap:
+        """The array, memory-mapped read-only; ChunkError naming the file if it is gone or changed."""
+        try:
+            stat = os.stat(self.file)
+        except OSError as exc:
+            raise ChunkError(source, f"references {self.file}, which cannot be read ({exc.strerror}); rerun it") from exc
+        if (stat.st_size, stat.st_mtime_ns) != (self.size, self.mtime_ns):
+            raise ChunkError(source, f"references {self.file}, which changed since it was registered; rerun it")
+        order = "F" if self.fortran_order else "C"
+        return np.memmap(self.file, np.dtype(self.dtype), "r", self.offset, self.shape, order)
+
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "shape": list(self.shape)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArrayReference":
+        fields = json.loads(text)
+        return cls(**{**fields, "shape": tuple(fields["shape"])})
+
+
+def stored_npz_member(path: str | Path, key: str) -> ArrayReference | None:
+    """A reference to array `key` of an NPZ file if its bytes can be memory-mapped where they lie
+    (an uncompressed, unencrypted member, as np.savez writes); None otherwise (np.savez_compressed)."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(f"{key}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local header's own name/extra lengths, not the central directory's
+        if local[:4] != b"PK\x03\x04":
+            return None
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject or offset - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+        return None
+    return ArrayReference.to(path, offset, shape, dtype, fortran_order)
+
+
+@dataclass(frozen=True)
 class DenseChunk:
     """Activations of one chunk with their mask and token ids (arrays may be memory-mapped)."""
 
@@ -50,6 +123,14 @@ class DenseChunk:
     token_ids: np.ndarray  # [n_seq, seq_len] int
     meta: dict = field(default_factory=dict)
     path: Path | None = None
+    # Where `activations` already lie on disk (memory-mapped): write_chunk then stores this
+    # reference instead of a copy.
+    activations_ref: ArrayReference | None = None
+
+    @property
+    def storage(self) -> str:
+        """'reference' if writing this chunk stores a reference to its activations, else 'copy'."""
+        return "reference" if self.activations_ref is not None and self.activations.dtype == np.float16 else "copy"
 
     @property
     def n_sequences(self) -> int:
@@ -166,14 +247,21 @@ def write_chunk(
     attention_mask: np.ndarray,
     token_ids: np.ndarray,
     meta: dict | None = None,
+    activations_ref: ArrayReference | None = None,
 ) -> Path:
     """Write a chunk directory atomically; a reader never sees a half-written chunk.
 
-    Activations that would overflow float16 raise ChunkError naming `path` before anything is written.
+    With `activations_ref` (where fp16 `activations` already lie in another file), the chunk stores
+    that reference, not a copy. Activations that would overflow float16 raise ChunkError naming
+    `path` before anything is written.
     """
-    activations = to_float16(activations, path)
+    if activations_ref is None or np.asarray(activations).dtype != np.float16:
+        activations, activations_ref = to_float16(activations, path), None
     with atomic_dir(path) as tmp:
-        np.save(tmp / "activations.npy", activations)
+        if activations_ref is None:
+            np.save(tmp / "activations.npy", activations)
+        else:
+            (tmp / "activations.ref.json").write_text(activations_ref.to_json())
         np.save(tmp / "attention_mask.npy", np.ascontiguousarray(attention_mask, dtype=bool))
         np.save(tmp / "token_ids.npy", np.ascontiguousarray(token_ids, dtype=np.int32))
         (tmp / "meta.json").write_text(json.dumps(meta or {}, default=_json_default))
@@ -211,13 +299,24 @@ def read_chunk(path: str | Path, mmap: bool = True) -> DenseChunk:
     path = Path(path)
     mode = "r" if mmap else None
     try:
-        arrays = [np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in ARRAYS]
+        reference = _activations_reference(path)
+        activations = reference.open(path) if reference else np.load(path / "activations.npy", mmap_mode="r", allow_pickle=False)
+        if reference is None and isinstance(activations, np.memmap):
+            reference = ArrayReference.of_npy(activations)
+        if not mmap:
+            activations = np.array(activations)
+        mask, tokens = (np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in ARRAYS[1:])
         meta = json.loads((path / "meta.json").read_text())
     except FileNotFoundError as exc:
         raise ChunkError(path, f"not a chunk directory ({exc.filename} missing)") from exc
     except ValueError as exc:
         raise ChunkError(path, f"unreadable array: {exc}") from exc
-    return DenseChunk(*arrays, meta=meta, path=path)
+    return DenseChunk(activations, mask, tokens, meta=meta, path=path, activations_ref=reference)
+
+
+def _activations_reference(path: Path) -> ArrayReference | None:
+    ref = path / "activations.ref.json"
+    return ArrayReference.from_json(ref.read_text()) if ref.exists() else None
 
 
 def screen_chunks(paths: dict[str, Path], expected_dim: int | None = None) -> tuple[dict[str, Path], dict[str, str], int]:
@@ -300,12 +399,17 @@ def load_npz_chunk(path: str | Path, keys: NpzKeys = NpzKeys(), expected_dim: in
             missing = [k for k in (keys.activations, keys.attention_mask, keys.token_ids) if k not in npz.files]
             if missing:
                 raise ChunkError(path, f"missing arrays {missing}; file holds {sorted(npz.files)}")
+            # fp16 stored uncompressed: a memmap of the file itself, not a copy in memory or on disk
+            reference = stored_npz_member(path, keys.activations)
+            if reference is not None and np.dtype(reference.dtype) != np.float16:
+                reference = None
             chunk = DenseChunk(
-                npz[keys.activations],
+                reference.open(path) if reference else npz[keys.activations],
                 npz[keys.attention_mask].astype(bool),
                 npz[keys.token_ids],
                 meta={"source": str(path)},
                 path=path,
+                activations_ref=reference,
             )
     except ChunkError:
         raise

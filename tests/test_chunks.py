@@ -123,3 +123,52 @@ def test_to_float16_keeps_the_range_and_locates_the_first_bad_value():
     rows[4_999_999, 0] = np.nan
     with pytest.raises(ChunkError, match=r"^src: vectors contain NaN/Inf \(first at row 4999999\)"):
         to_float16(rows, "src", "vectors")
+
+
+def _disk_bytes(folder):
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_stored_npz_chunk_is_a_reference_not_a_copy(tmp_path):
+    npz = write_seed_npz(tmp_path / "seed.npz", n_seq=8, seq_len=32, dim=64)
+    loaded = load_npz_chunk(npz, expected_dim=64)
+    assert loaded.storage == "reference" and isinstance(loaded.activations, np.memmap)
+    write_chunk(tmp_path / "c", loaded.activations, loaded.attention_mask, loaded.token_ids, {}, loaded.activations_ref)
+    assert not (tmp_path / "c" / "activations.npy").exists()
+    # the stored chunk holds mask, token ids and a reference: far less than the 32 KB of activations
+    assert _disk_bytes(tmp_path / "c") < loaded.activations.nbytes / 4
+    chunk = read_chunk(tmp_path / "c")
+    with np.load(npz) as original:
+        np.testing.assert_array_equal(chunk.activations, original["activations"])
+        np.testing.assert_array_equal(chunk.attention_mask, original["attention_mask"])
+    np.testing.assert_array_equal(read_chunk(tmp_path / "c", mmap=False).activations, chunk.activations)
+    # a chunk written from a referenced chunk references the same file (identity whitening)
+    write_chunk(tmp_path / "w", chunk.activations, chunk.attention_mask, chunk.token_ids, {}, chunk.activations_ref)
+    assert read_chunk(tmp_path / "w").activations_ref.file == str(npz.resolve())
+
+
+def test_compressed_or_float32_npz_falls_back_to_a_copy(tmp_path):
+    rng = np.random.default_rng(2)
+    arrays = {"attention_mask": np.ones((2, 4), bool), "token_ids": np.ones((2, 4), np.int32)}
+    np.savez_compressed(tmp_path / "z.npz", activations=rng.standard_normal((2, 4, 8)).astype(np.float16), **arrays)
+    np.savez(tmp_path / "f32.npz", activations=rng.standard_normal((2, 4, 8)).astype(np.float32), **arrays)
+    for name in ("z.npz", "f32.npz"):
+        loaded = load_npz_chunk(tmp_path / name)
+        assert loaded.storage == "copy"
+        write_chunk(tmp_path / name.replace(".npz", ""), loaded.activations, loaded.attention_mask,
+                    loaded.token_ids, {}, loaded.activations_ref)
+        stored = read_chunk(tmp_path / name.replace(".npz", ""))
+        np.testing.assert_array_equal(stored.activations, loaded.activations.astype(np.float16))
+        assert (tmp_path / name.replace(".npz", "") / "activations.npy").exists()
+
+
+def test_reference_to_a_changed_file_names_it(tmp_path):
+    npz = write_seed_npz(tmp_path / "seed.npz")
+    loaded = load_npz_chunk(npz)
+    write_chunk(tmp_path / "c", loaded.activations, loaded.attention_mask, loaded.token_ids, {}, loaded.activations_ref)
+    write_seed_npz(npz, seed=5, n_seq=7)  # rewritten: another size and mtime
+    with pytest.raises(ChunkError, match="seed.npz, which changed since it was registered; rerun it"):
+        read_chunk(tmp_path / "c")
+    npz.unlink()
+    with pytest.raises(ChunkError, match="seed.npz, which cannot be read"):
+        read_chunk(tmp_path / "c")
