@@ -20,9 +20,29 @@ run_monitoring:
   poll_interval_seconds: 30
 """
 
+# SQLite (the default) serializes writers; many runs at once, or runs on several machines, need a
+# server. docs/deployment.md has the production dagster.yaml (run launchers, the Dask backend).
+POSTGRES_STORAGE = """\
+storage:
+  postgres:
+    postgres_url: "{url}"
+"""
+POSTGRES_URL_ENV = "ATLAS_POSTGRES_URL"
 
-def use_atlas_home(home: str | Path = "") -> Path:
-    """Point ATLAS_HOME (default ./.atlas) and DAGSTER_HOME (inside it) at `home`; write dagster.yaml once."""
+
+def dagster_yaml(postgres_url: str = "") -> str:
+    """The instance's dagster.yaml: SQLite storage in DAGSTER_HOME, or PostgreSQL at `postgres_url`
+    (postgresql://user:password@host:port/database)."""
+    return DAGSTER_YAML + (POSTGRES_STORAGE.format(url=postgres_url) if postgres_url else "")
+
+
+def use_atlas_home(home: str | Path = "", postgres_url: str = "") -> Path:
+    """Point ATLAS_HOME (default ./.atlas) and DAGSTER_HOME (inside it) at `home`; write dagster.yaml once.
+
+    With `postgres_url` (or $ATLAS_POSTGRES_URL) the instance keeps its runs, events and schedules in
+    that PostgreSQL database; dagster.yaml is rewritten when it names another storage, so the choice
+    sticks for later commands without the flag. Runs already in the other storage stay there.
+    """
     if home:
         os.environ["ATLAS_HOME"] = str(Path(home).resolve())
     from latent_atlas.paths import atlas_home
@@ -30,8 +50,10 @@ def use_atlas_home(home: str | Path = "") -> Path:
     path = atlas_home()
     dagster_home = path / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists():
-        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    postgres_url = postgres_url or os.environ.get(POSTGRES_URL_ENV, "")
+    config = dagster_home / "dagster.yaml"
+    if not config.exists() or (postgres_url and config.read_text() != dagster_yaml(postgres_url)):
+        config.write_text(dagster_yaml(postgres_url))
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return path
 
