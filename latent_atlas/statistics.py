@@ -40,7 +40,14 @@ from latent_atlas.tables import read_npz, write_npz
 
 @dataclass(frozen=True)
 class StatisticsConfig:
-    """What the per-chunk statistics keep."""
+    """What the per-chunk statistics keep, and what bounds each chunk_stats file.
+
+    Per chunk, whatever the corpus size: the LDA moments (d(d+1)/2 + k x d values in `gemm_dtype`:
+    15 MB at d=2304, k=512 in float32), k x k coactivations, the chunk's (cluster, token) table
+    (at most its tokens x memberships per token) and the token identities of at most
+    `heldout_sample_size` + k x `heldout_per_cluster` held-out and `fit_sample_size` fitting
+    tokens (no vectors). Merging keeps the same bounds (reservoirs and exemplar candidates stay
+    their configured sizes), so the merged file grows only with the distinct (cluster, token) pairs."""
 
     density_threshold: float = 0.5
     """A token counts toward a cluster's density when its membership exceeds this."""
@@ -214,12 +221,19 @@ class ChunkStatistics:
               "membership_sum", "membership_sumsq", "membership_max", "membership_count", "membership_hist",
               "coactivation", "coactivation_count", "heldout_count")
     _PARTS = ("moments", "candidates", "heldout", "fit_sample")
+    # The d x d and k x d moments dominate a chunk's file (d=2304, k=512: 21 + 9 MB in float64).
+    # One chunk's are saved in the dtype of the GEMM that computed them (float32 by default), which
+    # loses nothing the GEMM kept and halves the file; merged statistics (many chunks' sums) stay float64.
+    _CHUNK_MOMENTS = ("moments.second_moment_upper", "moments.cluster_sum")
 
     def save(self, path: str | Path) -> Path:
         """One .npz (no pickles), written to a temp file and renamed."""
         arrays = {name: getattr(self, name) for name in self._PLAIN}
         for part in self._PARTS:
             arrays.update({f"{part}.{key}": value for key, value in getattr(self, part).to_arrays().items()})
+        if len(self.chunk_ids) == 1:  # a chunk_stats file: see `_CHUNK_MOMENTS`
+            for key in self._CHUNK_MOMENTS:
+                arrays[key] = arrays[key].astype(self.config.gemm_dtype)
         meta = {"chunk_ids": self.chunk_ids, "n_tokens": self.n_tokens, "config": asdict(self.config)}
         return write_npz(path, arrays, meta)
 
@@ -229,6 +243,7 @@ class ChunkStatistics:
             arrays, meta = read_npz(path)
             cfg = meta["config"]
             config = StatisticsConfig(**{**cfg, "exemplars": ExemplarConfig(**cfg["exemplars"])})
+            arrays.update({key: arrays[key].astype(np.float64) for key in cls._CHUNK_MOMENTS})  # sums accumulate in float64
             parts = {p: {k.split(".", 1)[1]: a for k, a in arrays.items() if k.startswith(p + ".")} for p in cls._PARTS}
             return cls._from_parts(arrays, meta, parts, config)
         except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile) as exc:
