@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from latent_atlas.chunks import read_chunk  # noqa: E402
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import blas_kernels, describe  # noqa: E402
-from latent_atlas.estep import effective_precision  # noqa: E402
+from latent_atlas.cpu import blas_kernels, describe, fp32_gemm_library  # noqa: E402
+from latent_atlas.estep import effective_precision, use_fp32_gemm  # noqa: E402
 from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
 
 DIM, K = 2304, 512
@@ -67,17 +67,40 @@ def interleaved(fns: dict, rounds: int) -> dict:
     return best
 
 
-def bare_gemm(X: np.ndarray, centers: np.ndarray, block: int):
-    """X @ centers.T in fp32, blocked like the membership pass, into a reused buffer."""
+def bare_gemm(X: np.ndarray, centers: np.ndarray, block: int, library: str = "torch"):
+    """X @ centers.T in fp32, blocked like the membership pass, into a reused buffer, with torch's
+    GEMM (MKL) or numpy's (OpenBLAS)."""
     x, ct = torch.from_numpy(X), torch.from_numpy(np.ascontiguousarray(centers.T))
     out = torch.empty(block, ct.shape[1])
 
     def run():
         for start in range(0, x.shape[0], block):
             rows = x[start:start + block]
-            torch.mm(rows, ct, out=out[: rows.shape[0]])
+            if library == "openblas":
+                np.matmul(rows.numpy(), ct.numpy(), out=out[: rows.shape[0]].numpy())
+            else:
+                torch.mm(rows, ct, out=out[: rows.shape[0]])
 
     return run
+
+
+def with_gemm(library: str, fn):
+    with use_fp32_gemm(library):
+        return fn()
+
+
+def gemm_libraries(args) -> None:
+    """The bare fp32 GEMM of the issue's shape (120k x 2304 x 512) with torch's MKL and numpy's
+    OpenBLAS, interleaved: the E-step uses the one cpu.fp32_gemm_library names for this CPU."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120_000, DIM), dtype=np.float32)
+    centers = rng.standard_normal((K, DIM), dtype=np.float32)
+    t = interleaved({lib: bare_gemm(X, centers, len(X), lib) for lib in ("torch", "openblas")}, 3)
+    flops = 2 * len(X) * DIM * K
+    print(f"\n[fp32 GEMM] 120,000 x {DIM} x {K}, interleaved, best of 3; the E-step here uses: {fp32_gemm_library()}")
+    for lib, seconds in t.items():
+        print(f"  {lib:9s} {seconds:7.3f} s  {flops / seconds / 1e9:6.0f} GFLOP/s")
+    print(f"  openblas / torch speed = {t['torch'] / t['openblas']:.2f}x")
 
 
 def membership_pass(paths, args) -> None:
@@ -86,18 +109,22 @@ def membership_pass(paths, args) -> None:
     rounds = 7
     # Interleaved chunk by chunk (~0.5 s each): the machine is shared, and its speed drifts over
     # seconds; each chunk's GEMM and transform are timed back to back, best of the rounds.
-    best = {name: [float("inf")] * len(paths) for name in ("gemm", "transform")}
+    best = {name: [float("inf")] * len(paths) for name in ("gemm", "gemm_openblas", "transform")}
     for _ in range(rounds):
         for i, path in enumerate(paths):
             for name, fn in (("gemm", bare_gemm(rows[i], model.cluster_centers_, model.block_size)),
+                             ("gemm_openblas", bare_gemm(rows[i], model.cluster_centers_, model.block_size, "openblas")),
                              ("transform", lambda: model.transform(path))):
                 best[name][i] = min(best[name][i], timed(fn))
-    gemm, transform, n = sum(best["gemm"]), sum(best["transform"]), sum(len(r) for r in rows)
+    gemm, gemm_openblas, transform = sum(best["gemm"]), sum(best["gemm_openblas"]), sum(best["transform"])
+    n = sum(len(r) for r in rows)
     print(f"\n[membership pass] N={n:,} vectors, d={DIM}, k={K}, top_m={model.top_m}; "
-          f"chunk by chunk, interleaved, sum of per-chunk best of {rounds}")
+          f"chunk by chunk, interleaved, sum of per-chunk best of {rounds}; E-step GEMM: {fp32_gemm_library()}")
     print(f"  bare torch GEMM fp32 (in-memory fp32 rows):        {gemm:7.3f} s  {n / gemm:10,.0f} vec/s")
+    print(f"  bare numpy/OpenBLAS GEMM fp32 (same rows):         {gemm_openblas:7.3f} s  {n / gemm_openblas:10,.0f} vec/s")
     print(f"  transform over chunk dirs (fp16 memmap -> sparse): {transform:7.3f} s  {n / transform:10,.0f} vec/s")
-    print(f"  throughput ratio transform / GEMM = {gemm / transform:.2f}  (target >= 0.80)")
+    print(f"  throughput ratio transform / torch GEMM = {gemm / transform:.2f},  / fastest GEMM = "
+          f"{min(gemm, gemm_openblas) / transform:.2f}  (target >= 0.80)")
 
 
 def centroid_pass(paths, args) -> None:
@@ -113,15 +140,17 @@ def centroid_pass(paths, args) -> None:
     bounds = np.cumsum([0] + [read_chunk(p).n_tokens for p in paths])  # one partial_fit per chunk, like ours
     mbk = MiniBatchKMeans(K, init="random", n_init=1, random_state=0, batch_size=int(bounds[1]))
     mbk.partial_fit(X[: bounds[1]])  # initialization, not timed
+    other = "torch" if fp32_gemm_library() == "openblas" else "openblas"
     t = interleaved({
         "ours": lambda: SequentialSoftClustering(**PARAMS).fit_chunks(paths),
         "ours_fp32": lambda: SequentialSoftClustering(**PARAMS, learn_precision="float32").fit_chunks(paths),
         "ours_bf16": lambda: SequentialSoftClustering(**PARAMS, learn_precision="bfloat16").fit_chunks(paths),
+        "ours_other_gemm": lambda: with_gemm(other, lambda: SequentialSoftClustering(**PARAMS).fit_chunks(paths)),
         "faiss_1": faiss_train(1), "faiss_3": faiss_train(3),
         "sklearn": lambda: [mbk.partial_fit(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
     }, 2)
-    ours, ours_fp32, ours_bf16, faiss_1, faiss_3, sk = (
-        t[name] for name in ("ours", "ours_fp32", "ours_bf16", "faiss_1", "faiss_3", "sklearn"))
+    ours, ours_fp32, ours_bf16, ours_other, faiss_1, faiss_3, sk = (
+        t[name] for name in ("ours", "ours_fp32", "ours_bf16", "ours_other_gemm", "faiss_1", "faiss_3", "sklearn"))
     faiss_iter = min(faiss_1, (faiss_3 - faiss_1) / 2)
 
     faiss_blas = "; ".join(b for b in blas_kernels() if b.startswith("faiss")) or "?"
@@ -133,9 +162,11 @@ def centroid_pass(paths, args) -> None:
           f"({effective_precision('float32', 'cpu')})")
     print(f"  ours, learn_precision='bfloat16':                            {ours_bf16:7.3f} s  "
           f"({effective_precision('bfloat16', 'cpu')})")
+    print(f"  ours, default with the fp32 GEMM of {other} instead of {fp32_gemm_library()}: {ours_other:7.3f} s")
     print(f"  faiss.Kmeans spherical, niter=1 train:  {faiss_1:7.3f} s;  niter=3: {faiss_3:7.3f} s;  per iteration {faiss_iter:7.3f} s")
     print(f"  sklearn MiniBatchKMeans partial_fit per chunk, in-memory fp32: {sk:7.3f} s")
     print(f"  speed-up default vs faiss iteration = {faiss_iter / ours:.2f}x,  vs MiniBatchKMeans = {sk / ours:.2f}x  (target > 1 for both)")
+    print(f"  speed-up default with {other}'s GEMM vs faiss iteration = {faiss_iter / ours_other:.2f}x")
     print(f"  speed-up float32 vs faiss iteration = {faiss_iter / ours_fp32:.2f}x,  vs MiniBatchKMeans = {sk / ours_fp32:.2f}x")
     print(f"  speed-up bfloat16 vs faiss iteration = {faiss_iter / ours_bf16:.2f}x,  vs MiniBatchKMeans = {sk / ours_bf16:.2f}x")
 
@@ -189,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--sequences", type=int, default=512, help="sequences of 128 tokens per chunk")
-    parser.add_argument("--only", choices=("memberships", "centroids", "rss", "resume"), help="run one section")
+    parser.add_argument("--only", choices=("gemm", "memberships", "centroids", "rss", "resume"), help="run one section")
     parser.add_argument("--rss-child", nargs="+")
     parser.add_argument("--resume-child", nargs="+")
     args = parser.parse_args()
@@ -206,7 +237,7 @@ def main() -> None:
         n = sum(read_chunk(p).n_tokens for p in paths)
         print(f"data: {len(paths)} chunk dirs, {n:,} attended vectors, d={DIM}, fp16 "
               f"(written in {time.perf_counter() - start:.0f} s); torch threads={torch.get_num_threads()}")
-        sections = {"memberships": lambda: membership_pass(paths, args), "centroids": lambda: centroid_pass(paths, args),
+        sections = {"gemm": lambda: gemm_libraries(args), "memberships": lambda: membership_pass(paths, args), "centroids": lambda: centroid_pass(paths, args),
                     "rss": lambda: peak_rss(paths), "resume": lambda: kill_and_resume(paths, Path(tmp))}
         for name, run in sections.items():
             if args.only in (None, name):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent_atlas.cpu import default_learn_precision, native_bf16
+from latent_atlas.cpu import default_learn_precision, fp32_gemm_library, native_bf16
 
 
 GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -129,8 +129,37 @@ def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, 
         x = buffer(scratch, "x_rounded", x.shape, x.device).copy_(rows)
         centers_t, gemm_dtype = centers_t.to(torch.bfloat16).float(), torch.float32
     with matmul_precision(gemm_dtype):
+        if gemm_dtype == torch.float32 and x.device.type == "cpu" and fp32_gemm() == "openblas":
+            np.matmul(x.numpy(), centers_t.numpy(), out=sims.numpy())  # zero-copy views of the tensors
+            return
         for lo, hi in _gemm_pieces(x.shape[0], gemm_dtype):
             torch.mm(x[lo:hi], centers_t, out=sims[lo:hi])
+
+
+_FP32_GEMM_OVERRIDE: list[str] = []
+
+
+def fp32_gemm() -> str:
+    """The library of the E-step's fp32 CPU GEMM: the CPU's fastest (cpu.fp32_gemm_library), unless a
+    benchmark or test compares them under use_fp32_gemm."""
+    return _FP32_GEMM_OVERRIDE[-1] if _FP32_GEMM_OVERRIDE else _fp32_gemm_here()
+
+
+@lru_cache(maxsize=1)
+def _fp32_gemm_here() -> str:
+    return fp32_gemm_library()
+
+
+@contextmanager
+def use_fp32_gemm(library: str):
+    """Run the fp32 CPU GEMMs inside with 'torch' or 'openblas' (benchmarks and tests compare the two)."""
+    if library not in ("torch", "openblas"):
+        raise ValueError(f"fp32 GEMM library must be 'torch' or 'openblas', not {library!r}")
+    _FP32_GEMM_OVERRIDE.append(library)
+    try:
+        yield
+    finally:
+        _FP32_GEMM_OVERRIDE.pop()
 
 
 def _gemm_pieces(b: int, gemm_dtype: torch.dtype) -> list[tuple[int, int]]:

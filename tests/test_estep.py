@@ -15,16 +15,19 @@ from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
 from latent_atlas.cpu import bf16_unit, cpu_model, isa_flags
-from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows
+from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows, use_fp32_gemm
 from latent_atlas.memory import release_free_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def dense_reference(x: torch.Tensor, centers: torch.Tensor, temperature: float, top_m: int, threshold: float):
+def dense_reference(x: torch.Tensor, centers: torch.Tensor, temperature: float, top_m: int, threshold: float,
+                    library: str = "torch"):
     """The definition, computed densely: p = softmax(cos / T); keep p >= threshold (the top always),
     at most top_m per row by decreasing p, ties to the lower cluster. Returns {(row, cluster): p}."""
-    sims = torch.mm(x, centers.T.contiguous())  # the kernel's GEMM and layout: identical similarities
+    # the kernel's GEMM library and layout: identical similarities (a near-tie breaks the same way)
+    centers_t = centers.T.contiguous()
+    sims = torch.from_numpy(x.numpy() @ centers_t.numpy()) if library == "openblas" else torch.mm(x, centers_t)
     inv_norm = torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
     top = sims.max(dim=1, keepdim=True).values
     e = ((sims - top) * (inv_norm[:, None] / temperature)).exp()
@@ -38,22 +41,24 @@ def dense_reference(x: torch.Tensor, centers: torch.Tensor, temperature: float, 
     return kept
 
 
+@pytest.mark.parametrize("library", ["torch", "openblas"])  # both fp32 GEMMs, whichever this CPU uses
 @pytest.mark.parametrize("k, d, temperature, top_m, threshold", [
     (512, 64, 0.05, 8, 0.01),   # groups of 32
     (100, 32, 1.0, 8, 0.001),   # groups of 25, many kept entries cut to top_m
     (37, 16, 0.2, 40, 0.0),     # prime k: groups of 1; every cluster kept
     (7, 16, 0.5, 3, 0.0),       # threshold 0: exactly top_m per row
 ])
-def test_block_memberships_match_the_dense_definition(k, d, temperature, top_m, threshold):
+def test_block_memberships_match_the_dense_definition(k, d, temperature, top_m, threshold, library):
     gen = torch.Generator().manual_seed(k)
     x = torch.randn(300, d, generator=gen)
     centers = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1)
     centers[1] = centers[0]  # an exact tie between two clusters in every row
     inv_norm = torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
-    block = block_memberships(x.clone(), inv_norm, centers.T.contiguous(), temperature, top_m, threshold, {})
+    with use_fp32_gemm(library):
+        block = block_memberships(x.clone(), inv_norm, centers.T.contiguous(), temperature, top_m, threshold, {})
 
     got = {(int(r), int(c)): float(v) for r, c, v in zip(block.rows, block.clusters, block.values)}
-    expected = dense_reference(x, centers, temperature, top_m, threshold)
+    expected = dense_reference(x, centers, temperature, top_m, threshold, library)
     assert got.keys() == expected.keys()
     np.testing.assert_allclose([got[key] for key in expected], list(expected.values()), rtol=1e-6)
     order = block.rows * k + block.clusters
