@@ -15,12 +15,15 @@ from orchestration.instance import fail_orphaned_runs, use_atlas_home
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
 
 
-def _stages(defs, steering: bool):
+def _stages(defs, steering: bool, until: list[str] | None = None):
     """The whole graph's stages; without `steering`, all but steering_eval, which generates text
-    for every top cluster (minutes on CPU) and so runs on request only."""
+    for every top cluster (minutes on CPU) and so runs on request only. With `until`, only those
+    assets and their upstreams."""
     from orchestration.jobs import ON_REQUEST
     from orchestration.pipeline import stages_of
 
+    if until:
+        return stages_of(defs, until)
     names = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]
     if not steering:
         print(f"{ON_REQUEST} not run: add --steering, or materialize it in the UI")
@@ -30,6 +33,25 @@ def _stages(defs, steering: bool):
 def _asset_config(args: argparse.Namespace) -> dict[str, dict]:
     """Run config of the assets the command line sets: the number of clusters."""
     return {"centroids": {"n_clusters": args.clusters}}
+
+
+def _recover_from_kills(instance, home: Path) -> None:
+    """Mark failed the runs whose process was killed, then delete the temp files of killed writes.
+
+    A temp file is a killed write's when it is old, or at once when no run of this home is in progress
+    any more: the pipeline writes inside its runs, and a rerun right after a kill -9 must not leave the
+    killed write's file behind for the next 15 minutes.
+    """
+    import dagster as dg
+
+    from latent_atlas.chunks import remove_stale_temp_files
+
+    for run_id in fail_orphaned_runs(instance):
+        print(f"marked run {run_id} failed: its process was killed")
+    in_progress = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING,
+                                                                    dg.DagsterRunStatus.STARTED]), limit=1)
+    for path in remove_stale_temp_files(home, **({} if in_progress else {"min_age_s": 0.0})):
+        print(f"removed a killed write's temp file: {path}")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -49,12 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"latent-atlas demo: {args.model} on BBC News "
           f"({'all articles' if args.full else f'{per_category} articles per category'}), ATLAS_HOME={home}")
-    from latent_atlas.chunks import remove_stale_temp_files
-
-    for path in remove_stale_temp_files(home):
-        print(f"removed a killed write's temp file: {path}")
-    for run_id in fail_orphaned_runs(instance):
-        print(f"marked run {run_id} failed: its process was killed")
+    _recover_from_kills(instance, home)
     keys = corpus.register(model.tokenizer(), model.name)
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
@@ -72,7 +89,6 @@ def _run(args: argparse.Namespace) -> int:
     home = use_atlas_home(args.home)
     import dagster as dg
 
-    from latent_atlas.chunks import remove_stale_temp_files
     from orchestration.definitions import build_definitions
     from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
@@ -84,10 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     defs = build_definitions(corpus=corpus, model=model)
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
-    for path in remove_stale_temp_files(home):
-        print(f"removed a killed write's temp file: {path}")
-    for run_id in fail_orphaned_runs(instance):
-        print(f"marked run {run_id} failed: its process was killed")
+    _recover_from_kills(instance, home)
     print(f"latent-atlas run: {source['source']} {source['path']} as corpus {corpus.corpus_name()!r}, ATLAS_HOME={home}")
     try:
         registration = corpus.registration(None if args.npz else model.tokenizer(), model.name)
@@ -99,10 +112,14 @@ def _run(args: argparse.Namespace) -> int:
     if not registration.keys:
         print("latent-atlas run: nothing to run (no usable files)", file=sys.stderr)
         return 1
+    unknown = sorted(set(args.until or []) - {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()})
+    if unknown:
+        print(f"latent-atlas run: --until {' '.join(unknown)}: no such asset", file=sys.stderr)
+        return 2
     register_partitions(instance, registration.keys)
     print(f"registered {len(registration.keys)} chunk partitions ({registration.keys[0]} .. {registration.keys[-1]})")
     try:
-        report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering),
+        report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering, args.until),
                             asset_config=_asset_config(args))
     except RuntimeError as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
@@ -255,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--expected-dim", type=int, default=0,
                      help="NPZ only: the activations' d (default: fixed by the first good chunk)")
     run.add_argument("--already-whitened", action="store_true", help="NPZ only: whitening is the identity")
+    run.add_argument("--until", nargs="+", default=None, metavar="ASSET",
+                     help="materialize only these assets and their upstreams (e.g. --until memberships)")
     run.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas); one atlas per home")
     run.set_defaults(func=_run)
     remove = sub.add_parser("remove-chunk", help="delete a (bad) chunk partition and its outputs")
