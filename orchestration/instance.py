@@ -33,7 +33,16 @@ POSTGRES_URL_ENV = "ATLAS_POSTGRES_URL"
 def dagster_yaml(postgres_url: str = "") -> str:
     """The instance's dagster.yaml: SQLite storage in DAGSTER_HOME, or PostgreSQL at `postgres_url`
     (postgresql://user:password@host:port/database)."""
-    return DAGSTER_YAML + (POSTGRES_STORAGE.format(url=postgres_url) if postgres_url else "")
+    return DAGSTER_YAML + (POSTGRES_STORAGE.format(url=with_psycopg2(postgres_url)) if postgres_url else "")
+
+
+def with_psycopg2(postgres_url: str) -> str:
+    """The URL with the driver dagster-postgres installs (psycopg2) named: SQLAlchemy 2.1 takes a bare
+    postgresql:// for psycopg 3, which is not installed. A URL that names a driver is kept as it is."""
+    for scheme in ("postgresql://", "postgres://"):
+        if postgres_url.startswith(scheme):
+            return "postgresql+psycopg2://" + postgres_url[len(scheme):]
+    return postgres_url
 
 
 def use_atlas_home(home: str | Path = "", postgres_url: str = "") -> Path:
