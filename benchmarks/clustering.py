@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from latent_atlas.chunks import read_chunk  # noqa: E402
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import blas_kernels, describe, fp32_gemm_library  # noqa: E402
-from latent_atlas.estep import effective_precision, use_fp32_gemm  # noqa: E402
+from latent_atlas.cpu import blas_kernels, describe  # noqa: E402
+from latent_atlas.estep import effective_precision, fp32_gemm, use_fp32_gemm  # noqa: E402
 from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
 
 DIM, K = 2304, 512
@@ -91,13 +91,13 @@ def with_gemm(library: str, fn):
 
 def gemm_libraries(args) -> None:
     """The bare fp32 GEMM of the issue's shape (120k x 2304 x 512) with torch's MKL and numpy's
-    OpenBLAS, interleaved: the E-step uses the one cpu.fp32_gemm_library names for this CPU."""
+    OpenBLAS, interleaved: the E-step uses torch's (estep.fp32_gemm says why)."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((120_000, DIM), dtype=np.float32)
     centers = rng.standard_normal((K, DIM), dtype=np.float32)
     t = interleaved({lib: bare_gemm(X, centers, len(X), lib) for lib in ("torch", "openblas")}, 3)
     flops = 2 * len(X) * DIM * K
-    print(f"\n[fp32 GEMM] 120,000 x {DIM} x {K}, interleaved, best of 3; the E-step here uses: {fp32_gemm_library()}")
+    print(f"\n[fp32 GEMM] 120,000 x {DIM} x {K}, interleaved, best of 3; the E-step here uses: {fp32_gemm()}")
     for lib, seconds in t.items():
         print(f"  {lib:9s} {seconds:7.3f} s  {flops / seconds / 1e9:6.0f} GFLOP/s")
     print(f"  openblas / torch speed = {t['torch'] / t['openblas']:.2f}x")
@@ -119,7 +119,7 @@ def membership_pass(paths, args) -> None:
     gemm, gemm_openblas, transform = sum(best["gemm"]), sum(best["gemm_openblas"]), sum(best["transform"])
     n = sum(len(r) for r in rows)
     print(f"\n[membership pass] N={n:,} vectors, d={DIM}, k={K}, top_m={model.top_m}; "
-          f"chunk by chunk, interleaved, sum of per-chunk best of {rounds}; E-step GEMM: {fp32_gemm_library()}")
+          f"chunk by chunk, interleaved, sum of per-chunk best of {rounds}; E-step GEMM: {fp32_gemm()}")
     print(f"  bare torch GEMM fp32 (in-memory fp32 rows):        {gemm:7.3f} s  {n / gemm:10,.0f} vec/s")
     print(f"  bare numpy/OpenBLAS GEMM fp32 (same rows):         {gemm_openblas:7.3f} s  {n / gemm_openblas:10,.0f} vec/s")
     print(f"  transform over chunk dirs (fp16 memmap -> sparse): {transform:7.3f} s  {n / transform:10,.0f} vec/s")
@@ -140,7 +140,7 @@ def centroid_pass(paths, args) -> None:
     bounds = np.cumsum([0] + [read_chunk(p).n_tokens for p in paths])  # one partial_fit per chunk, like ours
     mbk = MiniBatchKMeans(K, init="random", n_init=1, random_state=0, batch_size=int(bounds[1]))
     mbk.partial_fit(X[: bounds[1]])  # initialization, not timed
-    other = "torch" if fp32_gemm_library() == "openblas" else "openblas"
+    other = "torch" if fp32_gemm() == "openblas" else "openblas"
     t = interleaved({
         "ours": lambda: SequentialSoftClustering(**PARAMS).fit_chunks(paths),
         "ours_fp32": lambda: SequentialSoftClustering(**PARAMS, learn_precision="float32").fit_chunks(paths),
@@ -162,7 +162,7 @@ def centroid_pass(paths, args) -> None:
           f"({effective_precision('float32', 'cpu')})")
     print(f"  ours, learn_precision='bfloat16':                            {ours_bf16:7.3f} s  "
           f"({effective_precision('bfloat16', 'cpu')})")
-    print(f"  ours, default with the fp32 GEMM of {other} instead of {fp32_gemm_library()}: {ours_other:7.3f} s")
+    print(f"  ours, default with the fp32 GEMM of {other} instead of {fp32_gemm()}: {ours_other:7.3f} s")
     print(f"  faiss.Kmeans spherical, niter=1 train:  {faiss_1:7.3f} s;  niter=3: {faiss_3:7.3f} s;  per iteration {faiss_iter:7.3f} s")
     print(f"  sklearn MiniBatchKMeans partial_fit per chunk, in-memory fp32: {sk:7.3f} s")
     print(f"  speed-up default vs faiss iteration = {faiss_iter / ours:.2f}x,  vs MiniBatchKMeans = {sk / ours:.2f}x  (target > 1 for both)")

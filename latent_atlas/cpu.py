@@ -44,24 +44,6 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cpu_vendor(cpuinfo: str | None = None) -> str:
-    """'GenuineIntel', 'AuthenticAMD', ... ('vendor_id' in /proc/cpuinfo), else '' (not known)."""
-    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-def fp32_gemm_library(cpuinfo: str | None = None) -> str:
-    """Which library multiplies fp32 matrices fastest here: 'openblas' (numpy's) or 'torch' (MKL).
-
-    torch's CPU wheel multiplies through MKL, whose fast kernels are tuned for Intel CPUs; on others
-    numpy's OpenBLAS, which picks its kernel for the CPU it finds, was faster: on an AMD EPYC
-    (`benchmarks/clustering.py --only gemm`, docs/benchmarks.md) 1.2-1.4x torch's GEMM, with or without AVX2 caps.
-    Decided by the CPU's vendor, not by timing, so that a run's numbers never depend on load."""
-    return "torch" if cpu_vendor(cpuinfo) in ("GenuineIntel", "") else "openblas"
-
-
 def isa_flags(cpuinfo: str | None = None) -> set[str]:
     """Which of ISA_FLAGS the CPU has (first 'flags' line of /proc/cpuinfo)."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
@@ -163,4 +145,4 @@ def describe() -> str:
                      if k in os.environ)
     return (f"CPU: {cpu_model()} ({os.cpu_count()} cores) | ISA: {shown} | torch capability: {torch_capability()}"
             f"{f' (set from outside: {caps})' if caps else ''} | BLAS: {'; '.join(blas_kernels()) or 'none loaded'}"
-            f" | learning GEMM (auto): {gemm} | fp32 GEMM: {fp32_gemm_library()}")
+            f" | learning GEMM (auto): {gemm}")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent_atlas.cpu import default_learn_precision, fp32_gemm_library, native_bf16
+from latent_atlas.cpu import default_learn_precision, native_bf16
 
 
 GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -140,14 +140,12 @@ _FP32_GEMM_OVERRIDE: list[str] = []
 
 
 def fp32_gemm() -> str:
-    """The library of the E-step's fp32 CPU GEMM: the CPU's fastest (cpu.fp32_gemm_library), unless a
-    benchmark or test compares them under use_fp32_gemm."""
-    return _FP32_GEMM_OVERRIDE[-1] if _FP32_GEMM_OVERRIDE else _fp32_gemm_here()
-
-
-@lru_cache(maxsize=1)
-def _fp32_gemm_here() -> str:
-    return fp32_gemm_library()
+    """The library of the E-step's fp32 CPU GEMM: torch's, unless a benchmark or test picks numpy's
+    OpenBLAS under use_fp32_gemm. A bare OpenBLAS GEMM is 1.27x torch's on an AMD EPYC, but inside the
+    pass OpenBLAS's thread pool and torch's OpenMP pool take turns on the same cores and the passes after
+    the GEMM run at half speed: the whole pass was 0.76x (0.55x under AVX2 caps) with OpenBLAS
+    (`benchmarks/clustering.py --only centroids`, docs/benchmarks.md)."""
+    return _FP32_GEMM_OVERRIDE[-1] if _FP32_GEMM_OVERRIDE else "torch"
 
 
 @contextmanager
