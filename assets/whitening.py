@@ -1,6 +1,7 @@
 """Global whitening from streaming moments, and per-chunk whitened activations."""
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -99,10 +100,24 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
 # default automation sensor is switched on).
 @dg.asset(partitions_def=chunks, automation_condition=dg.AutomationCondition.eager(),
           io_manager_key="tensor_io_manager", group_name="whitening", kinds={"numpy"})
-def whitened_activations(activations: DenseChunk, whitening: Whitening):
+def whitened_activations(context: dg.AssetExecutionContext, activations, whitening: Whitening):
     """Activations after the global whitening transform (fp16); masked positions are zero. What the
     centroids are learned on and every statistic is computed from; the page shows the tokens' norms
-    (near the square root of the spanned rank, sqrt(d) at full rank, when the whitening fits this chunk)."""
+    (near the square root of the spanned rank, sqrt(d) at full rank, when the whitening fits this chunk).
+
+    A run over a range of partitions (the refit job: whitening, every chunk's whitened activations and
+    the centroids in one run) gets {key: activations chunk dir} and returns a lazy mapping: the IO
+    manager whitens and writes one chunk at a time, each the same bytes a one-partition run writes.
+    A chunk of the range without activations, or refused by the whitening, is left out (its stale
+    output removed, metadata `left_out` says why) instead of failing the others."""
+    if isinstance(activations, DenseChunk):
+        chunk, metadata = _whiten(activations, whitening)
+        return dg.MaterializeResult(value=chunk, metadata=metadata)
+    return dg.MaterializeResult(value=WhitenedRange(context, activations, whitening),
+                                metadata={"whitening": whitening.method})
+
+
+def _whiten(activations: DenseChunk, whitening: Whitening) -> tuple[DenseChunk, dict]:
     meta = {**activations.meta, "whitening": whitening.method}
     if whitening.method == "identity" and activations.storage == "reference":
         # nothing to transform: a reference to the activations' bytes, not a full-size copy
@@ -112,5 +127,35 @@ def whitened_activations(activations: DenseChunk, whitening: Whitening):
     else:
         whitened = whitening.transform_chunk(activations)
         chunk = DenseChunk(whitened, activations.attention_mask, activations.token_ids, meta=meta)
-    return dg.MaterializeResult(value=chunk, metadata={"shape": str(whitened.shape), "whitening": whitening.method,
-                                                       "token_norms": token_norms_table(whitened, activations.attention_mask)})
+    return chunk, {"shape": str(whitened.shape), "whitening": whitening.method,
+                   "token_norms": token_norms_table(whitened, activations.attention_mask)}
+
+
+class WhitenedRange(Mapping):
+    """{partition key: whitened chunk, or None when left out} over a run's partition range, computed
+    on access (one chunk in memory at a time); each chunk's page metadata is added as it is made."""
+
+    def __init__(self, context: dg.AssetExecutionContext, activations: dict[str, Path], whitening: Whitening):
+        self._context, self._paths, self._whitening = context, activations, whitening
+        self._keys = list(context.partition_keys)
+        event = context.instance.get_latest_materialization_event(dg.AssetKey("whitening"))
+        refused = event.asset_materialization.metadata.get("refused_chunks") if event else None
+        self._refused = dict(refused.value) if refused is not None and isinstance(refused.value, dict) else {}
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, key: str) -> DenseChunk | None:
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._paths or key in self._refused:
+            why = self._refused.get(key, "no materialized activations")
+            self._context.log.warning(f"whitened_activations left out chunk {key}: {why}")
+            self._context.add_asset_metadata({"left_out": why}, partition_key=key)
+            return None
+        chunk, metadata = _whiten(read_chunk(self._paths[key]), self._whitening)
+        self._context.add_asset_metadata(metadata, partition_key=key)
+        return chunk

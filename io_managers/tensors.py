@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -45,6 +47,9 @@ class TensorIOManager(dg.ConfigurableIOManager):
         return Path(self.base_dir) if self.base_dir else atlas_home() / "tensors"
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            self._handle_range(context, obj)
+            return
         key = context.partition_key if context.has_asset_partitions else None
         if isinstance(obj, DenseChunk):
             path = write_chunk(output_path(self._base(), context, "", key), obj.activations, obj.attention_mask,
@@ -69,6 +74,25 @@ class TensorIOManager(dg.ConfigurableIOManager):
             tmp.unlink(missing_ok=True)
         write_atomically(path.with_suffix(".json"), lambda f: f.write(json.dumps({"class": kind}).encode()))
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def _handle_range(self, context: dg.OutputContext, obj) -> None:
+        """A step over several partitions returns {partition key: DenseChunk, or None if left out}; each
+        chunk is written (and, for a lazy mapping, made) in turn; a left-out partition's stale chunk
+        directory is removed, so no fan-in reads it."""
+        if not isinstance(obj, Mapping):
+            raise TypeError(f"{context.asset_key.to_user_string()}: a run over {len(context.asset_partition_keys)} "
+                            f"partitions must return {{partition key: DenseChunk}}, got {type(obj).__name__}")
+        written = 0
+        for key in context.asset_partition_keys:
+            chunk = obj.get(key)
+            path = output_path(self._base(), context, "", key)
+            if chunk is None:
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            write_chunk(path, chunk.activations, chunk.attention_mask, chunk.token_ids, chunk.meta, chunk.activations_ref)
+            written += 1
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(output_path(self._base(), context, "", None))),
+                                     "partitions_written": written})
 
     def load_input(self, context: dg.InputContext):
         if context.has_asset_partitions and not wants_single_partition(context):
