@@ -10,7 +10,7 @@ from assets.partitions import chunks
 from latent_atlas.chunks import DenseChunk, load_npz_chunk
 from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
 from latent_atlas.errors import ChunkError
-from latent_atlas.manifests import claim_dimension, corpus_dimension, read_manifest
+from latent_atlas.manifests import claim_dimension, corpus_dimension, read_manifest, stored_token_ids
 from latent_atlas.token_activations import sequence_activations
 from resources import CorpusResource, ModelResource, TorchDeviceResource
 
@@ -37,7 +37,9 @@ def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, mode
     page counts sequences, documents and tokens per category."""
     plan = read_manifest(context.partition_key)
     if isinstance(plan, ChunkPlan):
-        tokens = tokenize_documents(plan.documents, model.tokenizer(), plan.sequence_length, corpus.skip_first_positions)
+        tokenizer = model.tokenizer()  # the ids registration stored, when they are this tokenizer's
+        tokens = tokenize_documents(plan.documents, tokenizer, plan.sequence_length, corpus.skip_first_positions,
+                                    stored_token_ids(plan, model.name, tokenizer))
         source = f"{len(plan.documents)} documents"
     else:
         npz = _npz_chunk(plan, corpus)

@@ -16,11 +16,19 @@ Sources:
 
 A document longer than one chunk is split at window boundaries into pieces (a character range of
 its text each), so a 10 MB document becomes many chunks of the configured size, not one.
+
+Passes: registering a source reads each file once, streaming its rows (`file_rows`), and tokenizes
+each document once (`DocumentMeasure`, a batch of texts per tokenizer call); the token ids are
+stored with the chunk's manifest, so materializing a chunk reads no text file and tokenizes nothing.
+Only a piece of a long document is tokenized again, from its own text, when its chunk is
+materialized: a cut can fall inside a word, where the piece's tokens differ from the whole text's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from functools import lru_cache
@@ -68,20 +76,7 @@ def file_documents(path: str | Path) -> list[Document]:
         return [d for f in sorted(path.rglob("*")) if f.suffix in TEXT_SUFFIXES for d in file_documents(f)]
     if path.suffix == ".txt":
         return [Document(path.stem, str(path))]
-    if path.suffix == ".jsonl":
-        docs = []
-        for row, record in enumerate(_jsonl_records(path)):
-            docs.append(Document(str(record.get("id", f"{path.stem}:{row}")), str(path), row, str(record.get("category", ""))))
-        return docs
-    if path.suffix == ".parquet":
-        table = _read_parquet_text(path)
-        ids = table.column("id").to_pylist() if "id" in table.column_names else None
-        cats = table.column("category").to_pylist() if "category" in table.column_names else None
-        return [
-            Document(str(ids[i]) if ids else f"{path.stem}:{i}", str(path), i, str(cats[i]) if cats else "")
-            for i in range(table.num_rows)
-        ]
-    raise ChunkError(path, f"unsupported text file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
+    return [doc for doc, _ in file_rows(path)]
 
 
 def text_files(path: str | Path) -> list[Path]:
@@ -92,16 +87,44 @@ def text_files(path: str | Path) -> list[Path]:
     return sorted(f for f in path.rglob("*") if f.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
 
 
-def documents_of_files(files: list[Path], refused: dict[str, str]) -> list[Document]:
-    """Documents of every file; a file that cannot be listed (bad JSONL line, unreadable Parquet) is
-    recorded in `refused` (path -> problem) and left out, so the others still register."""
-    docs = []
-    for f in files:
+def file_rows(path: Path) -> Iterator[tuple[Document, str | ChunkError]]:
+    """Every document of one .txt/.jsonl/.parquet file with its text, from one streaming read of the file.
+
+    A .txt file that cannot be read gives its document with the error in place of the text (the
+    document is refused when planned); a .jsonl or .parquet file that cannot be parsed raises
+    ChunkError, after the rows before the bad one: the whole file is refused.
+    """
+    if path.suffix == ".txt":
+        doc = Document(path.stem, str(path))
         try:
-            docs += file_documents(f)
+            yield doc, _read_txt(path, doc.errors)
         except ChunkError as exc:
-            refused[exc.path] = exc.problem
-    return docs
+            yield doc, exc
+    elif path.suffix == ".jsonl":
+        for row, record in enumerate(_jsonl_records(path)):
+            yield Document(str(record.get("id", f"{path.stem}:{row}")), str(path), row,
+                           str(record.get("category", ""))), record["text"]
+    elif path.suffix == ".parquet":
+        for row, (text, doc_id, category) in enumerate(_parquet_rows(path)):
+            yield Document(f"{path.stem}:{row}" if doc_id is None else doc_id, str(path), row, category), text
+    else:
+        raise ChunkError(path, f"unsupported text file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
+
+
+def listed_rows(docs: list[Document]) -> Iterator[tuple[Document, str | ChunkError]]:
+    """Listed documents (of one file or several) with their texts, or the error reading each; a file
+    whose documents are adjacent in `docs` is parsed once for all of them."""
+    failed: dict[str, ChunkError] = {}  # a .jsonl/.parquet that failed once is not parsed again per row
+    for doc in docs:
+        if doc.path in failed:
+            yield doc, failed[doc.path]
+            continue
+        try:
+            yield doc, read_text(doc)
+        except ChunkError as exc:
+            if not doc.path.endswith(".txt"):
+                failed[doc.path] = exc
+            yield doc, exc
 
 
 def _decode(path: Path, data: bytes, errors: str) -> str:
@@ -111,50 +134,108 @@ def _decode(path: Path, data: bytes, errors: str) -> str:
         raise ChunkError(path, f"not UTF-8 text: invalid byte at offset {exc.start}") from exc
 
 
-def _jsonl_records(path: Path) -> Iterator[dict]:
-    for line_no, line in enumerate(path.read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(_decode(path, line, "strict"))
-        except json.JSONDecodeError as exc:
-            raise ChunkError(path, f"line {line_no} is not valid JSON: {exc.msg}") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ChunkError(path, f"line {line_no} has no string field 'text'")
-        yield record
-
-
-def _read_parquet_text(path: Path) -> pa.Table:
+def _read_txt(path: Path, errors: str) -> str:
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ChunkError(path, f"not a readable Parquet file: {exc}") from exc
-    if "text" not in table.column_names:
-        raise ChunkError(path, f"no 'text' column; columns are {table.column_names}")
-    return table
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+    return _decode(path, data, errors)
+
+
+def _jsonl_records(path: Path) -> Iterator[dict]:
+    """The records of a JSONL file, a line at a time (lines split as bytes.splitlines splits them)."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+    with f:
+        line_no = 0
+        for raw in f:
+            for line in raw.splitlines():  # a lone \r ends a line too, as in bytes.splitlines of the whole file
+                line_no += 1
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(_decode(path, line, "strict"))
+                except json.JSONDecodeError as exc:
+                    raise ChunkError(path, f"line {line_no} is not valid JSON: {exc.msg}") from exc
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ChunkError(path, f"line {line_no} has no string field 'text'")
+                yield record
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, str | None, str]]:
+    """(text, id or None, category) of each row of a Parquet file, a record batch at a time; only the
+    text, id and category columns are read."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+    with f:
+        try:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            if "text" not in names:
+                raise ChunkError(path, f"no 'text' column; columns are {names}")
+            columns = [c for c in ("text", "id", "category") if c in names]
+            for batch in parquet.iter_batches(columns=columns):
+                values = [batch.column(c).to_pylist() for c in columns]
+                texts = values[0]
+                ids = values[columns.index("id")] if "id" in columns else [None] * len(texts)
+                categories = values[columns.index("category")] if "category" in columns else [""] * len(texts)
+                for text, doc_id, category in zip(texts, ids, categories):
+                    yield str(text), None if "id" not in columns else str(doc_id), str(category)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ChunkError(path, f"not a readable Parquet file: {exc}") from exc
 
 
 @lru_cache(maxsize=4)
-def _row_texts(path: str, size: int, mtime_ns: int) -> list[str] | pa.ChunkedArray:
+def _row_texts(path: str, size: int, mtime_ns: int) -> list[str]:
     """Texts of a .jsonl or .parquet file, parsed once per version of the file (not once per row)."""
-    if path.endswith(".jsonl"):
-        return [r["text"] for r in _jsonl_records(Path(path))]
-    return _read_parquet_text(Path(path)).column("text")
+    return [text for _, text in file_rows(Path(path))]
 
 
 def read_text(doc: Document) -> str:
     """The text of one document (or of its piece)."""
     path = Path(doc.path)
-    try:
-        stat = path.stat()
-        if path.suffix in (".jsonl", ".parquet"):
-            texts = _row_texts(str(path), stat.st_size, stat.st_mtime_ns)
-            text = texts[doc.row] if isinstance(texts, list) else str(texts[doc.row].as_py())
-        else:
-            text = _decode(path, path.read_bytes(), doc.errors)
-    except OSError as exc:
-        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+    if path.suffix in (".jsonl", ".parquet"):
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
+        text = _row_texts(str(path), stat.st_size, stat.st_mtime_ns)[doc.row]
+    else:
+        text = _read_txt(path, doc.errors)
     return text[doc.char_start : doc.char_end] if doc.char_start or doc.char_end is not None else text
+
+
+def file_stamp(path: str | Path) -> str:
+    """Size and modification time of a file: what says its documents were read from this version."""
+    stat = os.stat(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@dataclass
+class TextSource:
+    """Text documents to register, each file read once: .txt/.jsonl/.parquet files whose documents are
+    listed as they are read (a folder of user files), or documents listed already (BBC's articles).
+    Listed documents keep their order when each file's documents are adjacent, as every listing gives."""
+
+    files: list[Path] = field(default_factory=list)
+    documents: list[Document] = field(default_factory=list)
+
+    def groups(self) -> list[tuple[str, list[Document] | None]]:
+        """(file, its listed documents, or None: list them from the file), in listing order."""
+        listed: dict[str, list[Document]] = {}
+        for doc in self.documents:
+            listed.setdefault(doc.path, []).append(doc)
+        return [(str(f), None) for f in self.files] + list(listed.items())
+
+    @staticmethod
+    def rows(path: str, listed: list[Document] | None) -> Iterator[tuple[Document, str | ChunkError]]:
+        """The group's documents with their texts (or the error reading each), from one read of the file."""
+        return file_rows(Path(path)) if listed is None else listed_rows(listed)
 
 
 @dataclass(frozen=True)
@@ -220,19 +301,29 @@ class TokenChunk:
         )
 
 
-def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int, skip_first: int = 0) -> TokenChunk:
+def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int, skip_first: int = 0,
+                       token_ids: list[np.ndarray | None] | None = None) -> TokenChunk:
     """Tokenize documents into padded windows with doc id and category per sequence.
 
     skip_first: the first positions of every window are left out of the analysis (the model still
     reads them): a window cut out of a document starts with no context, and its first activations
     behave like the start of a text whatever the token (window-start clusters).
+    token_ids: each document's token ids as registration stored them (`manifests.stored_token_ids`);
+    a document without them (None) is read, each file once, and tokenized here.
     """
     if skip_first < 0 or skip_first >= sequence_length:
         raise ValueError(f"skip_first must be in [0, sequence_length={sequence_length}), got {skip_first}")
+    docs = list(docs)
     layout = SequenceLayout.of(tokenizer)
+    ids_of: list = list(token_ids) if token_ids is not None else [None] * len(docs)
+    missing = [i for i, ids in enumerate(ids_of) if ids is None]
+    if missing:
+        texts = _texts_of([docs[i] for i in missing])
+        for i, ids in zip(missing, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            ids_of[i] = ids
     rows, doc_ids, categories, windows = [], [], [], []
-    for doc in docs:
-        ids = tokenizer(read_text(doc), add_special_tokens=False)["input_ids"]
+    for doc, ids in zip(docs, ids_of):
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
         for w, window in enumerate(document_windows(ids, layout, sequence_length)):
             rows.append(window)
             doc_ids.append(doc.doc_id)
@@ -246,6 +337,73 @@ def tokenize_documents(docs: Iterable[Document], tokenizer, sequence_length: int
     analysis_mask = model_mask & ~np.isin(token_ids, list(layout.special_ids))
     analysis_mask[:, :skip_first] = False
     return TokenChunk(token_ids, model_mask, analysis_mask, doc_ids, categories, windows)
+
+
+def _texts_of(docs: list[Document]) -> list[str]:
+    """The documents' texts, read a file at a time (so each file is parsed once, however many files)."""
+    texts = [""] * len(docs)
+    for i in sorted(range(len(docs)), key=lambda i: docs[i].path):
+        texts[i] = read_text(docs[i])
+    return texts
+
+
+@dataclass
+class MeasuredDocument:
+    """A document as registration tokenized it, the one time it is tokenized whole: its token ids, or
+    for a document longer than a chunk the character start of each token (it is planned into pieces,
+    and each piece is tokenized from its own text when its chunk is materialized)."""
+
+    doc: Document
+    n_ids: int = 0
+    ids: np.ndarray | None = None  # [n_ids] int32; None for a long document or an unreadable one
+    starts: np.ndarray | None = None  # [n_ids] int64 character offsets; long documents only
+    error: ChunkError | None = None  # the document could not be read: refused when planned
+
+
+class DocumentMeasure:
+    """Tokenizes documents for planning, a batch of texts per tokenizer call (ids equal those of one
+    call per text), keeping what the plan and the chunks need of each."""
+
+    BATCH_DOCUMENTS = 256
+    BATCH_CHARACTERS = 1 << 22
+
+    def __init__(self, tokenizer, sequence_length: int, sequences_per_chunk: int):
+        self.tokenizer = tokenizer
+        self.layout = SequenceLayout.of(tokenizer)
+        self.body = sequence_length - len(self.layout.prefix) - len(self.layout.suffix)
+        if self.body <= 0:
+            raise ValueError(f"sequence_length {sequence_length} leaves no room beside the special tokens")
+        self.sequences_per_chunk = sequences_per_chunk
+
+    def __call__(self, rows: Iterable[tuple[Document, str | ChunkError]]) -> Iterator[MeasuredDocument]:
+        """Each row's measurement, in order."""
+        pending: list[tuple[Document, str | ChunkError]] = []
+        characters = 0
+        for doc, text in rows:
+            pending.append((doc, text))
+            characters += len(text) if isinstance(text, str) else 0
+            if len(pending) >= self.BATCH_DOCUMENTS or characters >= self.BATCH_CHARACTERS:
+                yield from self._measure(pending)
+                pending, characters = [], 0
+        yield from self._measure(pending)
+
+    def _measure(self, rows: list[tuple[Document, str | ChunkError]]) -> list[MeasuredDocument]:
+        texts = [text for _, text in rows if isinstance(text, str)]
+        fast = bool(self.tokenizer.is_fast)
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=fast) if texts else {}
+        out, k = [], 0
+        for doc, text in rows:
+            if not isinstance(text, str):
+                out.append(MeasuredDocument(doc, error=text))
+                continue
+            ids = encoded["input_ids"][k]
+            if fast and -(-len(ids) // self.body) > self.sequences_per_chunk:
+                starts = np.fromiter((o[0] for o in encoded["offset_mapping"][k]), np.int64, len(ids))
+                out.append(MeasuredDocument(doc, len(ids), starts=starts))
+            else:
+                out.append(MeasuredDocument(doc, len(ids), ids=np.asarray(ids, np.int32)))
+            k += 1
+        return out
 
 
 @dataclass
@@ -275,7 +433,22 @@ def plan_chunks(
     docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str = "",
     shuffle_seed: int | None = 0, first_index: int = 0, refused: dict[str, str] | None = None,
 ) -> list[ChunkPlan]:
-    """Group whole documents into chunks of about `sequences_per_chunk` sequences.
+    """Group whole documents into chunks of about `sequences_per_chunk` sequences (`plan_measured` says
+    how); each file is read once and each document tokenized once."""
+    measure = DocumentMeasure(tokenizer, sequence_length, sequences_per_chunk)
+    by_file = sorted(range(len(docs)), key=lambda i: docs[i].path)  # each file read once, whatever the order
+    rows = dict(zip(by_file, listed_rows([docs[i] for i in by_file])))
+    measured = list(measure(rows[i] for i in range(len(docs))))
+    return [plan for plan, _ in plan_measured(measured, measure.body, corpus, sequence_length, sequences_per_chunk,
+                                              model, shuffle_seed, first_index, refused)]
+
+
+def plan_measured(
+    docs: list[MeasuredDocument], body: int, corpus: str, sequence_length: int, sequences_per_chunk: int,
+    model: str = "", shuffle_seed: int | None = 0, first_index: int = 0, refused: dict[str, str] | None = None,
+) -> list[tuple[ChunkPlan, list[np.ndarray | None]]]:
+    """Group measured documents into chunks of about `sequences_per_chunk` sequences; with each plan,
+    the token ids of each of its documents (None for a piece of a long document).
 
     Documents are shuffled first (seeded; `shuffle_seed=None` keeps their order): corpora come
     sorted (BBC by category), and a chunk of one topic makes online clustering see a sorted stream.
@@ -288,43 +461,55 @@ def plan_chunks(
     """
     if shuffle_seed is not None:
         docs = [docs[i] for i in np.random.default_rng([shuffle_seed, 7]).permutation(len(docs))]
-    layout = SequenceLayout.of(tokenizer)
-    body = sequence_length - len(layout.prefix) - len(layout.suffix)
-    plans: list[ChunkPlan] = []
+    plans: list[tuple[ChunkPlan, list[np.ndarray | None]]] = []
     current: list[Document] = []
+    current_ids: list[np.ndarray | None] = []
     count = 0
-    for doc in docs:
-        try:
-            text = read_text(doc)
-        except ChunkError as exc:
+
+    def close() -> None:
+        plan = ChunkPlan(f"{corpus}-{first_index + len(plans):05d}", current, count, sequence_length, model=model,
+                         corpus=corpus)
+        plans.append((plan, current_ids))
+
+    for measured in docs:
+        if measured.error is not None:
             if refused is None:
-                raise
-            refused[exc.path] = exc.problem
+                raise measured.error
+            refused[measured.error.path] = measured.error.problem
             continue
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(tokenizer.is_fast))
-        n_ids = len(encoded["input_ids"])
-        n_seq = -(-n_ids // body)
+        n_seq = -(-measured.n_ids // body)
         done = 0
         while done < n_seq:  # an empty document has no tokens to analyse and adds nothing
-            fits = n_seq <= sequences_per_chunk or "offset_mapping" not in encoded
-            take = n_seq if fits else min(sequences_per_chunk - count, n_seq - done)
-            current.append(doc if take == n_seq else _piece(doc, encoded["offset_mapping"], body, done, done + take))
+            take = n_seq if measured.starts is None else min(sequences_per_chunk - count, n_seq - done)
+            if take == n_seq:
+                current.append(measured.doc)
+                current_ids.append(measured.ids)
+            else:
+                current.append(_piece(measured.doc, measured.starts, body, done, done + take))
+                current_ids.append(None)
             count += take
             done += take
             if count >= sequences_per_chunk:
-                plans.append(ChunkPlan(f"{corpus}-{first_index + len(plans):05d}", current, count, sequence_length,
-                                       model=model, corpus=corpus))
-                current, count = [], 0
+                close()
+                current, current_ids, count = [], [], 0
     if current:
-        plans.append(ChunkPlan(f"{corpus}-{first_index + len(plans):05d}", current, count, sequence_length, model=model,
-                               corpus=corpus))
+        close()
     return plans
 
 
-def _piece(doc: Document, offsets: list[tuple[int, int]], body: int, first: int, stop: int) -> Document:
+def _piece(doc: Document, starts: np.ndarray, body: int, first: int, stop: int) -> Document:
     """Windows [first, stop) of a long document, as the character range of their tokens."""
-    end = offsets[stop * body][0] if stop * body < len(offsets) else None
-    return replace(doc, char_start=offsets[first * body][0], char_end=end, first_window=first)
+    end = int(starts[stop * body]) if stop * body < len(starts) else None
+    return replace(doc, char_start=int(starts[first * body]), char_end=end, first_window=first)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides a tokenizer's ids (its full definition for a fast tokenizer,
+    else its class and vocabulary): stored token ids are used only with the tokenizer that made them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(
+        [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
+    return hashlib.blake2b(spec.encode("utf-8"), digest_size=16).hexdigest()
 
 
 @dataclass

@@ -20,10 +20,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latent_atlas.corpus import (ChunkPlan, Document, NpzPlan, bbc_documents, documents_of_files, file_documents,
-                                 plan_chunks, text_files)
+import numpy as np
+
+from latent_atlas.corpus import (ChunkPlan, Document, DocumentMeasure, MeasuredDocument, NpzPlan, TextSource,
+                                 bbc_documents, file_stamp, plan_measured, text_files, tokenizer_fingerprint)
+from latent_atlas.errors import ChunkError
 from latent_atlas.paths import atlas_home, manifests_dir
-from latent_atlas.tables import write_atomically
+from latent_atlas.tables import read_npz, write_atomically, write_npz
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 # Bytes hashed from each end of a file for its quick fingerprint; equal quick fingerprints are
@@ -158,53 +161,126 @@ def _chunk_index(key: str, corpus: str) -> int:
 
 
 def register_text(
-    docs: list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int, model: str,
-    shuffle_seed: int | None = 0, report: Registration | None = None, deduplicate: bool = False,
+    docs: TextSource | list[Document], tokenizer, corpus: str, sequence_length: int, sequences_per_chunk: int,
+    model: str, shuffle_seed: int | None = 0, report: Registration | None = None, deduplicate: bool = False,
 ) -> list[str]:
     """Plan documents into chunks and write their manifests; returns the corpus's partition keys.
 
     Documents registered before stay in their chunks; new ones are planned into new chunks numbered
-    after the corpus's last. A document that cannot be read is refused (by file) and the rest
+    after the corpus's last. A file that cannot be read or parsed is refused (by file) and the rest
     registers. deduplicate: skip files whose content equals another file's (user corpora; the
-    built-in BBC corpus is taken as published).
+    built-in BBC corpus is taken as published). Each file is read once and each new document
+    tokenized once; its token ids are stored beside the manifest (`stored_token_ids`).
     """
     report = report if report is not None else Registration()
+    source = docs if isinstance(docs, TextSource) else TextSource(documents=list(docs))
     corpus = safe_key(corpus)
     existing = {k: p for k, p in all_manifests().items()
                 if isinstance(p, ChunkPlan) and (p.corpus or k.rsplit("-", 1)[0]) == corpus}
     known = {(d.path, d.row) for plan in existing.values() for d in plan.documents}
+    seen: dict[str, list[str]] = {}
     if deduplicate:
-        seen: dict[str, list[str]] = {}
         for path in sorted({d.path for plan in existing.values() for d in plan.documents}):
             if Path(path).exists():
                 seen.setdefault(quick_fingerprint(path), []).append(path)
-        for path in sorted({d.path for d in docs if (d.path, d.row) not in known}):
-            duplicate = _duplicate_of(Path(path), quick_fingerprint(path), seen)
-            if duplicate:
-                report.duplicates[path] = duplicate
-    new = [d for d in docs if (d.path, d.row) not in known and d.path not in report.duplicates]
+
+    def fresh(rows):
+        """Rows not registered before, from a file that duplicates no other (checked at its first such row)."""
+        checked = False
+        for doc, text in rows:
+            if (doc.path, doc.row) in known:
+                continue
+            if deduplicate and not checked:
+                checked = True
+                duplicate = _duplicate_of(Path(doc.path), quick_fingerprint(doc.path), seen)
+                if duplicate:
+                    report.duplicates[doc.path] = duplicate
+            if doc.path not in report.duplicates:
+                yield doc, text
+
+    measure = DocumentMeasure(tokenizer, sequence_length, sequences_per_chunk)
+    groups = source.groups()
+    measured: dict[int, list[MeasuredDocument]] = {}
+    unlisted: dict[int, ChunkError] = {}
+    stamps: dict[str, str] = {}
+    # files in path order: the duplicate of two equal files is the later one, as it always was
+    for index in sorted(range(len(groups)), key=lambda i: groups[i][0]):
+        path, listed = groups[index]
+        try:
+            stamps[path] = file_stamp(path)
+        except OSError:
+            pass  # reading it says why
+        try:
+            measured[index] = list(measure(fresh(source.rows(path, listed))))
+        except ChunkError as exc:  # the file cannot be listed (bad JSONL line, unreadable Parquet)
+            unlisted[index] = exc
+            report.duplicates.pop(path, None)
+            for paths in seen.values():
+                if path in paths:
+                    paths.remove(path)
+    for index in sorted(unlisted):
+        report.refused[unlisted[index].path] = unlisted[index].problem
+    new = [m for index in sorted(measured) for m in measured[index]]
     # numbered after every key of this prefix, an NPZ file's key such as '<corpus>-00003' included
     first = max((_chunk_index(k, corpus) for k in all_manifests() if k.startswith(f"{corpus}-")), default=-1) + 1
-    plans = plan_chunks(new, tokenizer, corpus, sequence_length, sequences_per_chunk, model, shuffle_seed,
-                        first_index=first, refused=report.refused) if new else []
-    for plan in plans:
+    plans = plan_measured(new, measure.body, corpus, sequence_length, sequences_per_chunk, model, shuffle_seed,
+                          first_index=first, refused=report.refused) if new else []
+    fingerprint = tokenizer_fingerprint(tokenizer) if plans else ""
+    for plan, ids in plans:
+        _write_token_ids(plan, ids, fingerprint, stamps)
         write_manifest(plan.key, plan.to_json())
-    keys = sorted(existing) + [plan.key for plan in plans]
+    keys = sorted(existing) + [plan.key for plan, _ in plans]
     report.keys += keys
     return keys
 
 
-def corpus_documents(source: str, path: str = "", per_category: int | None = None,
-                     refused: dict[str, str] | None = None) -> list[Document]:
-    """Documents of a text source: `bbc` (built-in) or `files` (a file or directory).
+def _token_ids_path(key: str) -> Path:
+    return manifests_dir() / "token_ids" / f"{key}.npz"
 
-    refused: files that cannot be listed (bad JSONL line, unreadable Parquet) are recorded here
-    and left out; without it they raise.
-    """
+
+def _documents_digest(plan: ChunkPlan) -> str:
+    return hashlib.blake2b(json.dumps(json.loads(plan.to_json())["documents"]).encode(), digest_size=16).hexdigest()
+
+
+def _write_token_ids(plan: ChunkPlan, ids: list[np.ndarray | None], tokenizer: str, stamps: dict[str, str]) -> None:
+    """The token ids of a chunk's documents as registration tokenized them, with what they depend on:
+    the model and tokenizer, the manifest's documents, and the version (size, mtime) of each file."""
+    lengths = np.array([-1 if x is None else len(x) for x in ids], np.int64)  # -1: a piece, tokenized when used
+    flat = np.concatenate([x for x in ids if x is not None] or [np.zeros(0, np.int32)]).astype(np.int32)
+    files = {d.path: stamps.get(d.path, "") for d in plan.documents}
+    write_npz(_token_ids_path(plan.key), {"ids": flat, "lengths": lengths},
+              {"model": plan.model, "tokenizer": tokenizer, "documents": _documents_digest(plan), "files": files})
+
+
+def stored_token_ids(plan: ChunkPlan, model: str, tokenizer) -> list[np.ndarray | None] | None:
+    """Each document's token ids as registration stored them, for `tokenize_documents(token_ids=...)`:
+    None for the whole chunk when there are none, or they came from another model, tokenizer or
+    manifest; None for a document whose file changed since (it is read again, as it always was)."""
+    path = _token_ids_path(plan.key)
+    if not path.exists():
+        return None
+    arrays, meta = read_npz(path)
+    if (meta["model"] != model or plan.model != model or meta["documents"] != _documents_digest(plan)
+            or meta["tokenizer"] != tokenizer_fingerprint(tokenizer)):
+        return None
+    flat, lengths = arrays["ids"], arrays["lengths"]
+    unchanged = {}
+    for file, stamp in meta["files"].items():
+        try:
+            unchanged[file] = bool(stamp) and file_stamp(file) == stamp
+        except OSError:
+            unchanged[file] = False
+    ends = np.cumsum(np.maximum(lengths, 0))
+    return [flat[end - n:end] if n >= 0 and unchanged.get(doc.path) else None
+            for doc, n, end in zip(plan.documents, lengths, ends)]
+
+
+def corpus_source(source: str, path: str = "", per_category: int | None = None) -> TextSource:
+    """The documents of a text source: `bbc` (built-in) or `files` (a file or directory)."""
     if source == "bbc":
-        return bbc_documents(per_category)
+        return TextSource(documents=bbc_documents(per_category))
     if source == "files":
-        return documents_of_files(text_files(path), refused) if refused is not None else file_documents(path)
+        return TextSource(files=text_files(path))
     raise ValueError(f"text source must be 'bbc' or 'files', got {source!r}")
 
 
@@ -261,4 +337,8 @@ def remove_chunk(key: str) -> list[Path]:
             _dimension_path(plan.corpus).unlink()
         manifest.unlink()
         removed.append(manifest)
+    token_ids = _token_ids_path(key)
+    if token_ids.exists():
+        token_ids.unlink()
+        removed.append(token_ids)
     return removed

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from latent_atlas.corpus import TEXT_SUFFIXES, file_documents
+from latent_atlas.corpus import TEXT_SUFFIXES, TextSource
 from latent_atlas.errors import ChunkError
-from latent_atlas.manifests import register_npz, register_text
+from latent_atlas.manifests import Registration, register_npz, register_text
 from latent_atlas.paths import incoming_dir
 from orchestration.jobs import chunk_job
 from assets.partitions import chunks
@@ -42,8 +42,11 @@ def incoming_chunks(context: dg.SensorEvaluationContext, corpus: CorpusResource,
             if path.suffix == ".npz":
                 keys = register_npz([path], corpus.npz_keys().__dict__)
             else:
-                keys = register_text(file_documents(path), model.tokenizer(), path.stem,
-                                     corpus.sequence_length, corpus.sequences_per_chunk, model.name)
+                report = Registration()
+                keys = register_text(TextSource(files=[path]), model.tokenizer(), path.stem,
+                                     corpus.sequence_length, corpus.sequences_per_chunk, model.name, report=report)
+                if report.refused:  # unreadable: logged and skipped, as a file that cannot be listed always was
+                    raise ChunkError(path, next(iter(report.refused.values())))
         except ChunkError as exc:
             context.log.error(f"skipped {exc}")  # a bad file must not block the others
             keys = []

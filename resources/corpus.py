@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from latent_atlas.chunks import NpzKeys
-from latent_atlas.manifests import Registration, corpus_documents, register_npz, register_text, safe_key
+from latent_atlas.manifests import Registration, corpus_source, register_npz, register_text, safe_key
 
 
 class CorpusResource(dg.ConfigurableResource):
@@ -66,7 +66,7 @@ class CorpusResource(dg.ConfigurableResource):
                 raise FileNotFoundError(f"{folder}: not a directory of .npz chunks")
             register_npz(sorted(folder.glob("*.npz")), self.npz_keys().__dict__, self.corpus_name(), report)
             return report
-        docs = corpus_documents(self.source, self.path, self.documents_per_category or None, report.refused)
+        docs = corpus_source(self.source, self.path, self.documents_per_category or None)
         register_text(docs, tokenizer, self.corpus_name(), self.sequence_length, self.sequences_per_chunk, model_name,
                       self.shuffle_seed if self.shuffle_documents else None, report, deduplicate=self.source == "files")
         return report

@@ -1,12 +1,14 @@
 """Corpus reading, document-aware windows and chunk planning, with a real tokenizer."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from latent_atlas.corpus import (
-    SequenceLayout, bbc_documents, file_documents, plan_chunks, read_text, tokenize_documents,
+    SequenceLayout, bbc_documents, file_documents, file_rows, plan_chunks, read_text, tokenize_documents,
 )
 from latent_atlas.errors import ChunkError
 
@@ -111,3 +113,144 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\n')
     with pytest.raises(ChunkError, match=r"bad.jsonl: line 2 has no string field 'text'"):
         file_documents(tmp_path / "bad.jsonl")
+
+
+@pytest.fixture()
+def counting_tokenizer():
+    """The real MiniLM tokenizer, counting every text it is asked to tokenize."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from latent_atlas.models import MINILM, model_directory
+
+    directory = model_directory(MINILM, cache_dir=None)
+    base = type(AutoTokenizer.from_pretrained(directory))
+
+    class Counting(base):
+        def __call__(self, text, *args, **kwargs):
+            self.texts.update([text] if isinstance(text, str) else text)
+            return super().__call__(text, *args, **kwargs)
+
+    tokenizer = Counting.from_pretrained(directory)
+    tokenizer.texts = Counter()
+    return tokenizer
+
+
+@pytest.fixture()
+def opens(monkeypatch):
+    """How many times each file is opened, by Python's open or by pyarrow given a path."""
+    import builtins
+    import io
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    counts = Counter()
+
+    def counted(real):
+        def wrapper(*args, **kwargs):
+            target = args[0] if args else kwargs.get("file", kwargs.get("source"))
+            if isinstance(target, (str, os.PathLike)):
+                counts[str(Path(target).resolve())] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(builtins, "open", counted(builtins.open))
+    monkeypatch.setattr(io, "open", counted(io.open))
+    monkeypatch.setattr(pq, "read_table", counted(pq.read_table))
+    monkeypatch.setattr(pq, "ParquetFile", counted(pq.ParquetFile))
+    return counts
+
+
+def _write_counted_corpus(folder):
+    """A JSONL file of 200 documents, five more JSONL files (more than a 4-file cache holds) and a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    texts = {}
+    (folder / "big.jsonl").write_text("\n".join(
+        json.dumps({"id": f"big{i}", "text": f"Document {i} of the big file: " + "markets rose today. " * (i % 9 + 1)})
+        for i in range(200)))
+    for f in range(5):
+        (folder / f"small{f}.jsonl").write_text("\n".join(
+            json.dumps({"text": f"Small file {f}, note {i}, on the weather and the harvest."}) for i in range(12)))
+    pq.write_table(pa.table({"text": [f"Row {i} of the table about football." for i in range(30)]}),
+                   folder / "table.parquet")
+    for path in sorted(folder.iterdir()):
+        texts[str(path.resolve())] = [text for _, text in file_rows(path)]
+    return texts
+
+
+def test_registration_reads_each_file_once_and_tokenizes_each_document_once(atlas_home, tmp_path, counting_tokenizer,
+                                                                             opens, tokenizer):
+    from latent_atlas.corpus import TextSource, text_files
+    from latent_atlas.manifests import all_manifests, register_text, stored_token_ids
+
+    texts = _write_counted_corpus(tmp_path / "notes")
+    assert len(texts[str((tmp_path / "notes" / "big.jsonl").resolve())]) == 200
+    every_text = [t for file_texts in texts.values() for t in file_texts]
+    assert len(set(every_text)) == len(every_text) == 200 + 5 * 12 + 30
+
+    def corpus_opens():  # of the corpus's files (manifests and the tokenizer's files are opened too)
+        return {path: n for path, n in opens.items() if path in texts}
+
+    opens.clear()
+    keys = register_text(TextSource(files=text_files(tmp_path / "notes")), counting_tokenizer, "notes", 32, 40,
+                         "minilm-l6")  # as the sensor registers a file: no duplicate check
+    assert corpus_opens() == {path: 1 for path in texts}  # each file parsed once, not once per document
+    assert all(counting_tokenizer.texts[t] == 1 for t in every_text)  # each document tokenized once
+    assert len(keys) > 5
+
+    # with the duplicate check (a user folder): one more read of each file, for its content fingerprint
+    opens.clear()
+    counting_tokenizer.texts.clear()
+    register_text(TextSource(files=text_files(tmp_path / "notes")), counting_tokenizer, "again", 32, 40, "minilm-l6",
+                  deduplicate=True)
+    assert corpus_opens() == {path: 2 for path in texts}
+    assert all(counting_tokenizer.texts[t] == 1 for t in every_text)
+
+    # a chunk is made from the stored ids: no file opened, nothing tokenized, the same chunk as from the text
+    for key, plan in all_manifests().items():
+        opens.clear()
+        counting_tokenizer.texts.clear()
+        stored = stored_token_ids(plan, "minilm-l6", counting_tokenizer)
+        assert stored is not None and all(ids is not None for ids in stored)
+        chunk = tokenize_documents(plan.documents, counting_tokenizer, 32, 4, stored)
+        assert not corpus_opens() and not (set(counting_tokenizer.texts) & set(every_text))
+        from_text = tokenize_documents(plan.documents, tokenizer, 32, 4)
+        for field in ("token_ids", "model_mask", "analysis_mask"):
+            np.testing.assert_array_equal(getattr(chunk, field), getattr(from_text, field))
+        assert (chunk.doc_ids, chunk.windows) == (from_text.doc_ids, from_text.windows)
+        # without stored ids (another model's chunk), each file is parsed at most once per chunk (a few stay cached)
+        opens.clear()
+        tokenize_documents(plan.documents, counting_tokenizer, 32, 4)
+        assert max(corpus_opens().values(), default=1) == 1
+        assert stored_token_ids(plan, "another-model", counting_tokenizer) is None
+
+
+def test_stored_ids_are_not_used_for_a_changed_file_or_a_piece(atlas_home, tmp_path, tokenizer):
+    from latent_atlas.corpus import TextSource, text_files
+    from latent_atlas.manifests import read_manifest, register_text, remove_chunk, stored_token_ids
+
+    folder = tmp_path / "speeches"
+    folder.mkdir()
+    (folder / "long.txt").write_text("The minister spoke about the budget and the schools. " * 400)
+    (folder / "short.txt").write_text("A short note on the weather.")
+    keys = register_text(TextSource(files=text_files(folder)), tokenizer, "speeches", 32, 50, "minilm-l6",
+                         shuffle_seed=None)
+    plans = [read_manifest(k) for k in keys]
+    pieces = [d for p in plans for d in p.documents if d.doc_id == "long"]
+    assert len(pieces) == 3 and [d.char_end is None for d in pieces] == [False, False, True]
+    for plan in plans:  # a piece is tokenized from its own text, as it always was: a cut may fall inside a word
+        stored = stored_token_ids(plan, "minilm-l6", tokenizer)
+        assert [ids is None for ids in stored] == [d.doc_id == "long" for d in plan.documents]
+    last = plans[-1]
+    assert last.documents[-1].doc_id == "short"
+    (folder / "short.txt").write_text("Another note, on the harvest and the rain this week.")
+    assert stored_token_ids(last, "minilm-l6", tokenizer)[-1] is None  # the file changed: read again
+    chunk = tokenize_documents(last.documents, tokenizer, 32, 0, stored_token_ids(last, "minilm-l6", tokenizer))
+    np.testing.assert_array_equal(chunk.token_ids, tokenize_documents(last.documents, tokenizer, 32).token_ids)
+    assert any(p.name == f"{last.key}.npz" for p in remove_chunk(last.key))
+    assert stored_token_ids(last, "minilm-l6", tokenizer) is None
