@@ -35,6 +35,15 @@ def write_seed_npz(path: Path, n_seq=6, seq_len=16, dim=32, seed=0, **overrides)
     return path
 
 
+def write_planted_chunk(folder: Path, i: int, n_seq=16, seq_len=16, dim=32) -> Path:
+    """Chunk i (folder/part{i}.npz) of a corpus whose tokens lie near 4 planted directions (noise 0.3)."""
+    rng = np.random.default_rng(i)
+    directions = np.random.default_rng(99).standard_normal((4, dim))
+    acts = directions[rng.integers(0, 4, (n_seq, seq_len))] + 0.3 * rng.standard_normal((n_seq, seq_len, dim))
+    return write_seed_npz(folder / f"part{i}.npz", n_seq=n_seq, seq_len=seq_len, dim=dim, seed=i,
+                          activations=acts.astype(np.float16))
+
+
 # The library's k=512 is for the user's scale; the tests' corpora have a few thousand tokens.
 SMALL_CORPUS_CONFIG = {"centroids": {"n_clusters": 64}}
 

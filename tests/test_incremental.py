@@ -6,17 +6,10 @@ import numpy as np
 
 from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource
-from tests.conftest import materialized, write_seed_npz
+from tests.conftest import materialized, write_planted_chunk
 
 TARGETS = ["memberships"]
 CONFIG = {"centroids": {"n_clusters": 4, "n_epochs": 2}}
-
-
-def write_chunk(folder, i):
-    rng = np.random.default_rng(i)
-    directions = np.random.default_rng(99).standard_normal((4, 32))
-    acts = directions[rng.integers(0, 4, (16, 16))] + 0.3 * rng.standard_normal((16, 16, 32))
-    write_seed_npz(folder / f"part{i}.npz", n_seq=16, seq_len=16, dim=32, seed=i, activations=acts.astype(np.float16))
 
 
 def runs_by_job(instance) -> dict[str, int]:
@@ -30,7 +23,7 @@ def test_rerun_skips_and_a_new_chunk_runs_only_what_it_changes(atlas_home, tmp_p
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(3):
-        write_chunk(folder, i)
+        write_planted_chunk(folder, i)
     corpus = CorpusResource(source="npz", path=str(folder))
     with materialized(atlas_home, corpus, TARGETS, asset_config=CONFIG) as (defs, instance, keys, first):
         stages = stages_of(defs, TARGETS)
@@ -42,7 +35,7 @@ def test_rerun_skips_and_a_new_chunk_runs_only_what_it_changes(atlas_home, tmp_p
         assert runs_by_job(instance) == before  # nothing ran again
         assert len(again.skipped) == sum(len(keys) if per_chunk else 1 for _, per_chunk in stages)
 
-        write_chunk(folder, 3)  # one more chunk: its own per-chunk stages, the global refits, and what reads them
+        write_planted_chunk(folder, 3)  # one more chunk: its own per-chunk stages, the global refits, and what reads them
         keys = corpus.register(None, "")
         register_partitions(instance, keys)
         grown = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)

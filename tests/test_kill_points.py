@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 
-from tests.conftest import write_seed_npz
+from tests.conftest import write_planted_chunk
 
 REPO = Path(__file__).resolve().parents[1]
 N_CHUNKS = 4
@@ -32,12 +31,8 @@ IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def write_corpus(folder: Path) -> None:
-    directions = np.random.default_rng(99).standard_normal((4, 32))
     for i in range(N_CHUNKS):
-        rng = np.random.default_rng(i)
-        acts = directions[rng.integers(0, 4, (16, 16))] + 0.3 * rng.standard_normal((16, 16, 32))
-        write_seed_npz(folder / f"part{i}.npz", n_seq=16, seq_len=16, dim=32, seed=i,
-                       activations=acts.astype(np.float16))
+        write_planted_chunk(folder, i)
 
 
 class Pipeline:

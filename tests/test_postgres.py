@@ -89,14 +89,10 @@ def postgres_url():
 
 
 def write_corpus(folder: Path) -> None:
-    from tests.conftest import write_seed_npz
+    from tests.conftest import write_planted_chunk
 
-    directions = np.random.default_rng(99).standard_normal((4, DIM))
     for i in range(N_CHUNKS):
-        rng = np.random.default_rng(i)
-        acts = directions[rng.integers(0, 4, (SEQUENCES, LENGTH))] + 0.3 * rng.standard_normal((SEQUENCES, LENGTH, DIM))
-        write_seed_npz(folder / f"part{i}.npz", n_seq=SEQUENCES, seq_len=LENGTH, dim=DIM, seed=i,
-                       activations=acts.astype(np.float16))
+        write_planted_chunk(folder, i, n_seq=SEQUENCES, seq_len=LENGTH, dim=DIM)
 
 
 def worker(home: str, corpus: str, key: str, barrier: str, count: int) -> int:

@@ -8,17 +8,9 @@ from orchestration.definitions import build_definitions
 from orchestration.pipeline import register_partitions, run_stages, stages_of
 from orchestration.schedules import nightly_refit
 from resources import CorpusResource, ModelResource
-from tests.conftest import write_seed_npz
+from tests.conftest import write_planted_chunk, write_seed_npz
 
 CONFIG = {"centroids": {"n_clusters": 4, "n_epochs": 2}}
-
-
-def write_chunk(folder, i):
-    """Chunk i of a corpus of 4 planted directions in d=32 (tests/test_incremental.py's)."""
-    rng = np.random.default_rng(i)
-    directions = np.random.default_rng(99).standard_normal((4, 32))
-    acts = directions[rng.integers(0, 4, (16, 16))] + 0.3 * rng.standard_normal((16, 16, 32))
-    write_seed_npz(folder / f"part{i}.npz", n_seq=16, seq_len=16, dim=32, seed=i, activations=acts.astype(np.float16))
 
 
 def evaluate(instance):
@@ -33,7 +25,7 @@ def test_refit_waits_for_new_chunks_and_refits_whitening_and_centroids_together(
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(3):
-        write_chunk(folder, i)
+        write_planted_chunk(folder, i)
     corpus = CorpusResource(source="npz", path=str(folder))
     defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
     stages = stages_of(defs, ["centroids"])
@@ -45,7 +37,7 @@ def test_refit_waits_for_new_chunks_and_refits_whitening_and_centroids_together(
         skipped = evaluate(instance)
         assert isinstance(skipped, dg.SkipReason) and skipped.skip_message.startswith("no chunk landed since the last fit")
 
-        write_chunk(folder, 3)  # a chunk lands (its per-chunk inputs run, the global fits do not) ...
+        write_planted_chunk(folder, 3)  # a chunk lands (its per-chunk inputs run, the global fits do not) ...
         write_seed_npz(folder / "part4.npz", n_seq=4, seq_len=16, dim=16, seed=4)  # ... and one of another d fails
         keys = corpus.register(None, "")
         new = sorted(set(keys) - set(instance.get_dynamic_partitions("chunks")))
