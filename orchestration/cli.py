@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration.instance import fail_orphaned_runs, use_atlas_home
+from orchestration.instance import fail_orphaned_runs, runs_in_progress, use_atlas_home
 
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
 
@@ -42,14 +42,11 @@ def _recover_from_kills(instance, home: Path) -> None:
     any more: the pipeline writes inside its runs, and a rerun right after a kill -9 must not leave the
     killed write's file behind for the next 15 minutes.
     """
-    import dagster as dg
-
     from latent_atlas.chunks import remove_stale_temp_files
 
     for run_id in fail_orphaned_runs(instance):
         print(f"marked run {run_id} failed: its process was killed")
-    in_progress = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING,
-                                                                    dg.DagsterRunStatus.STARTED]), limit=1)
+    in_progress = runs_in_progress(instance, limit=1)
     for path in remove_stale_temp_files(home, **({} if in_progress else {"min_age_s": 0.0})):
         print(f"removed a killed write's temp file: {path}")
 

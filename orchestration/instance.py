@@ -67,15 +67,20 @@ def use_atlas_home(home: str | Path = "", postgres_url: str = "") -> Path:
     return path
 
 
+def runs_in_progress(instance, limit: int | None = None) -> list:
+    """The instance's runs still STARTING or STARTED (newest first)."""
+    import dagster as dg
+
+    statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    return list(instance.get_runs(filters=dg.RunsFilter(statuses=statuses), limit=limit))
+
+
 def fail_orphaned_runs(instance) -> list[str]:
     """Mark failed every run still STARTING/STARTED whose process on this host is gone (killed with
     SIGKILL, or the machine lost power): without this such a run shows as in progress forever. Returns
     their run ids. A run whose process lives (another CLI, the UI's workers) is left alone."""
-    import dagster as dg
-
     orphans = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING,
-                                                                 dg.DagsterRunStatus.STARTED])):
+    for run in runs_in_progress(instance):
         pid = _last_pid(instance, run.run_id)
         if pid is None or _alive(pid):
             continue
