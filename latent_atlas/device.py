@@ -34,3 +34,19 @@ def batch_size_for_budget(
     per_sequence = sequence_length * hidden_size * dtype_bytes * (n_layers + 4) * 2
     per_sequence += sequence_length * sequence_length * dtype_bytes * 16
     return max(1, int(memory_budget_mb * 2**20 // per_sequence))
+
+
+CPU_BATCH_TOKENS = 1024
+"""Tokens per forward pass on a CPU. Larger batches do not use the cores better there, they only
+spill the layer's activations out of cache: SmolLM2-135M at layer 15 ran 1.32x faster in batches of
+1024 tokens than of 16,384 (the 2 GB budget's), 1.23x at 2048, 1.18x at 512 (AMD EPYC, 2 cores;
+`benchmarks/forward_batch.py`). A GPU takes what the budget allows."""
+
+
+def forward_batch_size(device, memory_budget_mb: float, sequence_length: int, hidden_size: int,
+                       n_layers: int) -> int:
+    """Sequences per forward pass: the memory budget's, and on a CPU at most CPU_BATCH_TOKENS tokens."""
+    batch = batch_size_for_budget(memory_budget_mb, sequence_length, hidden_size, n_layers)
+    if torch.device(device).type == "cpu":
+        batch = min(batch, max(1, CPU_BATCH_TOKENS // sequence_length))
+    return batch

@@ -66,3 +66,12 @@ def test_activations_beyond_float16_fail_before_they_become_inf():
     # 5 x 1.5e4 = 7.5e4 is the only value past 65504, in the second batch: located in the whole chunk
     assert str(err.value) == ("model amplifier layer 1: activations: values up to 7.5e+04 exceed the float16 range "
                               "(65504) (first at sequence 2, position 0)")
+
+
+def test_cpu_forward_batches_are_cache_sized_and_gpu_batches_follow_the_budget():
+    from latent_atlas.device import CPU_BATCH_TOKENS, forward_batch_size
+
+    assert forward_batch_size("cpu", 4096, 128, 576, 15) == CPU_BATCH_TOKENS // 128
+    assert forward_batch_size("cpu", 4096, 4096, 576, 15) == 1  # one long sequence still runs
+    assert forward_batch_size("cpu", 16, 128, 576, 15) == batch_size_for_budget(16, 128, 576, 15)  # budget binds
+    assert forward_batch_size("cuda", 4096, 128, 576, 15) == batch_size_for_budget(4096, 128, 576, 15)
