@@ -44,6 +44,14 @@ def write_planted_chunk(folder: Path, i: int, n_seq=16, seq_len=16, dim=32) -> P
                           activations=acts.astype(np.float16))
 
 
+def write_planted_corpus(folder: Path, n_chunks: int, **shape) -> Path:
+    """folder (created) holding planted chunks 0..n_chunks-1 (write_planted_chunk; shape: n_seq, seq_len, dim)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_chunks):
+        write_planted_chunk(folder, i, **shape)
+    return folder
+
+
 # The library's k=512 is for the user's scale; the tests' corpora have a few thousand tokens.
 SMALL_CORPUS_CONFIG = {"centroids": {"n_clusters": 64}}
 

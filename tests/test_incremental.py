@@ -6,7 +6,7 @@ import numpy as np
 
 from orchestration.pipeline import register_partitions, run_stages, stages_of
 from resources import CorpusResource
-from tests.conftest import materialized, write_planted_chunk
+from tests.conftest import materialized, write_planted_chunk, write_planted_corpus
 
 TARGETS = ["memberships"]
 CONFIG = {"centroids": {"n_clusters": 4, "n_epochs": 2}}
@@ -20,10 +20,7 @@ def runs_by_job(instance) -> dict[str, int]:
 
 
 def test_rerun_skips_and_a_new_chunk_runs_only_what_it_changes(atlas_home, tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for i in range(3):
-        write_planted_chunk(folder, i)
+    folder = write_planted_corpus(tmp_path / "corpus", 3)
     corpus = CorpusResource(source="npz", path=str(folder))
     with materialized(atlas_home, corpus, TARGETS, asset_config=CONFIG) as (defs, instance, keys, first):
         stages = stages_of(defs, TARGETS)

@@ -23,16 +23,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from tests.conftest import write_planted_chunk
+from tests.conftest import write_planted_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 N_CHUNKS = 4
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-
-
-def write_corpus(folder: Path) -> None:
-    for i in range(N_CHUNKS):
-        write_planted_chunk(folder, i)
 
 
 class Pipeline:
@@ -124,9 +119,7 @@ def kill_during(pipeline: Pipeline, home: Path, stage_line: str, job_prefix: str
 
 
 def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    write_corpus(corpus)
+    corpus = write_planted_corpus(tmp_path / "corpus", N_CHUNKS)
     keys = [f"corpus-part{i}" for i in range(N_CHUNKS)]
     began = time.perf_counter()
     uninterrupted = tmp_path / "uninterrupted"

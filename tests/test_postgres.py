@@ -88,13 +88,6 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def write_corpus(folder: Path) -> None:
-    from tests.conftest import write_planted_chunk
-
-    for i in range(N_CHUNKS):
-        write_planted_chunk(folder, i, n_seq=SEQUENCES, seq_len=LENGTH, dim=DIM)
-
-
 def worker(home: str, corpus: str, key: str, barrier: str, count: int) -> int:
     """One process's run: open the home (its dagster.yaml names the server), wait until `count` workers
     are ready, then materialize `key`'s token_chunks + activations. Prints its timings as JSON."""
@@ -145,9 +138,9 @@ def test_four_concurrent_chunk_runs_on_postgres_then_the_pipeline(atlas_home, tm
 
     timings: dict[str, float] = {}
     began = time.perf_counter()
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    write_corpus(corpus)
+    from tests.conftest import write_planted_corpus
+
+    corpus = write_planted_corpus(tmp_path / "corpus", N_CHUNKS, n_seq=SEQUENCES, seq_len=LENGTH, dim=DIM)
     home = use_atlas_home(atlas_home, postgres_url=postgres_url)
     assert "postgres_url: \"postgresql+psycopg2://postgres@" in (home / "dagster" / "dagster.yaml").read_text()
     registration = CorpusResource(**CLI_CORPUS, path=str(corpus)).registration(None, CLI_MODEL["name"])

@@ -8,7 +8,7 @@ from orchestration.definitions import build_definitions
 from orchestration.pipeline import register_partitions, run_stages, stages_of
 from orchestration.schedules import nightly_refit
 from resources import CorpusResource, ModelResource
-from tests.conftest import write_planted_chunk, write_seed_npz
+from tests.conftest import write_planted_chunk, write_planted_corpus, write_seed_npz
 
 CONFIG = {"centroids": {"n_clusters": 4, "n_epochs": 2}}
 
@@ -22,10 +22,7 @@ def chunk_bytes(folder) -> dict[str, bytes]:
 
 
 def test_refit_waits_for_new_chunks_and_refits_whitening_and_centroids_together(atlas_home, tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for i in range(3):
-        write_planted_chunk(folder, i)
+    folder = write_planted_corpus(tmp_path / "corpus", 3)
     corpus = CorpusResource(source="npz", path=str(folder))
     defs = build_definitions(corpus=corpus, model=ModelResource(name="minilm-l6"))
     stages = stages_of(defs, ["centroids"])
