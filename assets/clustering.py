@@ -11,10 +11,12 @@ from assets.configs import config_class, library_config
 from assets.metadata import figure_markdown, markdown_table, pyplot, top_clusters
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import ClusteringConfig, SequentialSoftClustering, checkpoint_key
+from latent_atlas.content import content_version
 from latent_atlas.estep import effective_precision
 from latent_atlas.memberships import SparseMemberships
 from latent_atlas.paths import atlas_home
 from assets.partitions import all_chunks, chunks
+from assets.versions import versioned
 from resources import ComputeBackendResource, TorchDeviceResource
 
 
@@ -79,9 +81,9 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
     centers = model.cluster_centers_
     norms = np.linalg.norm(centers, axis=1)
     churn = model.churn()
-    return dg.MaterializeResult(
-        value=model,
-        metadata={
+    return versioned(
+        model, content_version(model.state()),
+        {
             "n_clusters": config.n_clusters, "dim": int(centers.shape[1]), "chunks": len(paths),
             "steps": model.n_steps_,
             "learning_gemm": effective_precision(model.learn_precision, model.device),  # what ran, 'auto' resolved

@@ -7,7 +7,9 @@ import numpy as np
 
 from assets.metadata import markdown_table, token_norms_table
 from assets.partitions import chunks
+from assets.versions import versioned
 from latent_atlas.chunks import DenseChunk, load_npz_chunk
+from latent_atlas.content import chunk_version, content_version
 from latent_atlas.corpus import ChunkPlan, TokenChunk, tokenize_documents
 from latent_atlas.errors import ChunkError
 from latent_atlas.manifests import claim_dimension, corpus_dimension, read_manifest, stored_token_ids
@@ -50,15 +52,15 @@ def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, mode
             np.asarray(npz.attention_mask, bool), [f"{stem}:{i}" for i in range(n_seq)], [""] * n_seq, [0] * n_seq,
         )
         source = plan.path
-    return dg.MaterializeResult(
-        value=tokens,
-        metadata={"sequences": len(tokens.doc_ids), "tokens": int(tokens.analysis_mask.sum()), "source": source,
-                  "per_category": markdown_table(
-                      {"category": c or "(none)", "sequences": sum(1 for x in tokens.categories if x == c),
-                       "documents": len({d for d, x in zip(tokens.doc_ids, tokens.categories) if x == c}),
-                       "tokens": int(tokens.analysis_mask[[x == c for x in tokens.categories]].sum())}
-                      for c in sorted(set(tokens.categories)))},
-    )
+    version = content_version(tokens.token_ids, tokens.model_mask, tokens.analysis_mask, tokens.doc_ids,
+                              tokens.categories, tokens.windows)
+    return versioned(tokens, version, {
+        "sequences": len(tokens.doc_ids), "tokens": int(tokens.analysis_mask.sum()), "source": source,
+        "per_category": markdown_table(
+            {"category": c or "(none)", "sequences": sum(1 for x in tokens.categories if x == c),
+             "documents": len({d for d, x in zip(tokens.doc_ids, tokens.categories) if x == c}),
+             "tokens": int(tokens.analysis_mask[[x == c for x in tokens.categories]].sum())}
+            for c in sorted(set(tokens.categories)))})
 
 
 @dg.asset(partitions_def=chunks, io_manager_key="tensor_io_manager", group_name="inputs",
@@ -91,10 +93,10 @@ def activations(
         if chunk.dim != expected_dim:
             raise ChunkError(plan.path, f"activations have dimension {chunk.dim}, expected {expected_dim} "
                                         f"(fixed by chunk {corpus_dimension(plan.corpus)[1]})")
-    return dg.MaterializeResult(
-        value=chunk,
-        metadata={"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta,
-                  "token_norms": token_norms_table(chunk.activations, chunk.attention_mask)},
+    return versioned(
+        chunk, chunk_version(chunk),
+        {"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta,
+         "token_norms": token_norms_table(chunk.activations, chunk.attention_mask)},
         check_results=activation_check_results(chunk, expected_dim),
     )
 

@@ -10,9 +10,11 @@ from pydantic import Field
 
 from assets.metadata import spectrum_markdown, token_norms_table
 from latent_atlas.chunks import DenseChunk, read_chunk, screen_chunks
+from latent_atlas.content import chunk_version, content_version
 from latent_atlas.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
                                     sample_vectors)
 from assets.partitions import all_chunks, chunks
+from assets.versions import CONTENT_VERSION, versioned
 from resources import ComputeBackendResource, CorpusResource
 
 
@@ -78,9 +80,9 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
         check = held_out_check(moments, held_out, config.method, config.eps)
     for key, problem in refused.items():
         context.log.warning(f"whitening refused chunk {key}: {problem}")
-    return dg.MaterializeResult(
-        value=fitted,
-        metadata={
+    return versioned(
+        fitted, content_version(fitted.state()),
+        {
             "method": fitted.method, "dim": dim, "chunks": len(paths),
             "refused_chunks": dg.MetadataValue.json(refused),
             "vectors": moments.count if moments else 0,
@@ -112,7 +114,9 @@ def whitened_activations(context: dg.AssetExecutionContext, activations, whiteni
     output removed, metadata `left_out` says why) instead of failing the others."""
     if isinstance(activations, DenseChunk):
         chunk, metadata = _whiten(activations, whitening)
-        return dg.MaterializeResult(value=chunk, metadata=metadata)
+        return versioned(chunk, metadata[CONTENT_VERSION], metadata)
+    # Dagster gives every partition of a range run one data version; each chunk's own content version
+    # goes into its partition's metadata as it is made (WhitenedRange), which freshness reads.
     return dg.MaterializeResult(value=WhitenedRange(context, activations, whitening),
                                 metadata={"whitening": whitening.method})
 
@@ -127,7 +131,7 @@ def _whiten(activations: DenseChunk, whitening: Whitening) -> tuple[DenseChunk, 
     else:
         whitened = whitening.transform_chunk(activations)
         chunk = DenseChunk(whitened, activations.attention_mask, activations.token_ids, meta=meta)
-    return chunk, {"shape": str(whitened.shape), "whitening": whitening.method,
+    return chunk, {"shape": str(whitened.shape), "whitening": whitening.method, CONTENT_VERSION: chunk_version(chunk),
                    "token_norms": token_norms_table(whitened, activations.attention_mask)}
 
 

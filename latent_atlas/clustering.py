@@ -322,7 +322,8 @@ class SequentialSoftClustering:
 
     # ------------------------------------------------------------ persistence
 
-    def _state(self) -> dict:
+    def state(self) -> dict:
+        """The arrays `save` and the checkpoints write: the fitted model and where its learning stands."""
         return {
             "config": np.array(self.config.to_json()),
             "cluster_centers": self.cluster_centers_,
@@ -355,7 +356,7 @@ class SequentialSoftClustering:
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one .npz file (atomically)."""
         self._check_fitted()
-        return save_npz(Path(path), self._state())
+        return save_npz(Path(path), self.state())
 
     @classmethod
     def load(cls, path: str | Path) -> "SequentialSoftClustering":
@@ -367,7 +368,7 @@ class SequentialSoftClustering:
         return model
 
     def _save_checkpoint(self, epoch: int, position: int, fingerprints: list[str]) -> None:
-        write_checkpoint(self.checkpoint_dir, self.n_steps_, self._state(), epoch, position, fingerprints)
+        write_checkpoint(self.checkpoint_dir, self.n_steps_, self.state(), epoch, position, fingerprints)
 
     def _resume(self, fingerprints: list[str]) -> tuple[int, int]:
         """(epoch, position) to continue from; (0, 0) when there is no checkpoint."""

@@ -164,9 +164,13 @@ class Whitening:
             out[start : start + block.n_sequences] = to_float16(whitened, source, "whitened activations", start)
         return out
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays `save` writes: everything the fitted transform is."""
+        return {"mean": self.mean_, "matrix": self.matrix_, "method": np.str_(self.method),
+                "eps": np.float64(self.eps), "eigenvalues": self.eigenvalues_}
+
     def save(self, path: str | Path) -> Path:
-        return save_npz(path, {"mean": self.mean_, "matrix": self.matrix_, "method": np.str_(self.method),
-                               "eps": np.float64(self.eps), "eigenvalues": self.eigenvalues_})
+        return save_npz(path, self.state())
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":

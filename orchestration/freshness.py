@@ -1,13 +1,16 @@
 """Which stage runs can be skipped: a stage's outputs are up to date when they were materialized by a
-run whose inputs fingerprint equals the one it would have now.
+run whose inputs fingerprint equals the one it would have now, or hold the same content as outputs
+such a run made (an unchanged refit by the nightly schedule or the UI, which carries no fingerprint).
 
 The fingerprint of (stage, partition) hashes the project's code, the resources' and the stage's run
 config, and the identity of every upstream materialization it reads: the latest one of the same
 partition (per-chunk upstream of a per-chunk stage), the latest of a global asset, or for a global
-stage's fan-in over chunks the set of chunk partitions and the newest materialization among them.
-Conservative by construction: any re-materialization upstream, code edit, config change, added or
-removed chunk gives a new fingerprint and the stage runs again. (Dagster's own staleness would need a
-code version on every asset, does not see run config, and stops tracking fan-ins over 100 partitions.)
+stage's fan-in over chunks the identity of every chunk partition's latest one. An identity is the
+materialization's content version (metadata `content_version`: the chunk inputs and the refit models,
+assets.versions) or else its storage id. Conservative by construction: any upstream content change or
+re-materialization of an unversioned asset, code edit, config change, added or removed chunk gives a
+new fingerprint and the stage runs again; a refit that reproduced the same bytes changes nothing.
+(Dagster's own staleness does not see run config and stops tracking fan-ins over 100 partitions.)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.partitions import chunks
+from assets.versions import CONTENT_VERSION
 
 FINGERPRINT_TAG = "latent-atlas/inputs"
 _ROOT = Path(__file__).resolve().parents[1]
@@ -52,35 +56,70 @@ def stage_fingerprint(defs: dg.Definitions, instance: dg.DagsterInstance, names:
 
 
 def up_to_date(instance: dg.DagsterInstance, names: tuple[str, ...], partition: str | None, fingerprint: str) -> bool:
-    """Whether every asset of the stage was last materialized (for `partition`) by a run with `fingerprint`."""
+    """Whether every asset of the stage was last materialized (for `partition`) by a run with
+    `fingerprint`, or with the same content version as the newest materialization such a run made."""
     for name in names:
-        record = _latest(instance, dg.AssetKey(name), [partition] if partition else None)
-        if record is None:
+        records = _records(instance, dg.AssetKey(name), [partition] if partition else None, limit=50)
+        if not records:
             return False
-        run = instance.get_run_by_id(record.run_id)
-        if run is None or run.tags.get(FINGERPRINT_TAG) != fingerprint:
+        made = next((r for r in records if _fingerprint_of(instance, r) == fingerprint), None)
+        if made is None:
+            return False
+        if made is not records[0] and (_content(records[0]) is None or _content(records[0]) != _content(made)):
             return False
     return True
 
 
 def _identity(instance, graph, key: dg.AssetKey, partition: str | None) -> list:
     if graph.get(key).partitions_def is None:
-        return [_storage_id(instance, key, None)]
+        return [_record_identity(_latest(instance, key, None))]
     if partition is not None:  # a per-chunk stage reads the same chunk of a per-chunk upstream
-        return [_storage_id(instance, key, [partition])]
-    keys = sorted(instance.get_dynamic_partitions(chunks.name))  # a fan-in: every chunk
-    return [hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16], _storage_id(instance, key, None)]
+        return [_record_identity(_latest(instance, key, [partition]))]
+    # a fan-in reads every chunk partition: the identity of each one's latest materialization
+    keys = sorted(instance.get_dynamic_partitions(chunks.name))
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(keys))
+    records = {r.partition_key: r for r in _fetch(instance, key, sorted(latest.values()))}
+    pairs = [[k, _record_identity(records.get(k))] for k in keys]
+    return [hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]]
 
 
-def _storage_id(instance, key: dg.AssetKey, partitions: list[str] | None) -> int | None:
-    record = _latest(instance, key, partitions)
-    return None if record is None else record.storage_id
+def _fetch(instance, key: dg.AssetKey, storage_ids: list[int]) -> list:
+    records = []
+    for start in range(0, len(storage_ids), 1000):  # bounded queries for a corpus of many chunks
+        batch = storage_ids[start : start + 1000]
+        records += instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=batch),
+                                                   limit=len(batch)).records
+    return records
+
+
+def _record_identity(record) -> str | int | None:
+    """The content version of a materialization where it has one (the same bytes, the same identity),
+    else its storage id (every re-materialization is new)."""
+    if record is None:
+        return None
+    return _content(record) or record.storage_id
+
+
+def _content(record) -> str | None:
+    value = record.event_log_entry.asset_materialization.metadata.get(CONTENT_VERSION)
+    return None if value is None else str(value.value)
+
+
+def _fingerprint_of(instance, record) -> str | None:
+    run = instance.get_run_by_id(record.run_id)
+    return None if run is None else run.tags.get(FINGERPRINT_TAG)
 
 
 def _latest(instance, key: dg.AssetKey, partitions: list[str] | None):
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions),
-                                              limit=1).records
+    records = _records(instance, key, partitions, limit=1)
     return records[0] if records else None
+
+
+def _records(instance, key: dg.AssetKey, partitions: list[str] | None, limit: int) -> list:
+    """The newest `limit` materializations of `key` (of `partitions`, if given), newest first."""
+    return list(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions),
+                                                limit=limit).records)
 
 
 def _resource_config(resource) -> object:

@@ -4,7 +4,9 @@ per-chunk stages and the global refits (and what reads them), a changed config r
 import dagster as dg
 import numpy as np
 
+from orchestration.jobs import refit_range_tags
 from orchestration.pipeline import register_partitions, run_stages, stages_of
+from orchestration.schedules import last_fit_config
 from resources import CorpusResource
 from tests.conftest import materialized, write_planted_chunk, write_planted_corpus
 
@@ -53,3 +55,33 @@ def test_rerun_skips_and_a_new_chunk_runs_only_what_it_changes(atlas_home, tmp_p
         off = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=changed, skip_up_to_date=False)
         assert not off.skipped and runs_by_job(instance)["whitening_stage"] == final["whitening_stage"] + 1
         assert dg.DagsterRunStatus.FAILURE not in {r.status for r in instance.get_runs()}
+
+
+def materialization_counts(defs, instance) -> dict[str, int]:
+    return {key.to_user_string(): len(instance.fetch_materializations(key, limit=10_000).records)
+            for key in defs.resolve_asset_graph().get_all_asset_keys()}
+
+
+def test_an_unchanged_refit_leaves_everything_downstream_up_to_date(atlas_home, tmp_path):
+    folder = write_planted_corpus(tmp_path / "corpus", 3)
+    corpus = CorpusResource(source="npz", path=str(folder))
+    with materialized(atlas_home, corpus, TARGETS, asset_config=CONFIG) as (defs, instance, keys, _):
+        stages = stages_of(defs, TARGETS)
+        # the nightly refit's run, on unchanged chunks, with the config of the fits it replaces
+        refit = defs.resolve_job_def("refit_job").execute_in_process(
+            instance=instance, tags=refit_range_tags(keys), run_config=last_fit_config(instance))
+        assert refit.success
+        before = materialization_counts(defs, instance)
+
+        again = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        assert materialization_counts(defs, instance) == before  # no second fit, nothing downstream
+        assert len(again.skipped) == sum(len(keys) if per_chunk else 1 for _, per_chunk in stages)
+
+        write_planted_chunk(folder, 3)  # a changed input does run: the new chunk, the refits, what reads them
+        keys = corpus.register(None, "")
+        register_partitions(instance, keys)
+        run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        after = materialization_counts(defs, instance)
+        added = {name: after[name] - before[name] for name in after if after[name] != before[name]}
+        assert added == {"token_chunks": 1, "activations": 1, "whitening": 1, "whitened_activations": 4,
+                         "centroids": 1, "memberships": 4}

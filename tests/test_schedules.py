@@ -54,8 +54,8 @@ def test_refit_waits_for_new_chunks_and_refits_whitening_and_centroids_together(
         assert evaluate(instance).skip_message == f"refit run {pending.run_id} is still in progress"
         instance.delete_run(pending.run_id)
 
-        refit = refit_job.execute_in_process(
-            instance=instance, tags=request.tags, run_config={"ops": {"centroids": {"config": CONFIG["centroids"]}}})
+        assert request.run_config == {"ops": {"centroids": {"config": CONFIG["centroids"]}}}  # the last fit's k
+        refit = refit_job.execute_in_process(instance=instance, tags=request.tags, run_config=request.run_config)
         assert refit.success
         materialized = {(e.asset_key.to_user_string(), e.partition) for e in refit.get_asset_materialization_events()}
         assert materialized == {("whitening", None), ("centroids", None), *(("whitened_activations", k) for k in keys)}

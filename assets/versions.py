@@ -1,0 +1,13 @@
+"""Content-versioned results: the chunk inputs and the refit models carry a hash of what they hold, as
+their Dagster data version and as metadata `content_version` (which orchestration.freshness reads as
+their identity: an unchanged refit leaves everything downstream up to date)."""
+
+import dagster as dg
+
+CONTENT_VERSION = "content_version"
+
+
+def versioned(value, version: str, metadata: dict, **kwargs) -> dg.MaterializeResult:
+    """MaterializeResult of `value` with content version `version` (see latent_atlas.content)."""
+    return dg.MaterializeResult(value=value, data_version=dg.DataVersion(version),
+                                metadata={**metadata, CONTENT_VERSION: version}, **kwargs)
