@@ -122,37 +122,80 @@ def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, 
         if unit == "AVX512-BF16":
             out = buffer(scratch, "sims_bf16", sims.shape, x.device, torch.bfloat16)
             centers_bf16 = centers_t.to(torch.bfloat16)
-            for lo, hi in _gemm_pieces(x.shape[0], torch.bfloat16):
+            for lo, hi in _gemm_pieces(x.shape[0], cached=True):
                 torch.mm(rows[lo:hi], centers_bf16, out=out[lo:hi])
             sims.copy_(out)
             return
         x = buffer(scratch, "x_rounded", x.shape, x.device).copy_(rows)
         centers_t, gemm_dtype = centers_t.to(torch.bfloat16).float(), torch.float32
+    if gemm_dtype == torch.float32 and x.device.type == "cpu":
+        fp32_mm(x, centers_t, sims)
+        return
     with matmul_precision(gemm_dtype):
-        if gemm_dtype == torch.float32 and x.device.type == "cpu" and fp32_gemm() == "openblas":
-            np.matmul(x.numpy(), centers_t.numpy(), out=sims.numpy())  # zero-copy views of the tensors
-            return
-        for lo, hi in _gemm_pieces(x.shape[0], gemm_dtype):
+        for lo, hi in _gemm_pieces(x.shape[0], cached=gemm_dtype != torch.float32):
             torch.mm(x[lo:hi], centers_t, out=sims[lo:hi])
 
 
+def fp32_mm(x: torch.Tensor, centers_t: torch.Tensor, out: torch.Tensor) -> None:
+    """out = x @ centers_t in fp32 on the CPU, with the library fp32_gemm() names."""
+    library = fp32_gemm()
+    if library == "openblas":
+        np.matmul(x.numpy(), centers_t.numpy(), out=out.numpy())  # zero-copy views of the tensors
+    elif library == "onednn":
+        with _precision("medium"):  # routes torch's fp32 matmul to oneDNN, fp32 here (onednn_fp32_is_exact)
+            for lo, hi in _gemm_pieces(x.shape[0], cached=True):
+                torch.mm(x[lo:hi], centers_t, out=out[lo:hi])
+    else:
+        torch.mm(x, centers_t, out=out)
+
+
 _FP32_GEMM_OVERRIDE: list[str] = []
+FP32_GEMMS = ("onednn", "torch", "openblas")
 
 
 def fp32_gemm() -> str:
-    """The library of the E-step's fp32 CPU GEMM: torch's, unless a benchmark or test picks numpy's
-    OpenBLAS under use_fp32_gemm. A bare OpenBLAS GEMM is 1.27x torch's on an AMD EPYC, but inside the
-    pass OpenBLAS's thread pool and torch's OpenMP pool take turns on the same cores and the passes after
-    the GEMM run at half speed: the whole pass was 0.76x (0.55x under AVX2 caps) with OpenBLAS
+    """The library of the E-step's fp32 CPU GEMM: oneDNN's where it computes fp32 exactly
+    (onednn_fp32_is_exact), else torch's default (MKL), unless a benchmark or test picks another under
+    use_fp32_gemm. On an AMD EPYC (AVX-512 and AVX512-BF16, no AMX) oneDNN's fp32 GEMM runs well ahead
+    of MKL's, both exact (`benchmarks/clustering.py --only gemm` prints all three libraries; figures in
+    docs/benchmarks.md). A bare OpenBLAS GEMM is 1.27x MKL's there, but inside
+    the pass OpenBLAS's thread pool and torch's OpenMP pool take turns on the same cores and the passes
+    after the GEMM run at half speed: the whole pass was 0.76x (0.55x under AVX2 caps) with OpenBLAS
     (`benchmarks/clustering.py --only centroids`, docs/benchmarks.md)."""
-    return _FP32_GEMM_OVERRIDE[-1] if _FP32_GEMM_OVERRIDE else "torch"
+    if _FP32_GEMM_OVERRIDE:
+        return _FP32_GEMM_OVERRIDE[-1]
+    return "onednn" if onednn_fp32_is_exact() else "torch"
+
+
+@lru_cache(maxsize=1)
+def onednn_fp32_is_exact() -> bool:
+    """Whether torch's fp32 matmul under precision 'medium' (which torch sends to oneDNN on AVX-512
+    CPUs) still multiplies in fp32 on this CPU. oneDNN then multiplies in bf16 only where it has such
+    a kernel (AMX; the bf16 learning path uses it there), elsewhere it runs its own fp32 GEMM.
+
+    Decided by a probe against float64, not by the CPU's name, so that a oneDNN that learns bf16
+    products on more ISAs, or caps set from outside, are seen: bf16 products err by ~1e-3 of the
+    largest entry, fp32 ones by ~1e-6. Where torch keeps MKL under 'medium' (a CPU without AVX-512)
+    the probe gives MKL's very bits, and MKL stays the named GEMM."""
+    if _bf16_unit() == "AMX-BF16" or not torch.backends.mkldnn.is_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 2304, generator=gen), torch.randn(2304, 512, generator=gen)
+    with _precision("medium"):
+        routed = torch.mm(a, b)
+    with _GEMM_LOCK:
+        plain = torch.mm(a, b)
+    exact = a.double() @ b.double()
+    error = float((routed.double() - exact).abs().max() / exact.abs().max())
+    return error < 1e-5 and not torch.equal(routed, plain)
 
 
 @contextmanager
 def use_fp32_gemm(library: str):
-    """Run the fp32 CPU GEMMs inside with 'torch' or 'openblas' (benchmarks and tests compare the two)."""
-    if library not in ("torch", "openblas"):
-        raise ValueError(f"fp32 GEMM library must be 'torch' or 'openblas', not {library!r}")
+    """Run the fp32 CPU GEMMs inside with 'onednn', 'torch' (MKL) or 'openblas' (benchmarks and tests
+    compare them)."""
+    if library not in FP32_GEMMS:
+        raise ValueError(f"fp32 GEMM library must be one of {FP32_GEMMS}, not {library!r}")
     _FP32_GEMM_OVERRIDE.append(library)
     try:
         yield
@@ -160,11 +203,12 @@ def use_fp32_gemm(library: str):
         _FP32_GEMM_OVERRIDE.pop()
 
 
-def _gemm_pieces(b: int, gemm_dtype: torch.dtype) -> list[tuple[int, int]]:
-    """Row ranges for the GEMM. oneDNN (the bf16 path) caches a primitive of ~0.7 MB per distinct row
-    count, and every chunk ends on a different one: power-of-two pieces bound the shapes it ever sees
-    to log2(b) + 1, so memory stays flat over thousands of chunks. MKL's fp32 GEMM caches nothing."""
-    if gemm_dtype == torch.float32:
+def _gemm_pieces(b: int, cached: bool) -> list[tuple[int, int]]:
+    """Row ranges for the GEMM. oneDNN (`cached`: the bf16 path, and oneDNN's fp32 GEMM) caches a
+    primitive of ~0.7 MB per distinct row count, and every chunk ends on a different one: power-of-two
+    pieces bound the shapes it ever sees to log2(b) + 1, so memory stays flat over thousands of chunks.
+    MKL's fp32 GEMM caches nothing."""
+    if not cached:
         return [(0, b)]
     pieces, lo = [], 0
     for bit in reversed(range(b.bit_length())):
@@ -225,12 +269,20 @@ def matmul_precision(dtype: torch.dtype):
     one lock: two threads (in-process Dask workers) never see each other's setting. Each GEMM uses
     every core anyway, so serializing them costs nothing.
     """
-    with _GEMM_LOCK:
-        if dtype == torch.float32:
+    if dtype == torch.float32:
+        with _GEMM_LOCK:
             yield
-            return
+        return
+    with _precision("medium"):
+        yield
+
+
+@contextmanager
+def _precision(name: str):
+    """torch's float32 matmul precision `name` inside, restored after, under the E-step's GEMM lock."""
+    with _GEMM_LOCK:
         previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("medium")
+        torch.set_float32_matmul_precision(name)
         try:
             yield
         finally:
@@ -244,7 +296,8 @@ def effective_precision(name: str, device: torch.device | str) -> str:
         return "tf32/bfloat16" if learning_dtype(name) == torch.bfloat16 else "float32"
     unit, why = native_bf16()
     if learning_dtype(name) == torch.float32:
-        return "float32" if unit else f"float32 ({why})"
+        library = {"onednn": "oneDNN", "torch": "MKL", "openblas": "OpenBLAS"}[fp32_gemm()]
+        return f"float32 ({library})" if unit else f"float32 ({library}; {why})"
     if unit == "AVX512-BF16":
         return "bfloat16 (AVX512-BF16: bf16 operands and output)"
     return f"bfloat16 ({unit})" if unit else f"bfloat16 (operands rounded to bf16, fp32 GEMM; {why})"

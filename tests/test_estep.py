@@ -15,19 +15,22 @@ from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
 from latent_atlas.cpu import bf16_unit, cpu_model, isa_flags
-from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows, use_fp32_gemm
+from latent_atlas.estep import (FP32_GEMMS, as_tensor, block_memberships, effective_precision, fp32_gemm, fp32_mm,
+                                learning_dtype, load_rows, use_fp32_gemm)
 from latent_atlas.memory import release_free_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def dense_reference(x: torch.Tensor, centers: torch.Tensor, temperature: float, top_m: int, threshold: float,
-                    library: str = "torch"):
+                    library: str):
     """The definition, computed densely: p = softmax(cos / T); keep p >= threshold (the top always),
     at most top_m per row by decreasing p, ties to the lower cluster. Returns {(row, cluster): p}."""
     # the kernel's GEMM library and layout: identical similarities (a near-tie breaks the same way)
     centers_t = centers.T.contiguous()
-    sims = torch.from_numpy(x.numpy() @ centers_t.numpy()) if library == "openblas" else torch.mm(x, centers_t)
+    sims = torch.empty(x.shape[0], centers_t.shape[1])
+    with use_fp32_gemm(library):
+        fp32_mm(x, centers_t, sims)
     inv_norm = torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
     top = sims.max(dim=1, keepdim=True).values
     e = ((sims - top) * (inv_norm[:, None] / temperature)).exp()
@@ -41,7 +44,7 @@ def dense_reference(x: torch.Tensor, centers: torch.Tensor, temperature: float, 
     return kept
 
 
-@pytest.mark.parametrize("library", ["torch", "openblas"])  # both fp32 GEMMs, whichever this CPU uses
+@pytest.mark.parametrize("library", FP32_GEMMS)  # every fp32 GEMM, whichever this CPU uses
 @pytest.mark.parametrize("k, d, temperature, top_m, threshold", [
     (512, 64, 0.05, 8, 0.01),   # groups of 32
     (100, 32, 1.0, 8, 0.001),   # groups of 25, many kept entries cut to top_m
@@ -126,6 +129,17 @@ def test_a_worker_without_bf16_gemm_multiplies_the_same_bf16_products(monkeypatc
     assert torch.equal(rows, x)  # the caller's rows are left as they were (they feed the M-step)
 
 
+def test_the_default_fp32_gemm_is_exact_fp32_on_this_cpu():
+    # oneDNN where its fp32 GEMM is fp32 here (not bf16 products: those err ~1e-3), else MKL
+    gen = torch.Generator().manual_seed(2)
+    x, centers_t = torch.randn(3000, 2304, generator=gen), torch.randn(2304, 512, generator=gen)
+    out = torch.empty(3000, 512)
+    fp32_mm(x, centers_t, out)
+    exact = x.double() @ centers_t.double()
+    assert float((out.double() - exact).abs().max() / exact.abs().max()) < 1e-5
+    assert fp32_gemm() in FP32_GEMMS and effective_precision("float32", "cpu").startswith("float32 (")
+
+
 def test_inf_in_a_dense_chunk_is_refused():
     rng = np.random.default_rng(0)
     activations = rng.standard_normal((4, 16, 32)).astype(np.float32)
@@ -140,18 +154,20 @@ def resident_mb() -> float:
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
 
 
-def test_learning_gemm_memory_is_flat_over_many_block_sizes():
-    # Every chunk ends on a different block size; oneDNN (the bf16 path) caches ~0.7 MB per distinct
-    # GEMM shape, so without power-of-two pieces 150 sizes grew the resident set by ~110 MB.
+@pytest.mark.parametrize("gemm_dtype", [torch.bfloat16, torch.float32])
+def test_learning_gemm_memory_is_flat_over_many_block_sizes(gemm_dtype):
+    # Every chunk ends on a different block size; oneDNN (the bf16 path, and fp32 where fp32_gemm picks
+    # it) caches ~0.7 MB per distinct GEMM shape: without power-of-two pieces 150 sizes grew the
+    # resident set by ~110 MB.
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2048, 2304, generator=gen)
     centers_t = torch.nn.functional.normalize(torch.randn(512, 2304, generator=gen), dim=1).T.contiguous()
     inv_norm = torch.linalg.vector_norm(x, dim=1).reciprocal()
-    block_memberships(x[:2047], inv_norm[:2047], centers_t, 0.05, 8, 0.01, {}, torch.bfloat16)  # warm-up
+    block_memberships(x[:2047], inv_norm[:2047], centers_t, 0.05, 8, 0.01, {}, gemm_dtype)  # warm-up
     release_free_memory()  # freed blocks back to the OS, so the measure is what stays allocated
     before = resident_mb()
     for rows in range(2040, 1000, -7):
-        block_memberships(x[:rows], inv_norm[:rows], centers_t, 0.05, 8, 0.01, {}, torch.bfloat16)
+        block_memberships(x[:rows], inv_norm[:rows], centers_t, 0.05, 8, 0.01, {}, gemm_dtype)
     release_free_memory()
     # the defect grew it by ~110 MB; a process that has run the rest of the suite drifts by up to ~30
     assert resident_mb() - before < 60
