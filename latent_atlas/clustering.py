@@ -257,18 +257,22 @@ class SequentialSoftClustering:
     def transform(self, chunk: Any, block_sequences: int | None = None) -> SparseMemberships:
         """Sparse memberships of every attended position of a chunk, sorted by (sequence, position, cluster).
 
-        The chunk is processed in blocks of `block_sequences` sequences (default: ~block_size tokens),
-        so memory stays bounded whatever the chunk size.
+        The chunk is processed in blocks of block_size attended tokens (or of `block_sequences`
+        sequences), so memory stays bounded whatever the chunk size. Whole blocks of block_size rows,
+        not of whole sequences, keep the GEMM to one call a block (see estep._gemm_pieces).
         """
         self._check_fitted()
         chunk = open_chunk(chunk, self.config.npz_keys)
         check_dim(ChunkRows(chunk.activations.reshape(-1, chunk.dim), None), self.n_features_in_, str(chunk.path))
-        block_sequences = block_sequences or max(1, self.config.block_size // chunk.sequence_length)
         length, name = chunk.sequence_length, str(chunk.path or "<chunk>")
         flat = chunk.activations.reshape(-1, chunk.dim)
         source = as_tensor(flat)
         attended = np.flatnonzero(np.asarray(chunk.attention_mask).reshape(-1))  # sorted (sequence, position)
-        bounds = np.searchsorted(attended, np.arange(0, chunk.n_sequences + block_sequences, block_sequences) * length)
+        if block_sequences:
+            bounds = np.searchsorted(attended, np.arange(0, chunk.n_sequences + block_sequences, block_sequences) * length)
+        else:
+            size = self.config.block_size
+            bounds = np.minimum(np.arange(0, len(attended) + size, size), len(attended))
         tokens_flat = np.asarray(chunk.token_ids).reshape(-1)
         centers_t, scratch, parts = self._centers_t(), scratch_space(), []
         for lo, hi in zip(bounds[:-1], bounds[1:]):

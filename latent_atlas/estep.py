@@ -142,9 +142,15 @@ def fp32_mm(x: torch.Tensor, centers_t: torch.Tensor, out: torch.Tensor) -> None
     if library == "openblas":
         np.matmul(x.numpy(), centers_t.numpy(), out=out.numpy())  # zero-copy views of the tensors
     elif library == "onednn":
-        with _precision("medium"):  # routes torch's fp32 matmul to oneDNN, fp32 here (onednn_fp32_is_exact)
-            for lo, hi in _gemm_pieces(x.shape[0], cached=True):
-                torch.mm(x[lo:hi], centers_t, out=out[lo:hi])
+        # oneDNN (under 'medium', fp32 here: onednn_fp32_is_exact) takes a multiple of GEMM_ROW_STEP
+        # rows, so it caches few shapes; MKL the few rows left (it caches none): two calls a block
+        lo = x.shape[0] - x.shape[0] % GEMM_ROW_STEP
+        if lo:
+            with _precision("medium"):
+                torch.mm(x[:lo], centers_t, out=out[:lo])
+        if lo < x.shape[0]:
+            with _GEMM_LOCK:
+                torch.mm(x[lo:], centers_t, out=out[lo:])
     else:
         torch.mm(x, centers_t, out=out)
 
@@ -203,16 +209,23 @@ def use_fp32_gemm(library: str):
         _FP32_GEMM_OVERRIDE.pop()
 
 
+GEMM_ROW_STEP = 64
+"""oneDNN GEMMs take whole multiples of this many rows at once (see _gemm_pieces)."""
+
+
 def _gemm_pieces(b: int, cached: bool) -> list[tuple[int, int]]:
-    """Row ranges for the GEMM. oneDNN (`cached`: the bf16 path, and oneDNN's fp32 GEMM) caches a
-    primitive of ~0.7 MB per distinct row count, and every chunk ends on a different one: power-of-two
-    pieces bound the shapes it ever sees to log2(b) + 1, so memory stays flat over thousands of chunks.
-    MKL's fp32 GEMM caches nothing."""
+    """Row ranges for the bf16 GEMM. oneDNN (`cached`: the bf16 path) caches a
+    primitive of ~0.7 MB per distinct row count, and every chunk ends on a different one: one piece
+    of a multiple of GEMM_ROW_STEP rows, then power-of-two pieces for the rest, bound the shapes it
+    ever sees to b_max / 64 + 6, so memory stays flat over thousands of chunks. (Power-of-two pieces
+    alone cost a 1,830-row block six GEMM calls.) MKL's fp32 GEMM caches nothing; oneDNN's fp32 GEMM
+    takes the same multiple and leaves the rest to MKL (fp32_mm)."""
     if not cached:
         return [(0, b)]
-    pieces, lo = [], 0
-    for bit in reversed(range(b.bit_length())):
-        if b & (1 << bit):
+    lo = b - b % GEMM_ROW_STEP
+    pieces = [(0, lo)] if lo else []
+    for bit in reversed(range((b - lo).bit_length())):
+        if (b - lo) & (1 << bit):
             pieces.append((lo, lo + (1 << bit)))
             lo += 1 << bit
     return pieces
