@@ -107,7 +107,7 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
 
 def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, scratch: dict,
                   gemm_dtype: torch.dtype) -> None:
-    """sims[b, k] = x @ centers_t in fp32, or for bf16 on the unit this device has:
+    """sims[b, k] = x @ centers_t in fp32 (fp32_mm on a CPU), or for bf16 on the unit this device has:
     - CUDA or AMX-BF16: torch's fp32 GEMM under matmul precision 'medium' (bf16 products, fp32 sums
       and output);
     - AVX512-BF16: a GEMM of bf16 copies (bf16 dot products with fp32 sums, output rounded to bf16,
@@ -152,7 +152,8 @@ def fp32_mm(x: torch.Tensor, centers_t: torch.Tensor, out: torch.Tensor) -> None
             with _GEMM_LOCK:
                 torch.mm(x[lo:], centers_t, out=out[lo:])
     else:
-        torch.mm(x, centers_t, out=out)
+        with _GEMM_LOCK:  # never under another thread's 'medium' (bf16 on AMX)
+            torch.mm(x, centers_t, out=out)
 
 
 _FP32_GEMM_OVERRIDE: list[str] = []
