@@ -6,7 +6,7 @@ import numpy as np
 
 from orchestration.definitions import build_definitions
 from orchestration.pipeline import register_partitions, run_stages, stages_of
-from orchestration.schedules import nightly_refit
+from orchestration.schedules import last_fit_config, nightly_refit
 from resources import CorpusResource, ModelResource
 from tests.conftest import write_planted_chunk, write_planted_corpus, write_seed_npz
 
@@ -28,6 +28,7 @@ def test_refit_waits_for_new_chunks_and_refits_whitening_and_centroids_together(
     stages = stages_of(defs, ["centroids"])
     with dg.instance_for_test(temp_dir=str(atlas_home / "dagster")) as instance:
         assert evaluate(instance).skip_message == "no chunk has activations yet"
+        assert last_fit_config(instance) == {}  # no fit yet: a first refit takes the assets' defaults
         keys = corpus.register(None, "")
         register_partitions(instance, keys)
         run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
