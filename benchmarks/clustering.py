@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 from latent_atlas.chunks import read_chunk  # noqa: E402
 from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
 from latent_atlas.cpu import blas_kernels, describe  # noqa: E402
-from latent_atlas.estep import FP32_GEMMS, effective_precision, fp32_gemm, fp32_mm, use_fp32_gemm  # noqa: E402
+from latent_atlas.estep import effective_precision  # noqa: E402
+from latent_atlas.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm  # noqa: E402
 from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
 
 DIM, K = 2304, 512
@@ -69,7 +70,7 @@ def interleaved(fns: dict, rounds: int) -> dict:
 
 def bare_gemm(X: np.ndarray, centers: np.ndarray, block: int, library: str | None = None):
     """X @ centers.T in fp32, blocked like the membership pass, into a reused buffer, with the E-step's
-    fp32 GEMM (estep.fp32_mm) of `library` ('onednn', 'torch' = MKL, 'openblas'; default: the E-step's)."""
+    fp32 GEMM (gemm.fp32_mm) of `library` ('onednn', 'torch' = MKL, 'openblas'; default: the E-step's)."""
     x, ct = torch.from_numpy(X), torch.from_numpy(np.ascontiguousarray(centers.T))
     out = torch.empty(block, ct.shape[1])
 

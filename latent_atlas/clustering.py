@@ -259,7 +259,7 @@ class SequentialSoftClustering:
 
         The chunk is processed in blocks of block_size attended tokens (or of `block_sequences`
         sequences), so memory stays bounded whatever the chunk size. Whole blocks of block_size rows,
-        not of whole sequences, keep the GEMM to one call a block (see estep._gemm_pieces).
+        not of whole sequences, keep the GEMM to one call a block (see gemm.gemm_pieces).
         """
         self._check_fitted()
         chunk = open_chunk(chunk, self.config.npz_keys)

@@ -1,6 +1,7 @@
 """E-step kernels of the soft spherical clustering (pure functions on torch tensors).
 
-A block of rows [b, d] is scored against the centroids in one GEMM; everything after it works on
+A block of rows [b, d] is scored against the centroids in one GEMM (latent_atlas.gemm: one or two
+library calls); everything after it works on
 the [b, k] similarity block in place, in a few whole-block passes and then on the entries that can
 be kept, with as few torch ops as possible (each op is an OpenMP region, and on a shared machine
 each region can wait for a descheduled thread). The result is sparse from the start: the (row,
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from latent_atlas.cpu import default_learn_precision, native_bf16
+from latent_atlas.gemm import fp32_gemm, fp32_mm, gemm_pieces, matmul_precision
 
 
 GEMM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -122,7 +123,7 @@ def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, 
         if unit == "AVX512-BF16":
             out = buffer(scratch, "sims_bf16", sims.shape, x.device, torch.bfloat16)
             centers_bf16 = centers_t.to(torch.bfloat16)
-            for lo, hi in _gemm_pieces(x.shape[0], cached=True):
+            for lo, hi in gemm_pieces(x.shape[0], onednn=True):
                 torch.mm(rows[lo:hi], centers_bf16, out=out[lo:hi])
             sims.copy_(out)
             return
@@ -132,104 +133,8 @@ def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, 
         fp32_mm(x, centers_t, sims)
         return
     with matmul_precision(gemm_dtype):
-        for lo, hi in _gemm_pieces(x.shape[0], cached=gemm_dtype != torch.float32):
+        for lo, hi in gemm_pieces(x.shape[0], onednn=gemm_dtype != torch.float32):
             torch.mm(x[lo:hi], centers_t, out=sims[lo:hi])
-
-
-def fp32_mm(x: torch.Tensor, centers_t: torch.Tensor, out: torch.Tensor) -> None:
-    """out = x @ centers_t in fp32 on the CPU, with the library fp32_gemm() names."""
-    library = fp32_gemm()
-    if library == "openblas":
-        np.matmul(x.numpy(), centers_t.numpy(), out=out.numpy())  # zero-copy views of the tensors
-    elif library == "onednn":
-        # oneDNN (under 'medium', fp32 here: onednn_fp32_is_exact) takes a multiple of GEMM_ROW_STEP
-        # rows, so it caches few shapes; MKL the few rows left (it caches none): two calls a block
-        lo = x.shape[0] - x.shape[0] % GEMM_ROW_STEP
-        if lo:
-            with _precision("medium"):
-                torch.mm(x[:lo], centers_t, out=out[:lo])
-        if lo < x.shape[0]:
-            with _GEMM_LOCK:
-                torch.mm(x[lo:], centers_t, out=out[lo:])
-    else:
-        with _GEMM_LOCK:  # never under another thread's 'medium' (bf16 on AMX)
-            torch.mm(x, centers_t, out=out)
-
-
-_FP32_GEMM_OVERRIDE: list[str] = []
-FP32_GEMMS = ("onednn", "torch", "openblas")
-
-
-def fp32_gemm() -> str:
-    """The library of the E-step's fp32 CPU GEMM: oneDNN's where it computes fp32 exactly
-    (onednn_fp32_is_exact), else torch's default (MKL), unless a benchmark or test picks another under
-    use_fp32_gemm. On an AMD EPYC (AVX-512 and AVX512-BF16, no AMX) oneDNN's fp32 GEMM runs well ahead
-    of MKL's, both exact (`benchmarks/clustering.py --only gemm` prints all three libraries; figures in
-    docs/benchmarks.md). A bare OpenBLAS GEMM is 1.27x MKL's there, but inside
-    the pass OpenBLAS's thread pool and torch's OpenMP pool take turns on the same cores and the passes
-    after the GEMM run at half speed: the whole pass was 0.76x (0.55x under AVX2 caps) with OpenBLAS
-    (`benchmarks/clustering.py --only centroids`, docs/benchmarks.md)."""
-    if _FP32_GEMM_OVERRIDE:
-        return _FP32_GEMM_OVERRIDE[-1]
-    return "onednn" if onednn_fp32_is_exact() else "torch"
-
-
-@lru_cache(maxsize=1)
-def onednn_fp32_is_exact() -> bool:
-    """Whether torch's fp32 matmul under precision 'medium' (which torch sends to oneDNN on AVX-512
-    CPUs) still multiplies in fp32 on this CPU. oneDNN then multiplies in bf16 only where it has such
-    a kernel (AMX; the bf16 learning path uses it there), elsewhere it runs its own fp32 GEMM.
-
-    Decided by a probe against float64, not by the CPU's name, so that a oneDNN that learns bf16
-    products on more ISAs, or caps set from outside, are seen: bf16 products err by ~1e-3 of the
-    largest entry, fp32 ones by ~1e-6. Where torch keeps MKL under 'medium' (a CPU without AVX-512)
-    the probe gives MKL's very bits, and MKL stays the named GEMM."""
-    if _bf16_unit() == "AMX-BF16" or not torch.backends.mkldnn.is_available():
-        return False
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(256, 2304, generator=gen), torch.randn(2304, 512, generator=gen)
-    with _precision("medium"):
-        routed = torch.mm(a, b)
-    with _GEMM_LOCK:
-        plain = torch.mm(a, b)
-    exact = a.double() @ b.double()
-    error = float((routed.double() - exact).abs().max() / exact.abs().max())
-    return error < 1e-5 and not torch.equal(routed, plain)
-
-
-@contextmanager
-def use_fp32_gemm(library: str):
-    """Run the fp32 CPU GEMMs inside with 'onednn', 'torch' (MKL) or 'openblas' (benchmarks and tests
-    compare them)."""
-    if library not in FP32_GEMMS:
-        raise ValueError(f"fp32 GEMM library must be one of {FP32_GEMMS}, not {library!r}")
-    _FP32_GEMM_OVERRIDE.append(library)
-    try:
-        yield
-    finally:
-        _FP32_GEMM_OVERRIDE.pop()
-
-
-GEMM_ROW_STEP = 64
-"""oneDNN GEMMs take whole multiples of this many rows at once (see _gemm_pieces)."""
-
-
-def _gemm_pieces(b: int, cached: bool) -> list[tuple[int, int]]:
-    """Row ranges for the bf16 GEMM. oneDNN (`cached`: the bf16 path) caches a
-    primitive of ~0.7 MB per distinct row count, and every chunk ends on a different one: one piece
-    of a multiple of GEMM_ROW_STEP rows, then power-of-two pieces for the rest, bound the shapes it
-    ever sees to b_max / 64 + 6, so memory stays flat over thousands of chunks. (Power-of-two pieces
-    alone cost a 1,830-row block six GEMM calls.) MKL's fp32 GEMM caches nothing; oneDNN's fp32 GEMM
-    takes the same multiple and leaves the rest to MKL (fp32_mm)."""
-    if not cached:
-        return [(0, b)]
-    lo = b - b % GEMM_ROW_STEP
-    pieces = [(0, lo)] if lo else []
-    for bit in reversed(range((b - lo).bit_length())):
-        if (b - lo) & (1 << bit):
-            pieces.append((lo, lo + (1 << bit)))
-            lo += 1 << bit
-    return pieces
 
 
 def _top_m(rows: torch.Tensor, clusters: torch.Tensor, kept: torch.Tensor, b: int, m: int):
@@ -265,42 +170,10 @@ def group_size(k: int) -> int:
     return max(g for g in range(1, min(k, 32) + 1) if k % g == 0)
 
 
-_GEMM_LOCK = threading.Lock()
-
-
 @lru_cache(maxsize=1)
 def _bf16_unit() -> str | None:
     """This CPU's bf16 matrix unit ('AMX-BF16', 'AVX512-BF16') or None, after caps set from outside."""
     return native_bf16()[0]
-
-
-@contextmanager
-def matmul_precision(dtype: torch.dtype):
-    """fp32 matmuls inside multiply in bf16 (fp32 accumulation and output) when dtype is bfloat16
-    and the device supports it; fp32 otherwise.
-
-    The switch (torch.set_float32_matmul_precision) is process-wide, so every E-step GEMM runs under
-    one lock: two threads (in-process Dask workers) never see each other's setting. Each GEMM uses
-    every core anyway, so serializing them costs nothing.
-    """
-    if dtype == torch.float32:
-        with _GEMM_LOCK:
-            yield
-        return
-    with _precision("medium"):
-        yield
-
-
-@contextmanager
-def _precision(name: str):
-    """torch's float32 matmul precision `name` inside, restored after, under the E-step's GEMM lock."""
-    with _GEMM_LOCK:
-        previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(name)
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(previous)
 
 
 def effective_precision(name: str, device: torch.device | str) -> str:

@@ -15,8 +15,8 @@ from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
 from latent_atlas.cpu import bf16_unit, cpu_model, isa_flags
-from latent_atlas.estep import (FP32_GEMMS, as_tensor, block_memberships, effective_precision, fp32_gemm, fp32_mm,
-                                learning_dtype, load_rows, use_fp32_gemm)
+from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows
+from latent_atlas.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm
 from latent_atlas.memory import release_free_memory
 
 REPO = Path(__file__).resolve().parents[1]
