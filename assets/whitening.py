@@ -158,7 +158,9 @@ class WhitenedRange(Mapping):
         if key not in self._paths or key in self._refused:
             why = self._refused.get(key, "no materialized activations")
             self._context.log.warning(f"whitened_activations left out chunk {key}: {why}")
-            self._context.add_asset_metadata({"left_out": why}, partition_key=key)
+            # a content version for the absence too: an unchanged refit leaving it out again changes nothing
+            self._context.add_asset_metadata({"left_out": why, CONTENT_VERSION: content_version("left out", why)},
+                                             partition_key=key)
             return None
         chunk, metadata = _whiten(read_chunk(self._paths[key]), self._whitening)
         self._context.add_asset_metadata(metadata, partition_key=key)

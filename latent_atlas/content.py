@@ -32,8 +32,10 @@ def chunk_version(chunk: DenseChunk) -> str:
 def _update(h, value) -> None:
     if isinstance(value, np.ndarray | np.generic):
         array = np.ascontiguousarray(value)
+        if array.dtype == object:  # repr() abbreviates past 1,000 elements: equal hashes of unequal arrays
+            raise TypeError("content_version cannot hash an object array; pass a list")
         h.update(f"array {array.dtype.str} {array.shape};".encode())
-        h.update(memoryview(array.reshape(-1).view(np.uint8)) if array.dtype != object else repr(array).encode())
+        h.update(memoryview(array.reshape(-1).view(np.uint8)))
     elif isinstance(value, Mapping):
         h.update(f"map {len(value)};".encode())
         for key in sorted(value, key=str):

@@ -58,14 +58,20 @@ def stage_fingerprint(defs: dg.Definitions, instance: dg.DagsterInstance, names:
 def up_to_date(instance: dg.DagsterInstance, names: tuple[str, ...], partition: str | None, fingerprint: str) -> bool:
     """Whether every asset of the stage was last materialized (for `partition`) by a run with
     `fingerprint`, or with the same content version as the newest materialization such a run made."""
+    made_by: set[str] | None = None  # ids of the runs with `fingerprint`, looked up once, when needed
     for name in names:
-        records = _records(instance, dg.AssetKey(name), [partition] if partition else None, limit=50)
-        if not records:
+        key, partitions = dg.AssetKey(name), [partition] if partition else None
+        latest = _latest(instance, key, partitions)
+        if latest is None:
             return False
-        made = next((r for r in records if _fingerprint_of(instance, r) == fingerprint), None)
-        if made is None:
+        if _fingerprint_of(instance, latest) == fingerprint:
+            continue
+        if _content(latest) is None:  # another run made it, and nothing says it holds the same bytes
             return False
-        if made is not records[0] and (_content(records[0]) is None or _content(records[0]) != _content(made)):
+        if made_by is None:
+            made_by = set(instance.get_run_ids(dg.RunsFilter(tags={FINGERPRINT_TAG: fingerprint})))
+        made = next((r for r in _records(instance, key, partitions, limit=50) if r.run_id in made_by), None)
+        if made is None or _content(made) != _content(latest):
             return False
     return True
 
@@ -77,17 +83,17 @@ def _identity(instance, graph, key: dg.AssetKey, partition: str | None) -> list:
         return [_record_identity(_latest(instance, key, [partition]))]
     # a fan-in reads every chunk partition: the identity of each one's latest materialization
     keys = sorted(instance.get_dynamic_partitions(chunks.name))
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(keys))
-    records = {r.partition_key: r for r in _fetch(instance, key, sorted(latest.values()))}
+    # every partition's latest, filtered here (a filter of thousands of keys is too long an SQL IN list)
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    records = {r.partition_key: r for r in _fetch(instance, key, sorted(latest[k] for k in keys if k in latest))}
     pairs = [[k, _record_identity(records.get(k))] for k in keys]
     return [hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]]
 
 
 def _fetch(instance, key: dg.AssetKey, storage_ids: list[int]) -> list:
     records = []
-    for start in range(0, len(storage_ids), 1000):  # bounded queries for a corpus of many chunks
-        batch = storage_ids[start : start + 1000]
+    for start in range(0, len(storage_ids), 900):  # under SQLite's 999 variables per query
+        batch = storage_ids[start : start + 900]
         records += instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=batch),
                                                    limit=len(batch)).records
     return records

@@ -21,6 +21,8 @@ def test_content_version_changes_with_any_byte_dtype_or_shape_and_only_then():
     assert content_version(x, {"b": 2, "a": [1, "two"]}) != base
     with pytest.raises(TypeError, match="Tensor"):
         content_version(torch.zeros(3))  # a tensor's str() is abbreviated: refused, never hashed by str
+    with pytest.raises(TypeError, match="object array"):
+        content_version(np.array(["a"] * 2000, dtype=object))  # so is an object array's repr()
 
 
 def test_chunk_version_covers_mask_tokens_and_meta():

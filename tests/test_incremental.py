@@ -77,6 +77,17 @@ def test_an_unchanged_refit_leaves_everything_downstream_up_to_date(atlas_home, 
         assert materialization_counts(defs, instance) == before  # no second fit, nothing downstream
         assert len(again.skipped) == sum(len(keys) if per_chunk else 1 for _, per_chunk in stages)
 
+        # a refit (no fingerprint) that made other centroids: they are refit with the run's config, and
+        # what reads them, made from the centroids now restored, stays up to date
+        other = {"ops": {"centroids": {"config": {**CONFIG["centroids"], "n_clusters": 3}}}}
+        assert defs.resolve_job_def("refit_job").execute_in_process(
+            instance=instance, tags=refit_range_tags(keys), run_config=other).success
+        refit_again = materialization_counts(defs, instance)
+        run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        restored = materialization_counts(defs, instance)
+        assert {n: restored[n] - refit_again[n] for n in restored if restored[n] != refit_again[n]} == {"centroids": 1}
+        before = restored
+
         write_planted_chunk(folder, 3)  # a changed input does run: the new chunk, the refits, what reads them
         keys = corpus.register(None, "")
         register_partitions(instance, keys)
