@@ -90,7 +90,7 @@ def with_gemm(library: str, fn):
 
 def gemm_libraries(args) -> None:
     """The bare fp32 GEMM of the issue's shape (120k x 2304 x 512) in 2048-row blocks with oneDNN's,
-    torch's default (MKL) and numpy's OpenBLAS, interleaved (estep.fp32_gemm says which the E-step uses
+    torch's default (MKL) and numpy's OpenBLAS, interleaved (gemm.fp32_gemm says which the E-step uses
     and why)."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((120_000, DIM), dtype=np.float32)

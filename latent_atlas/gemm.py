@@ -132,12 +132,16 @@ def matmul_precision(dtype: torch.dtype):
     one lock: two threads (in-process Dask workers) never see each other's setting. Each GEMM uses
     every core anyway, so serializing them costs nothing.
     """
-    if dtype == torch.float32:
-        with GEMM_LOCK:
+    with GEMM_LOCK:
+        if dtype == torch.float32:
             yield
-        return
-    with _precision("medium"):
-        yield
+            return
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("medium")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(previous)
 
 
 @contextmanager
@@ -152,15 +156,3 @@ def _onednn_fp32():
             yield
         finally:
             settings.fp32_precision = previous
-
-
-@contextmanager
-def _precision(name: str):
-    """torch's float32 matmul precision `name` inside, restored after, under the E-step's GEMM lock."""
-    with GEMM_LOCK:
-        previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(name)
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(previous)
