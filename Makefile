@@ -30,11 +30,12 @@ test: $(INSTALLED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 # The tests whose numerics or kernels depend on the CPU (torch E-step and GEMM path, faiss, UMAP,
-# HDBSCAN), again with torch capped at AVX2 from outside: the path of CPUs without AVX-512 or bf16
-# units, on any machine. OPENBLAS_CORETYPE stays as the environment sets it. Exit code 5 (nothing
+# HDBSCAN, and the asset checks of the graph on a tiny corpus), again with torch capped at AVX2 from
+# outside: the path of CPUs without AVX-512 or bf16 units, on any machine. OPENBLAS_CORETYPE stays as the environment sets it. Exit code 5 (nothing
 # collected, e.g. ARGS="-k name" matching no test here) is not a failure.
 CPU_TESTS ?= tests/test_clustering.py tests/test_estep.py tests/test_tree.py tests/test_intervention.py \
-	tests/test_ensemble.py tests/test_mdl.py tests/test_hierarchy_assets.py tests/test_sample.py
+	tests/test_ensemble.py tests/test_mdl.py tests/test_hierarchy_assets.py tests/test_sample.py \
+	tests/test_pipeline.py tests/test_analysis_assets.py
 test-avx2: export ONEDNN_MAX_CPU_ISA := AVX2
 test-avx2: export ATEN_CPU_CAPABILITY := avx2
 test-avx2: $(INSTALLED)

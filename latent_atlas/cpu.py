@@ -90,12 +90,29 @@ def bf16_unit(flags: set[str], capability: str, onednn_isa: str | None) -> tuple
         return None, "no native bf16 on this CPU"
     if not capability.upper().startswith("AVX512"):
         return None, f"bf16 units capped: torch capability {capability}"
-    rank = _ONEDNN_RANK.get((onednn_isa or "ALL").upper(), _ONEDNN_RANK["ALL"])
+    rank = _onednn_rank(onednn_isa)
     if "amx_bf16" in flags and rank >= _ONEDNN_RANK["AVX512_CORE_AMX"]:
         return "AMX-BF16", ""
     if "avx512_bf16" in flags and rank >= _ONEDNN_RANK["AVX512_CORE_BF16"]:
         return "AVX512-BF16", ""
     return None, f"bf16 units capped: ONEDNN_MAX_CPU_ISA={onednn_isa}"
+
+
+def _onednn_rank(onednn_isa: str | None) -> int:
+    """The rank of a oneDNN cap name; no cap, or a name oneDNN does not know (it ignores those), is no cap."""
+    return _ONEDNN_RANK.get((onednn_isa or "ALL").upper(), _ONEDNN_RANK["ALL"])
+
+
+def avx512_kernels(flags: set[str], capability: str, onednn_isa: str | None) -> bool:
+    """Whether oneDNN's kernels run AVX-512: the CPU has it and neither torch's capability nor a
+    oneDNN cap holds it back. A pure function, like bf16_unit, so every CPU kind can be tested."""
+    return "avx512f" in flags and capability.upper().startswith("AVX512") \
+        and _onednn_rank(onednn_isa) >= _ONEDNN_RANK["AVX512_CORE"]
+
+
+def onednn_avx512() -> bool:
+    """avx512_kernels of this process's CPU, capability and caps."""
+    return avx512_kernels(isa_flags(), torch_capability(), onednn_cap())
 
 
 def native_bf16() -> tuple[str | None, str]:

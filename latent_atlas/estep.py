@@ -211,42 +211,25 @@ def as_tensor(flat: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(flat)
 
 
-RUN_ROWS = 32
-"""An index whose runs of consecutive rows average at least this many (whole sequences, as in
-`transform` and in learning steps that use every point) is read run by run, straight from the source."""
-
-
 def load_rows(flat: np.ndarray, source: torch.Tensor, index: np.ndarray, scratch: dict,
               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(rows flat[index] as fp32 [b, d] in a reused buffer, their inverse norms [b]); `source` = as_tensor(flat).
 
-    Runs of consecutive rows are converted straight from the (memory-mapped) source, and each run's
-    norms are taken while it is still in cache. A scattered index (a subsample) is gathered in the
-    source dtype by torch.index_select (parallel row memcpy, half the bytes of fp32 for fp16 chunks)
-    and converted in a second pass: measured faster than converting the whole span of a block
-    (masked rows included, ~12% more GEMM rows) and than np.take.
+    Three whole-block passes, whatever the index (whole sequences or a subsample): torch.index_select
+    gathers the rows in the source dtype (parallel row memcpy, half the bytes of fp32 for fp16
+    chunks), one copy converts them, one vector_norm takes the norms. Converting run by run (a copy
+    and a norm per sequence, ~18 a block) measured 1.16x slower alone and 3.9x slower between the
+    pass's GEMMs, where each small parallel region waits on the thread pool (benchmarks/load_rows.py).
     """
     b, d = len(index), flat.shape[1]
     x = buffer(scratch, "x", (b, d), device)
     norms = buffer(scratch, "norms", (b, 1), device)[:, 0]
-    breaks = np.flatnonzero(np.diff(index) != 1) + 1
-    if len(breaks) < b // RUN_ROWS:
-        bounds = [0, *breaks.tolist(), b]
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            first = int(index[lo])
-            rows = x[lo:hi].copy_(source[first:first + hi - lo])
-            torch.linalg.vector_norm(rows, dim=1, out=norms[lo:hi])
+    picked = torch.from_numpy(np.asarray(index, dtype=np.int64))
+    if source.dtype == torch.float32 and x.device == source.device:
+        torch.index_select(source, 0, picked, out=x)
     else:
-        picked = torch.from_numpy(np.asarray(index, dtype=np.int64))
-        if source.dtype == torch.float32 and x.device == source.device:
-            torch.index_select(source, 0, picked, out=x)
-        else:
-            key = ("gather", source.dtype)
-            buf = scratch.get(key)
-            if buf is None or buf.shape[0] < b or buf.shape[1] != d:
-                buf = scratch[key] = torch.empty((b, d), dtype=source.dtype)
-            x.copy_(torch.index_select(source, 0, picked, out=buf[:b]))
-        torch.linalg.vector_norm(x, dim=1, out=norms)
+        x.copy_(torch.index_select(source, 0, picked, out=buffer(scratch, "gather", (b, d), "cpu", source.dtype)))
+    torch.linalg.vector_norm(x, dim=1, out=norms)
     return x, norms.clamp_min_(1e-12).reciprocal_()
 
 

@@ -1,12 +1,15 @@
 """The E-step's GEMMs: which library multiplies fp32 on this CPU, and the precision switches.
 
-torch's fp32 matmul runs on MKL, or on oneDNN when oneDNN's own precision hint is set; where oneDNN
-stays fp32 (a probe says so, onednn_fp32_is_exact) it is the faster of the two on AVX-512 CPUs
-without AMX. Precision settings are process-wide, so every switch and every GEMM that must not see
-another thread's switch runs under GEMM_LOCK. oneDNN caches a primitive per row count: it only ever
-sees multiples of GEMM_ROW_STEP rows, and MKL (which caches nothing) takes the rest. A row's fp32
-result may therefore differ in the last bit with its place in a block: deterministic for a given
-blocking, not across blockings.
+torch's fp32 matmul runs on MKL. On AVX-512 CPUs without AMX, where oneDNN computes fp32 exactly (a
+probe says so, onednn_fp32_is_exact), the E-step calls oneDNN's matmul directly
+(torch.ops.mkldnn._linear_pointwise, the op inductor emits for a linear layer; no precision switch):
+0.99-2.2x MKL there, 1.57x at d=2304, k=512. Its AVX2 kernels are not: 0.57-1.12x MKL under AVX2
+caps, by shape (benchmarks/gemm_shapes.py, an AMD EPYC), so AVX2 CPUs keep MKL. Precision settings
+are process-wide, so every switch and every GEMM that must not see another thread's switch runs
+under GEMM_LOCK. oneDNN caches a primitive per row count: it only ever sees multiples of
+GEMM_ROW_STEP rows, and MKL (which caches nothing) takes the rest. A row's fp32 result may therefore
+differ in the last bit with its place in a block: deterministic for a given blocking, not across
+blockings.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from latent_atlas.cpu import native_bf16
+from latent_atlas.cpu import native_bf16, onednn_avx512
 
 
 def fp32_mm(x: torch.Tensor, centers_t: torch.Tensor, out: torch.Tensor) -> None:
@@ -30,11 +33,10 @@ def fp32_mm(x: torch.Tensor, centers_t: torch.Tensor, out: torch.Tensor) -> None
         # oneDNN (fp32 here: onednn_fp32_is_exact) takes a multiple of GEMM_ROW_STEP
         # rows, so it caches few shapes; MKL the few rows left (it caches none): two calls a block
         lo = onednn_rows(x.shape[0])
-        if lo:
-            with _onednn_fp32():
-                torch.mm(x[:lo], centers_t, out=out[:lo])
-        if lo < x.shape[0]:
-            with GEMM_LOCK:
+        with GEMM_LOCK:  # oneDNN reads torch's precision settings too
+            if lo:
+                out[:lo].copy_(_onednn_mm(x[:lo], centers_t))
+            if lo < x.shape[0]:
                 torch.mm(x[lo:], centers_t, out=out[lo:])
     else:
         with GEMM_LOCK:  # never under another thread's 'medium' (bf16 on AMX)
@@ -46,38 +48,46 @@ FP32_GEMMS = ("onednn", "torch", "openblas")
 
 
 def fp32_gemm() -> str:
-    """The library of the E-step's fp32 CPU GEMM: oneDNN's where it computes fp32 exactly
-    (onednn_fp32_is_exact; faster than MKL's on AVX-512 without AMX), else torch's default (MKL),
-    unless a benchmark or test picks another under use_fp32_gemm. Never numpy's OpenBLAS by default:
-    its bare GEMM can be as fast, but inside the pass its thread pool and torch's OpenMP pool take
-    turns on the same cores and the passes after the GEMM slow down (`benchmarks/clustering.py`,
-    figures in docs/benchmarks.md)."""
+    """The library of the E-step's fp32 CPU GEMM: oneDNN's where it runs AVX-512 and computes fp32
+    exactly (onednn_fp32_is_exact), else torch's default (MKL), unless a benchmark or test picks
+    another under use_fp32_gemm. Never numpy's OpenBLAS by default: its bare GEMM can be the fastest,
+    but inside the pass torch's OpenMP workers spin after each parallel region and take the cores
+    from OpenBLAS's threads (+6-17 ms a 2048-row block, `benchmarks/gemm_contention.py`)."""
     if _FP32_GEMM_OVERRIDE:
         return _FP32_GEMM_OVERRIDE[-1]
-    return "onednn" if onednn_fp32_is_exact() else "torch"
+    return _default_fp32_gemm()
+
+
+@lru_cache(maxsize=1)
+def _default_fp32_gemm() -> str:
+    """fp32_gemm's choice, decided once per process (it is asked once a block)."""
+    return "onednn" if onednn_avx512() and onednn_fp32_is_exact() else "torch"
+
+
+def _onednn_mm(x: torch.Tensor, centers_t: torch.Tensor) -> torch.Tensor:
+    """x @ centers_t by oneDNN's matmul primitive, on whatever ISA oneDNN finds (AVX2 included)."""
+    return torch.ops.mkldnn._linear_pointwise(x, centers_t.t(), None, "none", [], "")
 
 
 @lru_cache(maxsize=1)
 def onednn_fp32_is_exact() -> bool:
-    """Whether torch's fp32 matmul under oneDNN's bf16 hint (which sends it to oneDNN on AVX-512
-    CPUs) still multiplies in fp32 on this CPU. oneDNN then multiplies in bf16 only where it has such
-    a kernel (AMX; the bf16 learning path uses it there), elsewhere it runs its own fp32 GEMM.
+    """Whether oneDNN's matmul is there and multiplies fp32 in fp32 on this CPU. Never on AMX, where
+    fp32 oneDNN is unmeasured against MKL and the bf16 learning path owns oneDNN's bf16 kernels.
 
-    Decided by a probe against float64, not by the CPU's name, so that a oneDNN that learns bf16
-    products on more ISAs, or caps set from outside, are seen: bf16 products err by ~1e-3 of the
-    largest entry, fp32 ones by ~1e-6. Where torch keeps MKL under the hint (a CPU without AVX-512)
-    the probe gives MKL's very bits, and MKL stays the named GEMM."""
+    Decided by a probe against float64, not by the CPU's name, so that a torch built without this op
+    or a oneDNN that multiplies fp32 in bf16 is seen: bf16 products err by ~1e-3 of the largest
+    entry, fp32 ones by ~1e-6."""
     if native_bf16()[0] == "AMX-BF16" or not torch.backends.mkldnn.is_available():
         return False
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(256, 2304, generator=gen), torch.randn(2304, 512, generator=gen)
-    with _onednn_fp32():
-        routed = torch.mm(a, b)
-    with GEMM_LOCK:
-        plain = torch.mm(a, b)
+    try:
+        with GEMM_LOCK:
+            routed = _onednn_mm(a, b)
+    except (AttributeError, NotImplementedError, RuntimeError):  # no such op in this torch build
+        return False
     exact = a.double() @ b.double()
-    error = float((routed.double() - exact).abs().max() / exact.abs().max())
-    return error < 1e-5 and not torch.equal(routed, plain)
+    return float((routed.double() - exact).abs().max() / exact.abs().max()) < 1e-5
 
 
 @contextmanager
@@ -142,17 +152,3 @@ def matmul_precision(dtype: torch.dtype):
             yield
         finally:
             torch.set_float32_matmul_precision(previous)
-
-
-@contextmanager
-def _onednn_fp32():
-    """torch's fp32 matmuls inside go to oneDNN (its own bf16 hint: only oneDNN's setting changes,
-    never CUDA's, and the legacy global precision API is not touched), restored after, under the lock."""
-    with GEMM_LOCK:
-        settings = torch.backends.mkldnn.matmul
-        previous = settings.fp32_precision
-        settings.fp32_precision = "bf16"
-        try:
-            yield
-        finally:
-            settings.fp32_precision = previous

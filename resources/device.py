@@ -13,7 +13,7 @@ class TorchDeviceResource(dg.ConfigurableResource):
     """Where the heavy kernels run."""
 
     device: str = Field(default="auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1' ...")
-    dtype: str = Field(default="auto", description="'auto' (fp32 on CPU, fp16 on GPU), or a torch dtype name")
+    dtype: str = Field(default="auto", description="'auto' (fp32 on CPU; bf16 on a GPU that has it, else fp16), or a torch dtype name")
     memory_budget_mb: float = Field(default=2048, description="Working memory for one batch; sets batch sizes")
 
     def torch_device(self) -> torch.device:

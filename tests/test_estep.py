@@ -1,6 +1,7 @@
 """E-step kernels against their definitions: exact sparse softmax memberships, row loading, bf16 learning GEMM
 and which CPUs get it by default."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import latent_atlas.estep as estep
 from latent_atlas.chunks import DenseChunk
 from latent_atlas.clustering import SequentialSoftClustering
 from latent_atlas.errors import ChunkError
-from latent_atlas.cpu import bf16_unit, cpu_model, isa_flags
+from latent_atlas.cpu import avx512_kernels, bf16_unit, cpu_model, isa_flags
 from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows
 from latent_atlas.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm
 from latent_atlas.memory import release_free_memory
@@ -129,12 +130,15 @@ def test_a_worker_without_bf16_gemm_multiplies_the_same_bf16_products(monkeypatc
     assert torch.equal(rows, x)  # the caller's rows are left as they were (they feed the M-step)
 
 
-def test_the_default_fp32_gemm_is_exact_fp32_on_this_cpu():
-    # oneDNN where its fp32 GEMM is fp32 here (not bf16 products: those err ~1e-3), else MKL
+@pytest.mark.parametrize("library", [None, *FP32_GEMMS])  # None: the one this CPU gets by default
+def test_every_fp32_gemm_is_exact_fp32_on_this_cpu(library):
+    # oneDNN where its fp32 GEMM is fp32 here (not bf16 products: those err ~1e-3), else MKL; 3000
+    # rows = 46 x 64 + 56, so oneDNN's part and MKL's remainder are both checked
     gen = torch.Generator().manual_seed(2)
     x, centers_t = torch.randn(3000, 2304, generator=gen), torch.randn(2304, 512, generator=gen)
     out = torch.empty(3000, 512)
-    fp32_mm(x, centers_t, out)
+    with use_fp32_gemm(library) if library else contextlib.nullcontext():
+        fp32_mm(x, centers_t, out)
     exact = x.double() @ centers_t.double()
     assert float((out.double() - exact).abs().max() / exact.abs().max()) < 1e-5
     assert fp32_gemm() in FP32_GEMMS and effective_precision("float32", "cpu").startswith("float32 (")
@@ -204,6 +208,19 @@ def test_native_bf16_unit_is_read_from_the_cpu_flags_and_caps(text, capability, 
     assert bool(why) == (unit is None)  # a reason whenever there is no unit
     if unit is None and "bf16" in text:
         assert "capped" in why  # says which cap hides the unit
+
+
+@pytest.mark.parametrize("text, capability, onednn_isa, avx512", [
+    (ZEN4, "AVX512", None, True),  # the E-step's fp32 GEMM goes to oneDNN here
+    (ZEN4, "AVX512", "AVX512_CORE", True),
+    (ZEN4, "AVX512", "avx2", False),  # ONEDNN_MAX_CPU_ISA=AVX2: oneDNN's AVX2 kernels, MKL is used
+    (ZEN4, "AVX2", None, False),  # ATEN_CPU_CAPABILITY=avx2 (the CI's AVX2 pass)
+    (ZEN4, "AVX512", "NO_SUCH_ISA", True),  # a name oneDNN does not know is no cap
+    (ZEN3, "AVX2", None, False),
+    (CASCADE_LAKE, "AVX512", None, True),
+])
+def test_onednn_runs_avx512_only_where_the_cpu_and_caps_allow_it(text, capability, onednn_isa, avx512):
+    assert avx512_kernels(isa_flags(text), capability, onednn_isa) == avx512
 
 
 def test_cpu_model_and_flags_of_a_cpuinfo_text():

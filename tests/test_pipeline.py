@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 from latent_atlas.chunks import read_chunk
 from latent_atlas.whitening import Whitening, covariance_error
 from resources import CorpusResource, ModelResource
-from tests.conftest import check_results, materialized, write_seed_npz
+from tests.conftest import SMALL_CORPUS_MAX_DEAD, check_metadata, check_results, materialized, write_seed_npz
 
 
 def test_text_corpus_end_to_end_with_minilm(atlas_home):
@@ -34,6 +34,9 @@ def test_text_corpus_end_to_end_with_minilm(atlas_home):
         assert abs(covariance_error(vectors)["mean_diag"] - 1) < 0.05
 
         checks = check_results(instance)
+        # the gate reads the share it reports: clusters dead now or moved in the last epoch, of k=64
+        [churn] = check_metadata(instance, "few_dead_clusters")
+        assert churn["share"] == (churn["dead_now"] + churn["moved_in_last_epoch"]) / 64 <= SMALL_CORPUS_MAX_DEAD
         # every run is a named stage job the UI can re-execute, never Dagster's ephemeral job
         jobs = {r.job_name for r in instance.get_runs()}
         assert jobs == {"token_chunks_stage", "whitening_stage", "whitened_activations_stage",
