@@ -1,19 +1,22 @@
-"""SIGKILL at any moment, then a rerun, completes with results identical to an uninterrupted run.
+"""SIGKILL at three points of a run, then a rerun, completes with results identical to an uninterrupted run.
 
 Real processes: `latent-atlas run --npz DIR --until chunk_stats` on a small NPZ corpus, killed with
-SIGKILL at three points, each while one of its Dagster runs is in progress: (a) the per-chunk
-activations stage, in the second chunk; (b) the centroids fit, once it has written a checkpoint;
-(c) the memberships + chunk_stats stage, once the second chunk's memberships Parquet is on disk. Each
-kill is followed by a rerun in the same home (which is then killed at the next point), the last rerun
-completes, and every output file under ATLAS_HOME is byte-identical to an uninterrupted run's in
-another home. Left out of the comparison: the Dagster instance (run ids, times) and the centroids'
-checkpoints (intermediate state; their folder is named by the whitened chunks' paths and mtimes).
+SIGKILL at three points, each inside one of its Dagster runs: (a) the per-chunk activations stage of
+the second chunk, once its token_chunks Parquet is written; (b) the centroids fit, once it has
+written its first checkpoint; (c) the memberships + chunk_stats stage of the second chunk, once its
+memberships Parquet is written. The process kills itself at the point (a wrapper the test installs
+before the CLI starts, around our own write functions): the point is exact on any machine, however
+fast its runs, where a watcher polling from outside races a run of a few tenths of a second. Each
+kill is followed by a rerun in the same home (which is then killed at the next point), the last
+rerun completes, and every output file under ATLAS_HOME is byte-identical to an uninterrupted run's
+in another home. Left out of the comparison: the Dagster instance (run ids, times) and the
+centroids' checkpoints (intermediate state; their folder is named by the whitened chunks' paths and
+mtimes).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,12 +33,39 @@ N_CHUNKS = 4
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-class Pipeline:
-    """One `latent-atlas run` process; its output lines are collected as they come."""
+# Run in the child before the CLI: SIGKILL the process right after one of our own writes, inside a run.
+KILL_AT = """
+import os, signal, sys, runpy
+import io_managers.parquet as parquet, latent_atlas.clustering as clustering
+point, args = {point!r}, {args!r}
+kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if point == "checkpoint":
+    write_checkpoint = clustering.write_checkpoint
+    def written_then_killed(*a, **k):
+        write_checkpoint(*a, **k)
+        kill()
+    clustering.write_checkpoint = written_then_killed
+elif point is not None:
+    asset, partition = point
+    handle_output = parquet.ParquetIOManager.handle_output
+    def handled_then_killed(self, context, obj):
+        handle_output(self, context, obj)
+        if context.asset_key.path[-1] == asset and context.partition_key == partition:
+            kill()
+    parquet.ParquetIOManager.handle_output = handled_then_killed
+sys.argv = ["latent-atlas", *args]
+runpy.run_module("orchestration.cli", run_name="__main__")
+"""
 
-    def __init__(self, corpus: Path, home: Path):
-        command = [sys.executable, "-u", "-m", "orchestration.cli", "run", "--npz", str(corpus), "--home", str(home),
-                   "--clusters", "4", "--until", "chunk_stats"]
+
+class Pipeline:
+    """One `latent-atlas run` process, killed at `kill_at` if given ("checkpoint": after the centroids'
+    first checkpoint; (asset, partition): after that Parquet output is written); its output lines are
+    collected as they come."""
+
+    def __init__(self, corpus: Path, home: Path, kill_at: str | tuple[str, str] | None = None):
+        args = ["run", "--npz", str(corpus), "--home", str(home), "--clusters", "4", "--until", "chunk_stats"]
+        command = [sys.executable, "-u", "-c", KILL_AT.format(point=kill_at, args=args)]
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -46,26 +76,12 @@ class Pipeline:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, ready, what: str, timeout: float = 60.0):
-        """Poll `ready()` until it returns something true (returned); fail naming `what` if the process
-        ends or the time runs out first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = ready()
-            if found:
-                return found
-            assert self.process.poll() is None, f"the run ended before {what}:\n{self.output()}"
-            assert time.monotonic() < deadline, f"no {what} within {timeout} s:\n{self.output()}"
-            time.sleep(0.005)
-
-    def line(self, pattern: str) -> str:
-        return self.wait_for(lambda: next((l for l in list(self.lines) if re.search(pattern, l)), None),
-                             f"line /{pattern}/")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        assert self.process.wait(timeout=30) == -signal.SIGKILL
+    def killed(self) -> str:
+        """Wait for the process to end by its kill point; fail if it ended any other way."""
+        code = self.process.wait(timeout=180)
         self._reader.join(timeout=10)
+        assert code == -signal.SIGKILL, f"the run was not killed at its point (exit {code}):\n{self.output()}"
+        return self.output()
 
     def finish(self) -> str:
         assert self.process.wait(timeout=120) == 0, self.output()
@@ -103,20 +119,15 @@ def outputs(home: Path) -> dict[str, bytes]:
             if p.is_file() and not skip & set(p.relative_to(home).parts)}
 
 
-def kill_during(pipeline: Pipeline, home: Path, stage_line: str, job_prefix: str, partition: str | None,
-                then=None) -> dg.DagsterRun:
-    """Kill the pipeline while its run of `job_prefix` (for `partition`) is in progress, once `then()`
-    (a file of that run's, if given) is true; returns that run, the one left STARTED."""
-    pipeline.line(r"registered \d+ chunk partitions")  # the home's instance exists from here on
-    with instance_of(home) as instance:  # opened before the stage: its runs last a few tenths of a second
-        pipeline.line(stage_line)
-        run = pipeline.wait_for(lambda: running(instance, job_prefix, partition), f"a {job_prefix} run of {partition}")
-        if then is not None:
-            pipeline.wait_for(lambda: then() or running(instance, job_prefix, partition) is None, "the kill point")
-        pipeline.kill()
+def killed_inside(pipeline: Pipeline, home: Path, job_prefix: str, partition: str | None) -> dg.DagsterRun:
+    """The run the pipeline was killed in: it must be the only one left in progress, of `job_prefix`
+    (for `partition`)."""
+    pipeline.killed()
+    with instance_of(home) as instance:
         left = in_progress_runs(instance)
-    assert [r.run_id for r in left] == [run.run_id], f"the kill landed outside {job_prefix}: {left}"
-    return run
+    assert len(left) == 1 and left[0].job_name.startswith(job_prefix), f"the kill landed outside {job_prefix}: {left}"
+    assert left[0].tags.get("dagster/partition") == partition
+    return left[0]
 
 
 def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_path):
@@ -126,23 +137,19 @@ def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_pat
     uninterrupted = tmp_path / "uninterrupted"
     Pipeline(corpus, uninterrupted).finish()
     expected = outputs(uninterrupted)
-    with instance_of(uninterrupted):  # the first open in a process takes ~0.5 s (imports); pay it here
-        pass
     assert len(expected) >= 40 and any(name.endswith(".parquet") for name in expected)
 
     home = tmp_path / "killed"
-    first = Pipeline(corpus, home)  # (a) per chunk, in the second chunk's activations run
-    killed = [kill_during(first, home, r"chunk 1/4 \S+ done", "token_chunks_stage", keys[1])]
+    first = Pipeline(corpus, home, kill_at=("token_chunks", keys[1]))  # (a) per chunk, the second chunk's inputs
+    killed = [killed_inside(first, home, "token_chunks_stage", keys[1])]
 
-    second = Pipeline(corpus, home)  # (b) in the centroids fit, after a checkpoint
-    killed.append(kill_during(second, home, r"stage \d/\d centroids", "centroids_stage", None,
-                              then=lambda: checkpoints(home)))
+    second = Pipeline(corpus, home, kill_at="checkpoint")  # (b) in the centroids fit, after a checkpoint
+    killed.append(killed_inside(second, home, "centroids_stage", None))
     checkpoint_at_kill = checkpoints(home)[-1].name
 
-    third = Pipeline(corpus, home)  # (c) memberships + chunk_stats, after the second chunk's Parquet
-    parquet = home / "tables" / "memberships" / f"{keys[1]}.parquet"
-    killed.append(kill_during(third, home, r"stage \d/\d chunk_stats\+memberships", "memberships_stage", keys[1],
-                              then=parquet.exists))
+    third = Pipeline(corpus, home, kill_at=("memberships", keys[1]))  # (c) after the second chunk's memberships
+    killed.append(killed_inside(third, home, "memberships_stage", keys[1]))
+    assert (home / "tables" / "memberships" / f"{keys[1]}.parquet").exists()
     temp_at_kill = temp_files(home)
 
     rerun = Pipeline(corpus, home).finish()
