@@ -3,8 +3,9 @@ units, and which BLAS kernels were loaded.
 
 Fast paths are chosen by detecting the CPU, never by forcing a kernel (OPENBLAS_CORETYPE,
 ONEDNN_MAX_CPU_ISA, ... are the environment's to set). Caps set from outside are respected: under
-ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 (the CI's AVX2 pass) the bf16 units count as
-absent, exactly as on a CPU without them.
+ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 (the CI's AVX2 pass, which also sets
+MKL_ENABLE_INSTRUCTIONS=AVX2 and NUMBA_CPU_NAME=haswell) the bf16 units count as absent, exactly as on
+a CPU without them.
 
 Native bf16 is read from /proc/cpuinfo (amx_bf16, avx512_bf16), not from torch's mkldnn bf16 check,
 which also accepts AVX-512 CPUs without bf16 units (where a bf16 GEMM is emulated, slower than fp32).
@@ -16,6 +17,11 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
+
+CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME",
+                 "OPENBLAS_CORETYPE")
+"""The variables through which each library's kernels are capped from outside (torch, oneDNN, MKL,
+numba, OpenBLAS); named beside every benchmark figure, set by none of our code."""
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 """The /proc/cpuinfo flags that decide which kernels run fast."""
@@ -158,8 +164,7 @@ def describe() -> str:
     unit, why = native_bf16()
     auto = default_learn_precision("cpu")
     gemm = f"bfloat16 ({unit})" if auto == "bfloat16" else f"float32 ({why or f'{unit}: opt in with bfloat16'})"
-    caps = ", ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
-                     if k in os.environ)
+    caps = ", ".join(f"{k}={os.environ[k]}" for k in CAP_VARIABLES if k in os.environ)
     return (f"CPU: {cpu_model()} ({os.cpu_count()} cores) | ISA: {shown} | torch capability: {torch_capability()}"
             f"{f' (set from outside: {caps})' if caps else ''} | BLAS: {'; '.join(blas_kernels()) or 'none loaded'}"
             f" | learning GEMM (auto): {gemm}")
