@@ -1,6 +1,7 @@
-"""Shared fixtures: an isolated ATLAS_HOME per test session and a tiny real corpus."""
+"""Shared fixtures: an isolated ATLAS_HOME per test, a tiny real corpus, one finished home a session."""
 
 import os
+import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,22 @@ def atlas_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir(parents=True)
     return home
+
+
+@pytest.fixture(scope="session")
+def _finished_home(tmp_path_factory) -> Path:
+    """The small finished home of tests/report_home.py, materialized once a session (~45 s on 2 cores)."""
+    from tests.report_home import materialize_home
+
+    return materialize_home(tmp_path_factory.mktemp("finished") / "atlas")
+
+
+@pytest.fixture(scope="module")
+def finished_home(_finished_home, tmp_path_factory) -> Path:
+    """A copy of the session's finished home (instance and runs included) that one module may change."""
+    copy = tmp_path_factory.mktemp("home") / "atlas"
+    shutil.copytree(_finished_home, copy, symlinks=True)
+    return copy
 
 
 def write_seed_npz(path: Path, n_seq=6, seq_len=16, dim=32, seed=0, **overrides) -> Path:

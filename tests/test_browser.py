@@ -9,7 +9,7 @@ import time
 import pytest
 
 from latent_atlas.report import ReportConfig, build_site
-from tests.report_home import inject_script_token, materialize_home
+from tests.report_home import inject_script_token
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    home = materialize_home(tmp_path_factory.mktemp("browser") / "atlas")
+def site(finished_home):
+    home = finished_home
     shutil.rmtree(home / "report")
     cluster = inject_script_token(home)
     build_site(home, config=ReportConfig(map_method="umap"))

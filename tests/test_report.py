@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from latent_atlas.report import ReportConfig, build_site, safe_json
-from tests.report_home import SCRIPT, inject_script_token, materialize_home
+from tests.report_home import SCRIPT, inject_script_token
 
 MAX_PAGE_BYTES = 2_000_000
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    home = materialize_home(tmp_path_factory.mktemp("report") / "atlas")
+def home(finished_home):
+    home = finished_home
     assert (home / "report" / "index.html").exists()  # the asset built a site
     return home
 

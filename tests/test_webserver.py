@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.report_home import materialize_home
 
 REPO = Path(__file__).resolve().parent.parent
 WEBSERVER = Path(sys.executable).parent / "dagster-webserver"
@@ -42,8 +41,8 @@ def graphql(port: int, query: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def webserver(tmp_path_factory):
-    home = materialize_home(tmp_path_factory.mktemp("webserver") / "atlas", through="centroids")
+def webserver(finished_home):
+    home = finished_home
     port = free_port()
     env = {**os.environ, "ATLAS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "HF_HUB_OFFLINE": "1"}
     log = (home / "webserver.log").open("wb")
@@ -101,7 +100,7 @@ def test_every_asset_page_has_a_description_and_its_materialization_a_table_or_p
     readable = {"MarkdownMetadataEntry", "TableMetadataEntry"}
     materialized = {name: n["assetMaterializations"][0]["metadataEntries"] for name, n in nodes.items()
                     if n["assetMaterializations"]}
-    # the home holds everything up to centroids: per-chunk inputs, whitening and the clustering
+    # the home holds every asset up to the report
     assert {"token_chunks", "activations", "whitening", "whitened_activations", "centroids"} <= set(materialized)
     bare = {name: [e["label"] for e in entries] for name, entries in materialized.items()
             if not readable & {e["__typename"] for e in entries}}
