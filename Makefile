@@ -38,5 +38,5 @@ test-avx2: export ONEDNN_MAX_CPU_ISA := AVX2
 test-avx2: export MKL_ENABLE_INSTRUCTIONS := AVX2
 test-avx2: export NUMBA_CPU_NAME := haswell
 test-avx2: $(INSTALLED)
-	$(BIN)/python -c "from latent_atlas.cpu import describe; print(describe())"
+	$(BIN)/python -c "from latent_atlas.compute.cpu import describe; print(describe())"
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS) || test $$? -eq 5

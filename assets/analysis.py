@@ -29,19 +29,18 @@ from assets.configs import config_class, library_config
 from assets.partitions import all_chunks, chunks
 from assets.metadata import (histogram_markdown, marked_window, markdown_table, top_clusters, top_rows,
                              usage_curve_markdown)
-from latent_atlas.analyzer import results_summary, score_summary, write_results
-from latent_atlas.chunks import DenseChunk, read_chunk
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.ensemble import EnsembleResult, atlas_stability_columns
-from latent_atlas.exemplars import check_exemplars, fill_context, select_exemplars
-from latent_atlas.intervention import InterventionVectors, check_vectors
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.paths import atlas_home
-from latent_atlas.statistics import (
-    ChunkStatistics, StatisticsConfig, center_cosines, check_usage, cluster_measures, cluster_stats as stats_table,
-    document_keys_for, heldout_documents, merge_statistics, normalised_coactivation,
-)
-from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
+from latent_atlas.analysis.exemplars import check_exemplars, fill_context, select_exemplars
+from latent_atlas.analysis.intervention import InterventionVectors, check_vectors
+from latent_atlas.analysis.statistics import (ChunkStatistics, StatisticsConfig, center_cosines, check_usage,
+                                              cluster_measures, cluster_stats as stats_table, document_keys_for,
+                                              heldout_documents, merge_statistics, normalised_coactivation)
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.chunks import DenseChunk, read_chunk
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.data.tables import _META_KEY  # the schema metadata key of this project's tables
+from latent_atlas.hierarchy.ensemble import EnsembleResult, atlas_stability_columns
+from latent_atlas.reading.clusters import results_summary, score_summary, write_results
 from resources import CorpusResource, ModelResource
 
 def _whitened_opener(whitened_activations: dict[str, Path]):

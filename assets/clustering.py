@@ -9,12 +9,12 @@ from pydantic import Field
 
 from assets.configs import config_class, library_config
 from assets.metadata import figure_markdown, markdown_table, pyplot, top_clusters
-from latent_atlas.chunks import DenseChunk
-from latent_atlas.clustering import ClusteringConfig, SequentialSoftClustering, checkpoint_key
-from latent_atlas.content import content_version
-from latent_atlas.estep import effective_precision
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.paths import atlas_home
+from latent_atlas.clustering.estep import effective_precision
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.clustering.model import ClusteringConfig, SequentialSoftClustering, checkpoint_key
+from latent_atlas.data.chunks import DenseChunk
+from latent_atlas.data.content import content_version
+from latent_atlas.data.paths import atlas_home
 from assets.partitions import all_chunks, chunks
 from assets.versions import versioned
 from resources import ComputeBackendResource, TorchDeviceResource

@@ -9,13 +9,14 @@ from pydantic import Field
 from assets.clustering import CLUSTERING_IN
 from assets.configs import config_class, library_config
 from assets.metadata import histogram_markdown, markdown_table, png_markdown
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.ensemble import MAX_UNSTABLE_SHARE, STABILITY_FLOOR, EnsembleResult, RunRegistry, stability_floor
-from latent_atlas.ensemble_runs import fit_atlas_ensemble, register_ensemble
-from latent_atlas.mdl import MergeConfig
-from latent_atlas.paths import atlas_home
-from latent_atlas.sample import HierarchySample
-from latent_atlas.sample_merges import merge_sample
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.hierarchy.ensemble import (MAX_UNSTABLE_SHARE, STABILITY_FLOOR, EnsembleResult, RunRegistry,
+                                             stability_floor)
+from latent_atlas.hierarchy.ensemble_runs import fit_atlas_ensemble, register_ensemble
+from latent_atlas.hierarchy.mdl import MergeConfig
+from latent_atlas.hierarchy.sample import HierarchySample
+from latent_atlas.hierarchy.sample_merges import merge_sample
 
 
 class EnsembleConfig(dg.Config):

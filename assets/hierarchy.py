@@ -15,12 +15,12 @@ from assets.clustering import CLUSTERING_IN
 from assets.configs import config_class, library_config
 from assets.metadata import markdown_table
 from assets.partitions import all_chunks
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.paths import atlas_home
-from latent_atlas.sample import HierarchySample
-from latent_atlas.sample_inputs import category_counts, draw_chunk_sample
-from latent_atlas.sample_trees import build_sample_tree, tree_structure
-from latent_atlas.tree import TreeConfig
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.hierarchy.sample import HierarchySample
+from latent_atlas.hierarchy.sample_inputs import category_counts, draw_chunk_sample
+from latent_atlas.hierarchy.sample_trees import build_sample_tree, tree_structure
+from latent_atlas.hierarchy.tree import TreeConfig
 
 # ---------------------------------------------------------------- the shared sample
 

@@ -24,7 +24,11 @@ from assets.analysis import context_reader
 from assets.configs import config_class, library_config
 from assets.metadata import markdown_table
 from assets.partitions import all_chunks
-from latent_atlas.intervention import InterventionVectors
+from latent_atlas.analysis.intervention import InterventionVectors
+from latent_atlas.analysis.statistics import ChunkStatistics
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.hierarchy.sample import HierarchySample
+from latent_atlas.hierarchy.tree import ClusterTree
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutConfig, check_disjoint, heldout_examples, shown_examples
 from latent_atlas.labels.nodes import (NodeExamplesConfig, NodeTask, category_accuracy, document_excerpts,
@@ -32,10 +36,6 @@ from latent_atlas.labels.nodes import (NodeExamplesConfig, NodeTask, category_ac
 from latent_atlas.labels.pipeline import label_clusters, median_confidence
 from latent_atlas.labels.records import CentroidExplanation, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig
-from latent_atlas.paths import atlas_home
-from latent_atlas.sample import HierarchySample
-from latent_atlas.statistics import ChunkStatistics
-from latent_atlas.tree import ClusterTree
 from resources import CorpusResource, LabelerResource, ModelResource
 
 COMPONENTS = ("embedding_random", "embedding_hard", "detection")

@@ -7,14 +7,15 @@ import pyarrow as pa
 from pydantic import Field
 
 from assets.metadata import crosstab_markdown
-from latent_atlas.outcome_documents import (TextEmbedding, csv_document_paths, document_paths_table,
-                                            sample_document_paths)
-from latent_atlas.outcomes import (MIN_DOCUMENTS, PERMUTATION_RESAMPLES, association_by_depth, association_is_testable,
-                                   association_markdown, association_rows, parse_path)
-from latent_atlas.paths import atlas_home
-from latent_atlas.sample import HierarchySample
-from latent_atlas.tree import ClusterTree
-from latent_atlas.whitening import Whitening
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.data.whitening import Whitening
+from latent_atlas.hierarchy.outcome_documents import (TextEmbedding, csv_document_paths, document_paths_table,
+                                                      sample_document_paths)
+from latent_atlas.hierarchy.outcomes import (MIN_DOCUMENTS, PERMUTATION_RESAMPLES, association_by_depth,
+                                             association_is_testable, association_markdown, association_rows,
+                                             parse_path)
+from latent_atlas.hierarchy.sample import HierarchySample
+from latent_atlas.hierarchy.tree import ClusterTree
 from resources import ModelResource, TorchDeviceResource
 
 

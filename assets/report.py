@@ -5,7 +5,7 @@ ATLAS_HOME (results, labels, trees, outcome tables); optional ones that are miss
 import dagster as dg
 
 from assets.configs import config_class, library_config
-from latent_atlas.paths import atlas_home
+from latent_atlas.data.paths import atlas_home
 from latent_atlas.report import ReportConfig, build_site
 
 

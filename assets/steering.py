@@ -4,9 +4,9 @@
     steering_vectors, whitening, centroids (the fitted clustering), merged_statistics, token_chunks -> steering_eval
                                                        (+ ATLAS_HOME/plots/steering_dose_response.png)
 
-`steering_vectors` is a `latent_atlas.steering.SteeringVectors` (.npz by the tensor IO manager:
+`steering_vectors` is a `latent_atlas.steering.vectors.SteeringVectors` (.npz by the tensor IO manager:
 whitened and residual-stream vectors for LDA and the difference of means, natural scales).
-`steering_eval` is one row per (cluster, direction, alpha) (latent_atlas.steering_eval); its metadata
+`steering_eval` is one row per (cluster, direction, alpha) (latent_atlas.steering.evaluation); its metadata
 holds the medians at the cost budget and the LDA / difference-of-means win counts.
 """
 
@@ -24,15 +24,15 @@ from assets.clustering import CLUSTERING_IN
 from assets.configs import config_class, library_config
 from assets.metadata import markdown_table, png_markdown, top_clusters
 from assets.partitions import all_chunks
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.intervention import InterventionVectors
-from latent_atlas.paths import atlas_home, model_cache_dir
-from latent_atlas.statistics import ChunkStatistics, document_keys_for, heldout_documents
-from latent_atlas.steering import SteeringVectors, load_causal_model
-from latent_atlas.steering_eval import (SteeringEvalConfig, dose_response_plot, evaluate_steering, heldout_windows,
-                                        summarize)
-from latent_atlas.tables import _META_KEY  # the schema metadata key of this project's tables
-from latent_atlas.whitening import Whitening
+from latent_atlas.analysis.intervention import InterventionVectors
+from latent_atlas.analysis.statistics import ChunkStatistics, document_keys_for, heldout_documents
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.paths import atlas_home, model_cache_dir
+from latent_atlas.data.tables import _META_KEY  # the schema metadata key of this project's tables
+from latent_atlas.data.whitening import Whitening
+from latent_atlas.steering.evaluation import (SteeringEvalConfig, dose_response_plot, evaluate_steering,
+                                              heldout_windows, summarize)
+from latent_atlas.steering.vectors import SteeringVectors, load_causal_model
 from resources import CorpusResource, ModelResource
 
 

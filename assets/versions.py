@@ -8,6 +8,6 @@ CONTENT_VERSION = "content_version"
 
 
 def versioned(value, version: str, metadata: dict, **kwargs) -> dg.MaterializeResult:
-    """MaterializeResult of `value` with content version `version` (see latent_atlas.content)."""
+    """MaterializeResult of `value` with content version `version` (see latent_atlas.data.content)."""
     return dg.MaterializeResult(value=value, data_version=dg.DataVersion(version),
                                 metadata={**metadata, CONTENT_VERSION: version}, **kwargs)

@@ -9,10 +9,10 @@ import numpy as np
 from pydantic import Field
 
 from assets.metadata import spectrum_markdown, token_norms_table
-from latent_atlas.chunks import DenseChunk, read_chunk, screen_chunks
-from latent_atlas.content import chunk_version, content_version
-from latent_atlas.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
-                                    sample_vectors)
+from latent_atlas.data.chunks import DenseChunk, read_chunk, screen_chunks
+from latent_atlas.data.content import chunk_version, content_version
+from latent_atlas.data.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
+                                         sample_vectors)
 from assets.partitions import all_chunks, chunks
 from assets.versions import CONTENT_VERSION, versioned
 from resources import ComputeBackendResource, CorpusResource

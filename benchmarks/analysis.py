@@ -24,12 +24,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from latent_atlas.analyzer import ClusterAnalyzer  # noqa: E402
-from latent_atlas.chunks import read_chunk  # noqa: E402
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.paths import atlas_home  # noqa: E402
-from latent_atlas.statistics import ChunkStatistics, StatisticsConfig  # noqa: E402
+from latent_atlas.analysis.statistics import ChunkStatistics, StatisticsConfig  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.chunks import read_chunk  # noqa: E402
+from latent_atlas.data.paths import atlas_home  # noqa: E402
+from latent_atlas.reading.clusters import ClusterAnalyzer  # noqa: E402
 
 
 def timed(fn) -> tuple[float, object]:

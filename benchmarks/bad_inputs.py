@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 def _npz_case(root: Path, case: str) -> dict:
     import dagster as dg
 
-    from latent_atlas.manifests import read_manifest, remove_chunk
+    from latent_atlas.data.manifests import read_manifest, remove_chunk
     from orchestration.definitions import build_definitions
     from assets.partitions import chunks
     from orchestration.pipeline import register_partitions, run_stages, stages_of
@@ -76,7 +76,7 @@ def _npz_case(root: Path, case: str) -> dict:
 def _text_case(root: Path, case: str, tokenizer) -> dict:
     import dagster as dg
 
-    from latent_atlas.manifests import read_manifest
+    from latent_atlas.data.manifests import read_manifest
     from orchestration.definitions import build_definitions
     from orchestration.pipeline import register_partitions, run_stages, stages_of
     from resources import CorpusResource, ModelResource

@@ -1,6 +1,6 @@
 """Bytes of one saved `chunk_stats` file at the user's width, part by part.
 
-A synthetic chunk (latent_atlas.synthetic: planted mixture, d=2304 by default) with top-m soft
+A synthetic chunk (latent_atlas.data.synthetic: planted mixture, d=2304 by default) with top-m soft
 memberships; `ChunkStatistics.compute` then `save`, and the .npz members' compressed sizes are
 printed by part. Run: .venv/bin/python benchmarks/chunk_stats_size.py [--dim 2304 --clusters 512]
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from latent_atlas.chunks import DenseChunk  # noqa: E402
-from latent_atlas.memberships import SparseMemberships  # noqa: E402
-from latent_atlas.statistics import ChunkStatistics, StatisticsConfig  # noqa: E402
-from latent_atlas.synthetic import mixture_directions, synthetic_chunk  # noqa: E402
+from latent_atlas.analysis.statistics import ChunkStatistics, StatisticsConfig  # noqa: E402
+from latent_atlas.clustering.memberships import SparseMemberships  # noqa: E402
+from latent_atlas.data.chunks import DenseChunk  # noqa: E402
+from latent_atlas.data.synthetic import mixture_directions, synthetic_chunk  # noqa: E402
 
 
 def planted_memberships(arrays: dict, directions: np.ndarray, top_m: int) -> SparseMemberships:

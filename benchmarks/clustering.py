@@ -24,12 +24,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from latent_atlas.chunks import read_chunk  # noqa: E402
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import blas_kernels, describe  # noqa: E402
-from latent_atlas.estep import effective_precision  # noqa: E402
-from latent_atlas.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm  # noqa: E402
-from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
+from latent_atlas.clustering.estep import effective_precision  # noqa: E402
+from latent_atlas.clustering.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.cpu import blas_kernels, describe  # noqa: E402
+from latent_atlas.data.chunks import read_chunk  # noqa: E402
+from latent_atlas.data.synthetic import write_synthetic_chunks  # noqa: E402
 
 DIM, K = 2304, 512
 PARAMS = dict(n_clusters=K, n_epochs=1, max_points=100_000, seed=0)

@@ -9,7 +9,8 @@ the first one ~40k tokens, longer than a chunk, so it is split into pieces), wri
 Parquet, in one file and in `--files` files. MiniLM-L6's tokenizer, 128-token sequences, 256 per chunk,
 registered as CorpusResource(source="files") does (deduplicating files by content).
 
-    old: latent_atlas/corpus.py and manifests.py as of `--baseline` (`git show`, loaded as modules):
+    old: corpus.py and manifests.py as of `--baseline` (`git show`, loaded as modules; then at the top of
+         latent_atlas/, before the library was grouped into packages):
          the files are parsed to list the documents, the planner reads each document's text again
          (a 4-file cache, so a shuffled corpus of more files parses a file per document), and every
          chunk's documents are tokenized again when it is materialized.
@@ -42,10 +43,20 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from latent_atlas import corpus as new_corpus  # noqa: E402
-from latent_atlas import manifests as new_manifests  # noqa: E402
+from latent_atlas.data import corpus as new_corpus  # noqa: E402
+from latent_atlas.data import errors, paths  # noqa: E402
+from latent_atlas.data import manifests as new_manifests  # noqa: E402
 
 SEQUENCE_LENGTH, SEQUENCES_PER_CHUNK, SKIP_FIRST, MODEL = 128, 256, 4, "minilm-l6"
+# The baseline's files (the library was flat then), and this checkout's modules that stand in for the
+# unchanged siblings they import.
+BASELINE_CORPUS, BASELINE_MANIFESTS = "latent_atlas/corpus.py", "latent_atlas/manifests.py"
+BASELINE_SIBLINGS = {"latent_atlas/errors.py": errors, "latent_atlas/paths.py": paths}
+
+
+def module_name(path: str) -> str:
+    """The name a file of the baseline was imported by: its path with dots, without .py."""
+    return path.removesuffix(".py").replace("/", ".")
 
 
 def load_baseline(rev: str) -> tuple[types.ModuleType, types.ModuleType]:
@@ -59,13 +70,16 @@ def load_baseline(rev: str) -> tuple[types.ModuleType, types.ModuleType]:
         exec(compile(source, mod.__file__, "exec"), mod.__dict__)
         return mod
 
-    old_corpus = module("baseline_corpus", "latent_atlas/corpus.py")
-    current = sys.modules["latent_atlas.corpus"]
-    sys.modules["latent_atlas.corpus"] = old_corpus  # `from latent_atlas.corpus import ...` in the old manifests
+    # Only while the baseline loads: no module of this checkout has these names.
+    names = {module_name(path): sibling for path, sibling in BASELINE_SIBLINGS.items()}
+    sys.modules.update(names)
     try:
-        old_manifests = module("baseline_manifests", "latent_atlas/manifests.py")
+        old_corpus = module("baseline_corpus", BASELINE_CORPUS)
+        names[module_name(BASELINE_CORPUS)] = sys.modules[module_name(BASELINE_CORPUS)] = old_corpus
+        old_manifests = module("baseline_manifests", BASELINE_MANIFESTS)
     finally:
-        sys.modules["latent_atlas.corpus"] = current
+        for name in names:
+            del sys.modules[name]
     return old_corpus, old_manifests
 
 

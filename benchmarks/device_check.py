@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.chunks import read_chunk  # noqa: E402
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.estep import effective_precision, resolve_precision  # noqa: E402
-from latent_atlas.models import SMOLLM2, extract_activations, load_model  # noqa: E402
-from latent_atlas.paths import model_cache_dir  # noqa: E402
-from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
+from latent_atlas.clustering.estep import effective_precision, resolve_precision  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.chunks import read_chunk  # noqa: E402
+from latent_atlas.data.models import SMOLLM2, extract_activations, load_model  # noqa: E402
+from latent_atlas.data.paths import model_cache_dir  # noqa: E402
+from latent_atlas.data.synthetic import write_synthetic_chunks  # noqa: E402
 from resources.device import TorchDeviceResource  # noqa: E402
 
 USER_VECTORS, DIM, K = 38_400_000, 2304, 512

@@ -9,8 +9,8 @@ same call, `model(input_ids=..., attention_mask=...)` under torch.inference_mode
 
     (a) full forward        all n_layers blocks (+ final norm), output discarded
     (b) truncated forward   the block list temporarily replaced by its first `layer` blocks
-    (c0) extract only       latent_atlas.models.extract_activations at `layer` (hook, stop, fp16)
-    (c) extract + store     (c0) then latent_atlas.chunks.write_chunk to a temp dir (the asset's work)
+    (c0) extract only       latent_atlas.data.models.extract_activations at `layer` (hook, stop, fp16)
+    (c) extract + store     (c0) then latent_atlas.data.chunks.write_chunk to a temp dir (the asset's work)
 
 Interleaved per batch (each batch runs (a), (b), (c0) back to back, rotating order) `--repeats`
 times (default 3); a variant's time is the sum over batches of its best; write_chunk of the whole
@@ -40,11 +40,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from latent_atlas.chunks import read_chunk, write_chunk  # noqa: E402
-from latent_atlas.corpus import bbc_documents, tokenize_documents  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.models import layer_modules, extract_activations, load_model  # noqa: E402
-from latent_atlas.paths import model_cache_dir  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.chunks import read_chunk, write_chunk  # noqa: E402
+from latent_atlas.data.corpus import bbc_documents, tokenize_documents  # noqa: E402
+from latent_atlas.data.models import layer_modules, extract_activations, load_model  # noqa: E402
+from latent_atlas.data.paths import model_cache_dir  # noqa: E402
 
 
 def bbc_windows(tokenizer, n_sequences: int, seq_len: int):

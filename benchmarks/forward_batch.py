@@ -10,9 +10,9 @@ import time
 import numpy as np
 import torch
 
-from latent_atlas.cpu import describe
-from latent_atlas.models import SMOLLM2, extract_activations, load_model
-from latent_atlas.paths import model_cache_dir
+from latent_atlas.compute.cpu import describe
+from latent_atlas.data.models import SMOLLM2, extract_activations, load_model
+from latent_atlas.data.paths import model_cache_dir
 
 SIZES = [128, 4, 8, 16, 32]  # sequences of 128 tokens per forward pass
 

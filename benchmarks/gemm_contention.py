@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.cpu import describe  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
 
 ROWS, DIM, K, ROUNDS, CALLS = 2048, 2304, 512, 5, 30
 

@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm  # noqa: E402
+from latent_atlas.clustering.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
 
 SHAPES = ((576, 64), (576, 512), (2304, 512), (2304, 2048), (4096, 512))
 ROWS, ROUNDS, CALLS = 2048, 5, 10

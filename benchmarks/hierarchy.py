@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.ensemble import EnsembleResult  # noqa: E402
-from latent_atlas.outcomes import Association, association_by_depth, parse_path  # noqa: E402
-from latent_atlas.sample import HierarchySample  # noqa: E402
-from latent_atlas.tree import ClusterTree, build_tree  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.hierarchy.ensemble import EnsembleResult  # noqa: E402
+from latent_atlas.hierarchy.outcomes import Association, association_by_depth, parse_path  # noqa: E402
+from latent_atlas.hierarchy.sample import HierarchySample  # noqa: E402
+from latent_atlas.hierarchy.tree import ClusterTree, build_tree  # noqa: E402
 
 
 def print_tree(title: str, tree: ClusterTree) -> int:

@@ -98,7 +98,7 @@ def main() -> int:
 
     import numpy as np
 
-    from latent_atlas.statistics import ChunkStatistics
+    from latent_atlas.analysis.statistics import ChunkStatistics
     from resources import LabelerResource
 
     usage = ChunkStatistics.load(home / "tensors" / "merged_statistics.npz").usage

@@ -14,9 +14,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.synthetic import write_synthetic_chunks  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.synthetic import write_synthetic_chunks  # noqa: E402
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.synthetic import labelled_tokens, write_synthetic_chunks  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.synthetic import labelled_tokens, write_synthetic_chunks  # noqa: E402
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.cpu import describe  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
 from latent_atlas.report import ReportConfig, build_site  # noqa: E402
 
 READ = ("results", "labels", "tensors/cluster_tree.npz", "tensors/cluster_tree.json", "tensors/document_tree.npz",

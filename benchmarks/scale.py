@@ -29,7 +29,7 @@ SAMPLE_BOUND = {"hierarchy_sample", "cluster_tree", "document_tree"}  # read a f
 
 
 def write_data(folder: Path, chunks: int, sequences: int, clusters: int) -> list[Path]:
-    from latent_atlas.synthetic import write_synthetic_chunks
+    from latent_atlas.data.synthetic import write_synthetic_chunks
 
     done = folder / "done"
     if done.exists() and done.read_text() == f"{chunks} {sequences} {clusters}":
@@ -93,7 +93,7 @@ def main() -> None:
     import dagster as dg
     import numpy as np
 
-    from latent_atlas.cpu import describe
+    from latent_atlas.compute.cpu import describe
     from orchestration.definitions import build_definitions
     from orchestration.pipeline import register_partitions, run_stages, stages_of
     from resources import CorpusResource

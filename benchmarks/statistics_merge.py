@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from latent_atlas.chunks import DenseChunk  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.memberships import SparseMemberships  # noqa: E402
-from latent_atlas.statistics import ChunkStatistics, StatisticsConfig, merge_statistics  # noqa: E402
+from latent_atlas.analysis.statistics import ChunkStatistics, StatisticsConfig, merge_statistics  # noqa: E402
+from latent_atlas.clustering.memberships import SparseMemberships  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.chunks import DenseChunk  # noqa: E402
 
 DIM, CLUSTERS, SEQUENCES, SEQ_LEN, TOP_M, VOCAB = 16, 64, 256, 32, 4, 50_000
 

@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     import dagster as dg
     import pyarrow.parquet as pq
 
-    from latent_atlas.cpu import describe
-    from latent_atlas.steering_eval import summarize
+    from latent_atlas.compute.cpu import describe
+    from latent_atlas.steering.evaluation import summarize
     from orchestration.definitions import defs
 
     overrides = {k: v for k, v in (("top_n", args.top_n), ("alphas", args.alphas), ("kl_budget", args.kl_budget))
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
           f"{summary['lda_beats_random']}, mean {summary['mean_beats_random']}")
     rows = table.to_pylist()
     print("\nper cluster, best lift at the budget (alpha):")
-    from latent_atlas.steering_eval import best_at_budget
+    from latent_atlas.steering.evaluation import best_at_budget
 
     for c, best in best_at_budget(table, budget).items():
         print(f"  cluster {c:>3}: " + "  ".join(f"{d} {b['lift']:6.2f} (a={b['alpha']:g}, kl={b['kl']:.2f})"

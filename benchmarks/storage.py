@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python benchmarks/storage.py [--gb 0.92] [--repeats 3] [--dim 2304]
 
-Writes ~`--gb` GB of fp16 activations [n_seq, 128, dim] once as a chunk (latent_atlas.chunks.
+Writes ~`--gb` GB of fp16 activations [n_seq, 128, dim] once as a chunk (latent_atlas.data.chunks.
 write_chunk) and as the alternatives (uncompressed NPZ, Parquet FixedSizeList<fp16>, Arrow IPC /
 Feather v2) into a temp directory under /tmp, then times, interleaved and `--repeats` times (best
 kept), opening the file(s) (np.fromfile, read_chunk, np.load, pq.read_table ...) and then one of
@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from latent_atlas.chunks import read_chunk, write_chunk  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.chunks import read_chunk, write_chunk  # noqa: E402
 
 SEQ_LEN = 128
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_quality.py [--chunks 19] [--sequences 1024] [--data DIR]
 
-Data: a planted mixture of k=512 unit directions at d=2304 (latent_atlas.synthetic), written once to
+Data: a planted mixture of k=512 unit directions at d=2304 (latent_atlas.data.synthetic), written once to
 DIR as fp16 chunk directories (19 x 1024 x 128 positions: ~2.1M attended vectors, 11 GB) and read
 back from disk by every method. Contenders, one after the other in this process:
 - ours: SequentialSoftClustering.fit_chunks streaming every point of every chunk (max_points above
@@ -34,12 +34,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from latent_atlas.backends import LocalBackend  # noqa: E402
-from latent_atlas.chunks import read_chunk  # noqa: E402
-from latent_atlas.clustering import SequentialSoftClustering  # noqa: E402
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.estep import effective_precision, resolve_precision  # noqa: E402
-from latent_atlas.synthetic import read_labels, write_synthetic_chunks  # noqa: E402
+from latent_atlas.clustering.estep import effective_precision, resolve_precision  # noqa: E402
+from latent_atlas.clustering.model import SequentialSoftClustering  # noqa: E402
+from latent_atlas.compute.backends import LocalBackend  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.data.chunks import read_chunk  # noqa: E402
+from latent_atlas.data.synthetic import read_labels, write_synthetic_chunks  # noqa: E402
 
 DIM, K = 2304, 512
 

@@ -21,8 +21,8 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.tree import ROOT, build_tree  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.hierarchy.tree import ROOT, build_tree  # noqa: E402
 from tests.test_tree import CONFIG, planted_hierarchy  # noqa: E402
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.sample import HierarchySample  # noqa: E402
-from latent_atlas.sample_trees import tree_inputs  # noqa: E402
-from latent_atlas.tree import TreeConfig, build_tree  # noqa: E402
+from latent_atlas.hierarchy.sample import HierarchySample  # noqa: E402
+from latent_atlas.hierarchy.sample_trees import tree_inputs  # noqa: E402
+from latent_atlas.hierarchy.tree import TreeConfig, build_tree  # noqa: E402
 
 
 def main(home: str) -> None:

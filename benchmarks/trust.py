@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_atlas.cpu import describe  # noqa: E402
-from latent_atlas.ensemble import best_match_cosines  # noqa: E402
+from latent_atlas.compute.cpu import describe  # noqa: E402
+from latent_atlas.hierarchy.ensemble import best_match_cosines  # noqa: E402
 
 
 def stored(home: Path) -> None:
@@ -48,9 +48,9 @@ def stored(home: Path) -> None:
 
 
 def refits(home: Path) -> None:
-    from latent_atlas.chunks import read_chunk
-    from latent_atlas.clustering import SequentialSoftClustering
-    from latent_atlas.ensemble import atlas_cluster_stability, soft_clustering_fit_fn
+    from latent_atlas.clustering.model import SequentialSoftClustering
+    from latent_atlas.data.chunks import read_chunk
+    from latent_atlas.hierarchy.ensemble import atlas_cluster_stability, soft_clustering_fit_fn
 
     atlas = SequentialSoftClustering.load(home / "tensors" / "centroids.npz")
     paths = sorted((home / "tensors" / "whitened_activations").iterdir())

@@ -9,7 +9,7 @@ A tiny "SAE" (random ReLU encoder) reads random embeddings of a toy sentence str
 import numpy as np
 import torch
 
-from latent_atlas.topk import TopKCollector
+from latent_atlas.analysis.topk import TopKCollector
 
 VOCAB = "the cat sat on a mat while dog ran to park and bird sang in tree".split()
 

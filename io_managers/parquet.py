@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from io_managers.storage import input_paths, output_path, wants_single_partition
-from latent_atlas.paths import atlas_home
-from latent_atlas.tables import write_table
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.data.tables import write_table
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):

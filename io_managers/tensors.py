@@ -16,21 +16,21 @@ from pathlib import Path
 import dagster as dg
 
 from io_managers.storage import input_paths, output_path, wants_single_partition
-from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
-from latent_atlas.paths import atlas_home
-from latent_atlas.tables import write_atomically
+from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.data.paths import atlas_home
+from latent_atlas.data.tables import write_atomically
 
 # The classes this IO manager saves, as their sidecars name them. A sidecar is data, not code:
 # loading imports only these, never whatever `module:class` a file on disk happens to name.
 SAVED_TYPES = frozenset({
-    "latent_atlas.clustering:SequentialSoftClustering",
-    "latent_atlas.ensemble:EnsembleResult",
-    "latent_atlas.intervention:InterventionVectors",
-    "latent_atlas.sample:HierarchySample",
-    "latent_atlas.statistics:ChunkStatistics",
-    "latent_atlas.steering:SteeringVectors",
-    "latent_atlas.tree:ClusterTree",
-    "latent_atlas.whitening:Whitening",
+    "latent_atlas.clustering.model:SequentialSoftClustering",
+    "latent_atlas.hierarchy.ensemble:EnsembleResult",
+    "latent_atlas.analysis.intervention:InterventionVectors",
+    "latent_atlas.hierarchy.sample:HierarchySample",
+    "latent_atlas.analysis.statistics:ChunkStatistics",
+    "latent_atlas.steering.vectors:SteeringVectors",
+    "latent_atlas.hierarchy.tree:ClusterTree",
+    "latent_atlas.data.whitening:Whitening",
 })
 
 

@@ -42,7 +42,7 @@ def _recover_from_kills(instance, home: Path) -> None:
     any more: the pipeline writes inside its runs, and a rerun right after a kill -9 must not leave the
     killed write's file behind for the next 15 minutes.
     """
-    from latent_atlas.chunks import remove_stale_temp_files
+    from latent_atlas.data.chunks import remove_stale_temp_files
 
     for run_id in fail_orphaned_runs(instance):
         print(f"marked run {run_id} failed: its process was killed")
@@ -136,7 +136,7 @@ def _remove_chunk(args: argparse.Namespace) -> int:
     use_atlas_home(args.home)
     import dagster as dg
 
-    from latent_atlas.manifests import remove_chunk
+    from latent_atlas.data.manifests import remove_chunk
     from assets.partitions import chunks
 
     instance = dg.DagsterInstance.get()
@@ -188,7 +188,7 @@ def _chat_client(name: str, home: Path):
 
 def _analyze(args: argparse.Namespace) -> int:
     """Per-token clusters, labels and confidences of one sentence (read-only on ATLAS_HOME)."""
-    from latent_atlas.analyze import SentenceAnalyzer, table, to_json
+    from latent_atlas.reading.sentences import SentenceAnalyzer, table, to_json
 
     try:
         analyzer = SentenceAnalyzer(args.home or None, top=args.top)
@@ -216,7 +216,7 @@ def _steer(args: argparse.Namespace) -> int:
     """Unsteered and steered greedy continuations of a prompt, side by side (read-only on ATLAS_HOME)."""
     import textwrap
 
-    from latent_atlas.steering import Steerer
+    from latent_atlas.steering.vectors import Steerer
 
     try:
         steerer = Steerer(args.home or None)
@@ -237,7 +237,7 @@ def _steer(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from latent_atlas.clustering import ClusteringConfig  # the library's defaults are the CLI's
+    from latent_atlas.clustering.model import ClusteringConfig  # the library's defaults are the CLI's
 
     parser = argparse.ArgumentParser(prog="latent-atlas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.set_defaults(func=None)
     args, rest = parser.parse_known_args(argv)
     if args.command == "synthetic":
-        from latent_atlas.synthetic import main as synthetic_main
+        from latent_atlas.data.synthetic import main as synthetic_main
 
         return synthetic_main(rest)
     return args.func(args)

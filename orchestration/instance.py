@@ -54,7 +54,7 @@ def use_atlas_home(home: str | Path = "", postgres_url: str = "") -> Path:
     """
     if home:
         os.environ["ATLAS_HOME"] = str(Path(home).resolve())
-    from latent_atlas.paths import atlas_home
+    from latent_atlas.data.paths import atlas_home
 
     path = atlas_home()
     dagster_home = path / "dagster"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from latent_atlas.corpus import TEXT_SUFFIXES, TextSource
-from latent_atlas.errors import ChunkError
-from latent_atlas.manifests import Registration, register_npz, register_text
-from latent_atlas.paths import incoming_dir
+from latent_atlas.data.corpus import TEXT_SUFFIXES, TextSource
+from latent_atlas.data.errors import ChunkError
+from latent_atlas.data.manifests import Registration, register_npz, register_text
+from latent_atlas.data.paths import incoming_dir
 from orchestration.jobs import chunk_job
 from assets.partitions import chunks
 from resources import CorpusResource, ModelResource

@@ -19,7 +19,7 @@ class ComputeBackendResource(dg.ConfigurableResource):
     _backend: object = PrivateAttr(default=None)
 
     def backend(self):
-        from latent_atlas.backends import DaskBackend, LocalBackend
+        from latent_atlas.compute.backends import DaskBackend, LocalBackend
 
         if self.kind == "local":
             return LocalBackend()

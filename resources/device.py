@@ -6,7 +6,7 @@ import dagster as dg
 import torch
 from pydantic import Field
 
-from latent_atlas.device import compute_dtype, pick_device
+from latent_atlas.compute.device import compute_dtype, pick_device
 
 
 class TorchDeviceResource(dg.ConfigurableResource):

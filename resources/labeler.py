@@ -51,8 +51,8 @@ class LabelerResource(dg.ConfigurableResource):
         from latent_atlas.labels.llm import LocalChatClient, OpenAIChatClient
 
         if self.kind == "local":
-            from latent_atlas.models import SMOLLM2
-            from latent_atlas.paths import model_cache_dir
+            from latent_atlas.data.models import SMOLLM2
+            from latent_atlas.data.paths import model_cache_dir
 
             return LocalChatClient(model_name=self.model or SMOLLM2, cache_dir=model_cache_dir(), device=self.device,
                                    max_new_tokens=self.max_new_tokens)

@@ -8,8 +8,8 @@ import dagster as dg
 import torch
 from pydantic import Field
 
-from latent_atlas.models import SMOLLM2, LoadedModel, load_model, load_tokenizer
-from latent_atlas.paths import model_cache_dir
+from latent_atlas.data.models import SMOLLM2, LoadedModel, load_model, load_tokenizer
+from latent_atlas.data.paths import model_cache_dir
 
 
 @lru_cache(maxsize=2)
@@ -25,7 +25,7 @@ def _load_tokenizer(name: str):
 
 
 class ModelResource(dg.ConfigurableResource):
-    """A Hugging Face model from an installed package (see latent_atlas.models)."""
+    """A Hugging Face model from an installed package (see latent_atlas.data.models)."""
 
     name: str = Field(default=SMOLLM2, description="'smollm2-135m' (default), 'minilm-l6' (fast), or a local model dir")
     layer: int = Field(default=0, description="Residual stream after this block (1..n_layers); 0 = a middle layer")

@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 
 from assets.analysis import heldout_sequences
 from io_managers.tensors import load_artifact
-from latent_atlas.analyzer import ClusterAnalyzer
-from latent_atlas.chunks import read_chunk
-from latent_atlas.ensemble import stability_floor
-from latent_atlas.intervention import InterventionVectors
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.statistics import ChunkStatistics
+from latent_atlas.analysis.intervention import InterventionVectors
+from latent_atlas.analysis.statistics import ChunkStatistics
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.data.chunks import read_chunk
+from latent_atlas.hierarchy.ensemble import stability_floor
+from latent_atlas.reading.clusters import ClusterAnalyzer
 from resources import CorpusResource, ModelResource
 from tests.conftest import check_results, materialized
 

@@ -9,12 +9,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from latent_atlas.analyze import (SentenceAnalyzer, TokenAnalysis, deterministic_summary, display_token, table,
-                                  to_json)
-from latent_atlas.clustering import SequentialSoftClustering
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.models import extract_activations
+from latent_atlas.data.whitening import Whitening
 from latent_atlas.labels.records import CentroidExplanation
-from latent_atlas.models import extract_activations
-from latent_atlas.whitening import Whitening
+from latent_atlas.reading.sentences import (SentenceAnalyzer, TokenAnalysis, deterministic_summary, display_token,
+                                            table, to_json)
 from orchestration.cli import main
 from resources import CorpusResource
 from tests.conftest import materialized

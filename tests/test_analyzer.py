@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from latent_atlas.analyzer import ClusterAnalyzer, build_results
-from latent_atlas.chunks import read_chunk, write_chunk
-from latent_atlas.exemplars import ExemplarConfig, check_exemplars
-from latent_atlas.intervention import check_vectors
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.statistics import ChunkStatistics, StatisticsConfig, merge_statistics
+from latent_atlas.analysis.exemplars import ExemplarConfig, check_exemplars
+from latent_atlas.analysis.intervention import check_vectors
+from latent_atlas.analysis.statistics import ChunkStatistics, StatisticsConfig, merge_statistics
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.data.chunks import read_chunk, write_chunk
+from latent_atlas.reading.clusters import ClusterAnalyzer, build_results
 
 K, L, D = 4, 16, 12
 WORDS = [f" w{i}" for i in range(60)]

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from latent_atlas.backends import DaskBackend, LocalBackend
-from latent_atlas.checkpoints import checkpoint_key
-from latent_atlas.chunks import load_npz_chunk
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.errors import ChunkError
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.synthetic import labelled_tokens, write_synthetic_chunks
+from latent_atlas.clustering.checkpoints import checkpoint_key
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.compute.backends import DaskBackend, LocalBackend
+from latent_atlas.data.chunks import load_npz_chunk
+from latent_atlas.data.errors import ChunkError
+from latent_atlas.data.synthetic import labelled_tokens, write_synthetic_chunks
 
 DIM, K = 2304, 64
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_dask_gives_identical_centroids(chunks):
 
 _RUN = """
 import sys, numpy as np
-from latent_atlas.clustering import SequentialSoftClustering, checkpoint_key
+from latent_atlas.clustering.model import SequentialSoftClustering, checkpoint_key
 paths, ckpt, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 ckpt = None if ckpt == "-" else ckpt
 m = SequentialSoftClustering(64, n_epochs=8, max_points=5000, seed=0, checkpoint_dir=ckpt).fit_chunks(paths)

@@ -13,15 +13,15 @@ from assets.configs import attribute_docs, config_class, library_config
 from assets.labels import ClusterLabelsConfig, NodeLabelsConfig
 from assets.report import AtlasReportConfig
 from assets.steering import SteeringEvalAssetConfig
-from latent_atlas.clustering import ClusteringConfig
+from latent_atlas.analysis.statistics import StatisticsConfig
+from latent_atlas.clustering.model import ClusteringConfig
+from latent_atlas.hierarchy.mdl import MergeConfig
+from latent_atlas.hierarchy.tree import TreeConfig
 from latent_atlas.labels.examples import HeldoutConfig
 from latent_atlas.labels.nodes import NodeExamplesConfig
 from latent_atlas.labels.scorers import ScorerConfig
-from latent_atlas.mdl import MergeConfig
 from latent_atlas.report import ReportConfig
-from latent_atlas.statistics import StatisticsConfig
-from latent_atlas.steering_eval import SteeringEvalConfig
-from latent_atlas.tree import TreeConfig
+from latent_atlas.steering.evaluation import SteeringEvalConfig
 
 # (asset config, library dataclass, fields a resource supplies instead)
 DERIVED = [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from latent_atlas.chunks import DenseChunk
-from latent_atlas.content import chunk_version, content_version
+from latent_atlas.data.chunks import DenseChunk
+from latent_atlas.data.content import chunk_version, content_version
 
 
 def test_content_version_changes_with_any_byte_dtype_or_shape_and_only_then():

@@ -7,17 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latent_atlas.corpus import (
-    SequenceLayout, bbc_documents, file_documents, file_rows, plan_chunks, read_text, tokenize_documents,
-)
-from latent_atlas.errors import ChunkError
+from latent_atlas.data.corpus import (SequenceLayout, bbc_documents, file_documents, file_rows, plan_chunks, read_text,
+                                      tokenize_documents)
+from latent_atlas.data.errors import ChunkError
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from latent_atlas.models import MINILM, model_directory
+    from latent_atlas.data.models import MINILM, model_directory
 
     return AutoTokenizer.from_pretrained(model_directory(MINILM, cache_dir=None))
 
@@ -48,7 +47,7 @@ def test_windows_never_cross_documents_and_keep_metadata(tokenizer, tmp_path):
 
 def test_token_chunk_table_round_trip(tokenizer):
     tokens = tokenize_documents(bbc_documents(per_category=1)[:2], tokenizer, 32)
-    from latent_atlas.corpus import TokenChunk
+    from latent_atlas.data.corpus import TokenChunk
 
     back = TokenChunk.from_table(tokens.to_table())
     np.testing.assert_array_equal(back.token_ids, tokens.token_ids)
@@ -122,7 +121,7 @@ def counting_tokenizer():
 
     from transformers import AutoTokenizer
 
-    from latent_atlas.models import MINILM, model_directory
+    from latent_atlas.data.models import MINILM, model_directory
 
     directory = model_directory(MINILM, cache_dir=None)
     base = type(AutoTokenizer.from_pretrained(directory))
@@ -185,8 +184,8 @@ def _write_counted_corpus(folder):
 
 def test_registration_reads_each_file_once_and_tokenizes_each_document_once(atlas_home, tmp_path, counting_tokenizer,
                                                                              opens, tokenizer):
-    from latent_atlas.corpus import TextSource, text_files
-    from latent_atlas.manifests import all_manifests, register_text, stored_token_ids
+    from latent_atlas.data.corpus import TextSource, text_files
+    from latent_atlas.data.manifests import all_manifests, register_text, stored_token_ids
 
     texts = _write_counted_corpus(tmp_path / "notes")
     assert len(texts[str((tmp_path / "notes" / "big.jsonl").resolve())]) == 200
@@ -231,8 +230,8 @@ def test_registration_reads_each_file_once_and_tokenizes_each_document_once(atla
 
 
 def test_stored_ids_are_not_used_for_a_changed_file_or_a_piece(atlas_home, tmp_path, tokenizer):
-    from latent_atlas.corpus import TextSource, text_files
-    from latent_atlas.manifests import read_manifest, register_text, remove_chunk, stored_token_ids
+    from latent_atlas.data.corpus import TextSource, text_files
+    from latent_atlas.data.manifests import read_manifest, register_text, remove_chunk, stored_token_ids
 
     folder = tmp_path / "speeches"
     folder.mkdir()

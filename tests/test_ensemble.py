@@ -5,22 +5,11 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from latent_atlas.ensemble import (
-    EnsembleResult,
-    RunRegistry,
-    adjusted_rand,
-    align_centers,
-    atlas_cluster_stability,
-    atlas_stability_table,
-    cluster_stability,
-    fit_ensemble,
-    matching_distance,
-    pairwise_partition_distances,
-    perm_invariant_hamming,
-    refine_centers,
-    soft_clustering_fit_fn,
-    stability_floor,
-)
+from latent_atlas.hierarchy.ensemble import (EnsembleResult, RunRegistry, adjusted_rand, align_centers,
+                                             atlas_cluster_stability, atlas_stability_table, cluster_stability,
+                                             fit_ensemble, matching_distance, pairwise_partition_distances,
+                                             perm_invariant_hamming, refine_centers, soft_clustering_fit_fn,
+                                             stability_floor)
 
 A = np.array([0, 0, 0, 1, 1, 2])
 B = np.array([1, 1, 0, 0, 0, 0])
@@ -99,9 +88,9 @@ def test_fit_ensemble_on_separated_blobs_agrees_across_seeds(tmp_path):
 
 
 def test_fit_ensemble_with_the_real_soft_clustering():
-    clustering = pytest.importorskip("latent_atlas.clustering")
+    clustering = pytest.importorskip("latent_atlas.clustering.model")
     if not hasattr(clustering, "SequentialSoftClustering"):
-        pytest.skip("latent_atlas.clustering has no SequentialSoftClustering yet")
+        pytest.skip("latent_atlas.clustering.model has no SequentialSoftClustering yet")
     x = _blobs(n_per=100)
     result = fit_ensemble(x, seeds=[0, 1], fit_fn=soft_clustering_fit_fn(5))
     assert result.stability.shape == (2, 5)
@@ -123,7 +112,7 @@ FULL_BATCH = {"max_points": 10**9, "n_epochs": 10, "refine_iters": 100}
 
 
 def test_atlas_clusters_of_a_planted_mixture_are_stable():
-    from latent_atlas.clustering import SequentialSoftClustering
+    from latent_atlas.clustering.model import SequentialSoftClustering
 
     x, _, _ = _planted()
     atlas = SequentialSoftClustering(8, seed=100, max_points=10**9, n_epochs=30).fit(x)
@@ -210,7 +199,7 @@ def test_registry_records_runs(tmp_path):
 
 
 def test_refine_centers_reaches_the_batch_em_fixed_point():
-    from latent_atlas.clustering import SequentialSoftClustering
+    from latent_atlas.clustering.model import SequentialSoftClustering
 
     x, _, _ = _planted(noise=0.3)
     model = SequentialSoftClustering(8, n_epochs=1, max_points=200, seed=0).fit(x)  # a rough online fit

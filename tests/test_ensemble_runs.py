@@ -3,9 +3,9 @@ record of it under an id that names the config, the seeds and the sample."""
 
 import numpy as np
 
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.ensemble import RunRegistry
-from latent_atlas.ensemble_runs import fit_atlas_ensemble, refit_params, register_ensemble
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.hierarchy.ensemble import RunRegistry
+from latent_atlas.hierarchy.ensemble_runs import fit_atlas_ensemble, refit_params, register_ensemble
 
 
 def _planted(seed=0, k=4, per_cluster=50, d=8):

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-import latent_atlas.estep as estep
-from latent_atlas.chunks import DenseChunk
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.errors import ChunkError
-from latent_atlas.cpu import avx512_kernels, bf16_unit, cpu_model, isa_flags
-from latent_atlas.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows
-from latent_atlas.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm
-from latent_atlas.memory import release_free_memory
+import latent_atlas.clustering.estep as estep
+from latent_atlas.clustering.estep import as_tensor, block_memberships, effective_precision, learning_dtype, load_rows
+from latent_atlas.clustering.gemm import FP32_GEMMS, fp32_gemm, fp32_mm, use_fp32_gemm
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.compute.cpu import avx512_kernels, bf16_unit, cpu_model, isa_flags
+from latent_atlas.compute.memory import release_free_memory
+from latent_atlas.data.chunks import DenseChunk
+from latent_atlas.data.errors import ChunkError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,8 +232,8 @@ def test_cpu_model_and_flags_of_a_cpuinfo_text():
 @pytest.mark.parametrize("cap", [{"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}])
 def test_auto_learning_precision_is_float32_under_an_avx2_cap(cap):
     # the cap is set from outside, for a child process only, as the CI's AVX2 pass does
-    code = ("from latent_atlas.clustering import SequentialSoftClustering\n"
-            "from latent_atlas.estep import effective_precision\n"
+    code = ("from latent_atlas.clustering.model import SequentialSoftClustering\n"
+            "from latent_atlas.clustering.estep import effective_precision\n"
             "model = SequentialSoftClustering(4)\n"
             "print(model.learn_precision, '|', effective_precision(model.learn_precision, 'cpu'))\n")
     env = {**os.environ, **cap}

@@ -4,11 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from latent_atlas.exemplars import (
-    ExemplarCandidates, ExemplarConfig, check_exemplars, cluster_salts, fill_context, select_exemplars,
-    sequence_keys_for, stream_salt,
-)
-from latent_atlas.memberships import SparseMemberships
+from latent_atlas.analysis.exemplars import (ExemplarCandidates, ExemplarConfig, check_exemplars, cluster_salts,
+                                             fill_context, select_exemplars, sequence_keys_for, stream_salt)
+from latent_atlas.clustering.memberships import SparseMemberships
 
 K, L = 4, 20
 CONFIG = ExemplarConfig(top_k=5, random_k=6, random_min_membership=0.2, n_bands=4, per_band=3,

@@ -11,7 +11,7 @@ import pytest
 
 from io_managers import tensors
 from io_managers.tensors import TensorIOManager, load_artifact
-from latent_atlas.whitening import Moments, Whitening
+from latent_atlas.data.whitening import Moments, Whitening
 
 DEMO_HOME = Path("/tmp/demo-final")
 
@@ -32,8 +32,8 @@ def test_dask_cluster_is_closed_when_the_resource_context_ends():
 
 
 def test_tokenizer_loads_no_model_weights(atlas_home):
-    from latent_atlas.models import MINILM, load_model
-    from latent_atlas.paths import model_cache_dir
+    from latent_atlas.data.models import MINILM, load_model
+    from latent_atlas.data.paths import model_cache_dir
     from resources.model import ModelResource, _load
 
     _load.cache_clear()
@@ -58,7 +58,7 @@ def test_artifacts_round_trip_with_no_temp_files_left(tmp_path):
     whitening = _whitening(0)
     manager.handle_output(_output_context("whitening"), whitening)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["whitening.json", "whitening.npz"]
-    assert json.loads((tmp_path / "whitening.json").read_text()) == {"class": "latent_atlas.whitening:Whitening"}
+    assert json.loads((tmp_path / "whitening.json").read_text()) == {"class": "latent_atlas.data.whitening:Whitening"}
     loaded = load_artifact(tmp_path / "whitening.npz")
     np.testing.assert_array_equal(loaded.matrix_, whitening.matrix_)
     np.testing.assert_array_equal(loaded.mean_, whitening.mean_)

@@ -36,7 +36,7 @@ IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 # Run in the child before the CLI: SIGKILL the process right after one of our own writes, inside a run.
 KILL_AT = """
 import os, signal, sys, runpy
-import io_managers.parquet as parquet, latent_atlas.clustering as clustering
+import io_managers.parquet as parquet, latent_atlas.clustering.model as clustering
 point, args = {point!r}, {args!r}
 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if point == "checkpoint":

@@ -4,13 +4,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import dagster as dg
-from latent_atlas.analyzer import ClusterAnalyzer
+from latent_atlas.analysis.intervention import InterventionVectors
+from latent_atlas.analysis.statistics import ChunkStatistics
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.data.chunks import read_chunk
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutConfig, heldout_examples, shown_examples
-from latent_atlas.chunks import read_chunk
-from latent_atlas.intervention import InterventionVectors
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.statistics import ChunkStatistics
+from latent_atlas.reading.clusters import ClusterAnalyzer
 from resources import CorpusResource, LabelerResource, ModelResource
 from tests.conftest import check_results, materialized
 from tests.test_asset_metadata import assert_readable_pages

@@ -5,16 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from latent_atlas.mdl import (
-    MergeConfig,
-    aligned_merge_histories,
-    coactivation,
-    description_length,
-    history_distances,
-    merge_costs,
-    merge_iteration,
-    plot_history_distances,
-)
+from latent_atlas.hierarchy.mdl import (MergeConfig, aligned_merge_histories, coactivation, description_length,
+                                        history_distances, merge_costs, merge_iteration, plot_history_distances)
 
 
 def _groups_state(active, assignment):
@@ -85,7 +77,7 @@ def test_bad_config_is_named():
 
 
 def test_histories_table_has_a_row_per_member_and_merge():
-    from latent_atlas.mdl import histories_table, pair_distances
+    from latent_atlas.hierarchy.mdl import histories_table, pair_distances
 
     rng = np.random.default_rng(3)
     histories = {f"seed={s}": merge_iteration(rng.random((60, 5)), MergeConfig(activation_threshold=0.5, seed=s))

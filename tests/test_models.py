@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from latent_atlas.corpus import bbc_documents, tokenize_documents
-from latent_atlas.device import batch_size_for_budget, pick_device
-from latent_atlas.errors import ChunkError
-from latent_atlas.models import MINILM, LoadedModel, extract_activations, load_model
+from latent_atlas.compute.device import batch_size_for_budget, pick_device
+from latent_atlas.data.corpus import bbc_documents, tokenize_documents
+from latent_atlas.data.errors import ChunkError
+from latent_atlas.data.models import MINILM, LoadedModel, extract_activations, load_model
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_activations_beyond_float16_fail_before_they_become_inf():
 
 
 def test_cpu_forward_batches_are_cache_sized_and_gpu_batches_follow_the_budget():
-    from latent_atlas.device import CPU_BATCH_TOKENS, forward_batch_size
+    from latent_atlas.compute.device import CPU_BATCH_TOKENS, forward_batch_size
 
     assert forward_batch_size("cpu", 4096, 128, 576, 15) == CPU_BATCH_TOKENS // 128
     assert forward_batch_size("cpu", 4096, 4096, 576, 15) == 1  # one long sequence still runs

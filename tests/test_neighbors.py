@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latent_atlas.neighbors import cosine_knn
+from latent_atlas.hierarchy.neighbors import cosine_knn
 
 
 def brute_force(queries, reference, k):

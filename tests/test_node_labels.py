@@ -8,14 +8,14 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
+from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, TreeNode
 from latent_atlas.labels.cache import LabelCache
-from latent_atlas.labels.llm import LLMLabeler, OpenAIChatClient
 from latent_atlas.labels.examples import HeldoutExamples
+from latent_atlas.labels.llm import LLMLabeler, OpenAIChatClient
 from latent_atlas.labels.nodes import (NodeExamplesConfig, NodeTask, category_accuracy, label_tree, labeled_nodes,
                                        majority_categories, node_picks)
 from latent_atlas.labels.records import Example, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig
-from latent_atlas.tree import ClusterTree, TreeConfig, TreeNode
 from resources import CorpusResource
 from tests.conftest import materialized
 from tests.test_asset_metadata import assert_readable_pages
@@ -147,8 +147,8 @@ def test_node_labels_asset_names_every_node_of_both_trees(atlas_home):
 
 
 def test_cluster_analyzer_reads_node_labels_by_node_id(tmp_path):
-    from latent_atlas.analyzer import ClusterAnalyzer
     from latent_atlas.labels.records import CentroidExplanation
+    from latent_atlas.reading.clusters import ClusterAnalyzer
 
     cache = LabelCache(tmp_path / "labels" / "nodes" / "document_tree", prefix="node")
     cache.put(CentroidExplanation(0, "Elections", "Politics news.", 0.5, (0.3, 0.7), {}, [], "2026-12-01T00:00:00",

@@ -9,15 +9,9 @@ import pytest
 from scipy.stats import chi2_contingency, false_discovery_control, fisher_exact
 from scipy.stats.contingency import association
 
-from latent_atlas.outcomes import (
-    OutcomesError,
-    annotate_documents,
-    association_by_depth,
-    association_is_testable,
-    cluster_outcome_association,
-    load_outcomes_csv,
-    permutation_chi2_p,
-)
+from latent_atlas.hierarchy.outcomes import (OutcomesError, annotate_documents, association_by_depth,
+                                             association_is_testable, cluster_outcome_association, load_outcomes_csv,
+                                             permutation_chi2_p)
 
 
 def test_cramers_v_is_one_for_perfect_association():
@@ -86,7 +80,7 @@ def test_load_outcomes_csv_and_its_errors(tmp_path):
 
 
 def test_association_rows_and_markdown_cover_every_cell():
-    from latent_atlas.outcomes import association_markdown, association_rows, parse_path, path_text
+    from latent_atlas.hierarchy.outcomes import association_markdown, association_rows, parse_path, path_text
 
     paths = [["0", "0.0"]] * 6 + [["0", "0.1"]] * 4 + [["1"]] * 5
     outcomes = ["a"] * 6 + ["b"] * 4 + ["b"] * 5

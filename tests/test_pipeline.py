@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow.parquet as pq
 
-from latent_atlas.chunks import read_chunk
-from latent_atlas.whitening import Whitening, covariance_error
+from latent_atlas.data.chunks import read_chunk
+from latent_atlas.data.whitening import Whitening, covariance_error
 from resources import CorpusResource, ModelResource
 from tests.conftest import SMALL_CORPUS_MAX_DEAD, check_metadata, check_results, materialized, write_seed_npz
 

@@ -130,8 +130,8 @@ def test_four_concurrent_chunk_runs_on_postgres_then_the_pipeline(atlas_home, tm
     import psycopg2
     import pyarrow.parquet as pq
 
-    from latent_atlas.chunks import read_chunk
-    from latent_atlas.corpus import TokenChunk
+    from latent_atlas.data.chunks import read_chunk
+    from latent_atlas.data.corpus import TokenChunk
     from orchestration.instance import use_atlas_home
     from orchestration.pipeline import register_partitions
     from resources import CorpusResource

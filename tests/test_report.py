@@ -92,7 +92,7 @@ def test_every_page_escapes_an_injected_script_token_and_stays_offline_and_small
 
 def test_cluster_pages_carry_their_data(home):
     site = home / "report"
-    from latent_atlas.analyzer import ClusterAnalyzer
+    from latent_atlas.reading.clusters import ClusterAnalyzer
 
     atlas = ClusterAnalyzer(home / "results")
     index = (site / "index.html").read_text()

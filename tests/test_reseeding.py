@@ -1,9 +1,9 @@
-"""Where dead, redundant and idle clusters move (latent_atlas.reseeding), on planted directions."""
+"""Where dead, redundant and idle clusters move (latent_atlas.clustering.reseeding), on planted directions."""
 
 import numpy as np
 
-from latent_atlas.clustering_config import ClusteringConfig
-from latent_atlas.reseeding import duplicates, plan_moves
+from latent_atlas.clustering.config import ClusteringConfig
+from latent_atlas.clustering.reseeding import duplicates, plan_moves
 
 D = 8
 E = np.eye(D, dtype=np.float32)

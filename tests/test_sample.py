@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import DenseChunk
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.sample import HierarchySample, dense_memberships, draw_sample, memberships_for_centers
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.chunks import DenseChunk
+from latent_atlas.hierarchy.sample import HierarchySample, dense_memberships, draw_sample, memberships_for_centers
 
 DIM = 8
 

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
-from latent_atlas.errors import ChunkError
-from latent_atlas.exemplars import ExemplarCandidates, ExemplarConfig, select_exemplars
-from latent_atlas.intervention import intervention_vectors
-from latent_atlas.memberships import SparseMemberships
-from latent_atlas.statistics import ChunkStatistics, StatisticsConfig, check_usage, cluster_stats, merge_statistics
+from latent_atlas.analysis.exemplars import ExemplarCandidates, ExemplarConfig, select_exemplars
+from latent_atlas.analysis.intervention import intervention_vectors
+from latent_atlas.analysis.statistics import (ChunkStatistics, StatisticsConfig, check_usage, cluster_stats,
+                                              merge_statistics)
+from latent_atlas.clustering.memberships import SparseMemberships
+from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.data.errors import ChunkError
 
 K, L, D, VOCAB = 5, 12, 8, 40
 CONFIG = StatisticsConfig(density_threshold=0.4, coactivation_threshold=0.1, histogram_bins=10,

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from latent_atlas.clustering import SequentialSoftClustering
-from latent_atlas.models import MINILM, extract_activations, model_directory
-from latent_atlas.steering import SteeringVectors, greedy_generate, load_causal_model, residual_directions
-from latent_atlas.steering_eval import (SteeringEvalConfig, best_at_budget, dense_memberships, evaluate_steering,
-                                        summarize)
-from latent_atlas.whitening import Moments, Whitening
+from latent_atlas.clustering.model import SequentialSoftClustering
+from latent_atlas.data.models import MINILM, extract_activations, model_directory
+from latent_atlas.data.whitening import Moments, Whitening
+from latent_atlas.steering.evaluation import (SteeringEvalConfig, best_at_budget, dense_memberships, evaluate_steering,
+                                              summarize)
+from latent_atlas.steering.vectors import SteeringVectors, greedy_generate, load_causal_model, residual_directions
 from orchestration.cli import main
 from tests.test_analyzer import results  # noqa: F401  (a small results directory, built once)
 
@@ -169,8 +169,8 @@ def test_cli_steer_prints_both_continuations(planted, tmp_path, capsys):
 def test_cluster_summary_carries_its_steering_results(results, tmp_path):
     import json
 
-    from latent_atlas.analyzer import ClusterAnalyzer
-    from latent_atlas.tables import write_table
+    from latent_atlas.data.tables import write_table
+    from latent_atlas.reading.clusters import ClusterAnalyzer
 
     path, _ = results
     assert ClusterAnalyzer(path).get_cluster_summary(1)["steering"] is None  # before steering_eval ran

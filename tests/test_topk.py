@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from latent_atlas.topk import TopKCollector
+from latent_atlas.analysis.topk import TopKCollector
 
 F, K, W = 6, 4, 2
 

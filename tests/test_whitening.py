@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from latent_atlas.chunks import DenseChunk, read_chunk, write_chunk
-from latent_atlas.errors import ChunkError
-from latent_atlas.whitening import (Moments, Whitening, covariance_check, covariance_error, held_out_check,
-                                    held_out_size)
+from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.data.errors import ChunkError
+from latent_atlas.data.whitening import (Moments, Whitening, covariance_check, covariance_error, held_out_check,
+                                         held_out_size)
 
 
 def _correlated(n, d, seed):

@@ -15,13 +15,13 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from latent_atlas.data.tables import write_atomically
 from latent_atlas.labels.records import CentroidExplanation, Example
-from latent_atlas.tables import write_atomically
 
 
 
 def default_label_dir() -> Path:
-    from latent_atlas.paths import atlas_home
+    from latent_atlas.data.paths import atlas_home
 
     return atlas_home() / "labels" / "clusters"
 

@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from latent_atlas.exemplars import Decode, fill_context
-from latent_atlas.intervention import VectorSample
+from latent_atlas.analysis.exemplars import Decode, fill_context
+from latent_atlas.analysis.intervention import VectorSample
+from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.labels.records import Example
-from latent_atlas.memberships import SparseMemberships
 
 OpenChunk = Callable[[str], tuple[np.ndarray, SparseMemberships]]  # chunk id -> (token ids [n_seq, L], memberships)
 

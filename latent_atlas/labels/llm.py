@@ -58,7 +58,7 @@ class LocalChatClient:
 
     def __init__(self, model_name: str = "smollm2-135m", cache_dir: Path | None = None, device: str = "cpu",
                  max_new_tokens: int = 48, seed: int = 0, batch_size: int = 4):
-        from latent_atlas.models import SMOLLM2
+        from latent_atlas.data.models import SMOLLM2
 
         self.model_name = model_name
         self.model = "SmolLM2-135M-Instruct" if model_name == SMOLLM2 else Path(model_name).name
@@ -77,8 +77,8 @@ class LocalChatClient:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            from latent_atlas.models import model_directory
-            from latent_atlas.paths import model_cache_dir
+            from latent_atlas.data.models import model_directory
+            from latent_atlas.data.paths import model_cache_dir
 
             directory = model_directory(self.model_name, Path(self.cache_dir or model_cache_dir()))
             tokenizer = AutoTokenizer.from_pretrained(directory)

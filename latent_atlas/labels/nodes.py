@@ -19,14 +19,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from latent_atlas.exemplars import Decode, fill_context
+from latent_atlas.analysis.exemplars import Decode, fill_context
+from latent_atlas.hierarchy.sample import HierarchySample
+from latent_atlas.hierarchy.tree import ROOT, ClusterTree, TreeNode
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutExamples, OpenChunk, example_from_row
 from latent_atlas.labels.pipeline import label_clusters
 from latent_atlas.labels.records import CentroidExplanation, Example, Labeler, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig, embed
-from latent_atlas.sample import HierarchySample
-from latent_atlas.tree import ROOT, ClusterTree, TreeNode
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ def _minilm():
     """MiniLM (tokenizer, model) from the installed package, loaded once per process."""
     from transformers import AutoModel, AutoTokenizer
 
-    from latent_atlas.models import MINILM, model_directory
-    from latent_atlas.paths import model_cache_dir
+    from latent_atlas.data.models import MINILM, model_directory
+    from latent_atlas.data.paths import model_cache_dir
 
     directory = model_directory(MINILM, model_cache_dir())
     return AutoTokenizer.from_pretrained(directory), AutoModel.from_pretrained(directory).eval()

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from latent_atlas.analyzer import ClusterAnalyzer
-from latent_atlas.outcomes import parse_path
-from latent_atlas.tree import ROOT, ClusterTree
+from latent_atlas.hierarchy.outcomes import parse_path
+from latent_atlas.hierarchy.tree import ROOT, ClusterTree
+from latent_atlas.reading.clusters import ClusterAnalyzer
 
 
 @dataclass

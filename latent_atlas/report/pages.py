@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 
+from latent_atlas.hierarchy.tree import ROOT, ClusterTree
 from latent_atlas.report.charts import bars, branch_colors, center_map, scale_points, shade
 from latent_atlas.report.contents import (AtlasContents, branch_of, cluster_tree_paths, document_node_outcomes,
                                           outcome_by_depth)
-from latent_atlas.tree import ROOT, ClusterTree
 
 KINDS = (("top_k", "Top exemplars"), ("random_k", "Random exemplars"), ("quantile", "Exemplars by membership quantile"))
 

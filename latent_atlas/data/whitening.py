@@ -1,0 +1,262 @@
+"""Global whitening from streaming, mergeable moments.
+
+Each chunk contributes exact float64 sums (count, sum, sum of outer products); sums merge by
+addition, so the whitening fitted from merged per-chunk moments equals the one fitted on the
+concatenated data, whatever the chunk order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latent_atlas.data.chunks import DenseChunk, to_float16
+from latent_atlas.data.tables import save_npz
+
+# Rows multiplied per block when accumulating moments: bounds the float64 copy to ~64 MB at d=2304.
+_BLOCK_ROWS = 4096
+# Sequences whitened per block of transform_chunk: bounds its fp32 temporaries (~75 MB at d=2304).
+_TRANSFORM_SEQUENCES = 64
+# Eigenvalues at or below this fraction of the largest are not directions the data span: a variance
+# that small is float64 cancellation in E[xxᵀ] − μμᵀ, fp16 rounding of the stored activations
+# (relative 2^-11 per value), or exactly zero because there are fewer vectors than dimensions.
+RANK_RTOL = 1e-7
+
+
+@dataclass
+class Moments:
+    """Float64 first and second moments of a set of vectors."""
+
+    count: int
+    total: np.ndarray  # [d] float64
+    outer: np.ndarray  # [d, d] float64, sum of x xᵀ
+
+    @classmethod
+    def zeros(cls, dim: int) -> "Moments":
+        return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+
+    @classmethod
+    def of_vectors(cls, x: np.ndarray) -> "Moments":
+        """Moments of x [n, d], accumulated in blocks of rows."""
+        m = cls.zeros(x.shape[1])
+        for start in range(0, len(x), _BLOCK_ROWS):
+            block = np.asarray(x[start : start + _BLOCK_ROWS], dtype=np.float64)
+            m.count += len(block)
+            m.total += block.sum(0)
+            m.outer += block.T @ block
+        return m
+
+    @classmethod
+    def of_chunk(cls, chunk: DenseChunk) -> "Moments":
+        """Moments of the attended positions of a chunk."""
+        m = cls.zeros(chunk.dim)
+        for _, block in chunk.iter_blocks():
+            m.merge_(cls.of_vectors(block.activations[block.attention_mask]))
+        return m
+
+    def merge_(self, other: "Moments") -> "Moments":
+        self.count += other.count
+        self.total += other.total
+        self.outer += other.outer
+        return self
+
+    def without(self, other: "Moments") -> "Moments":
+        """Moments of these vectors less `other` (a subset of them): a fit that never saw `other`."""
+        if other.count > self.count:
+            raise ValueError(f"cannot remove {other.count} vectors from moments of {self.count}")
+        return Moments(self.count - other.count, self.total - other.total, self.outer - other.outer)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / self.count
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """Population covariance (divides by n)."""
+        mu = self.mean
+        return self.outer / self.count - np.outer(mu, mu)
+
+    def save(self, path: str | Path) -> Path:
+        return save_npz(path, {"count": np.int64(self.count), "total": self.total, "outer": self.outer})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Moments":
+        with np.load(path, allow_pickle=False) as f:
+            return cls(int(f["count"]), f["total"], f["outer"])
+
+
+@dataclass
+class Whitening:
+    """x ↦ (x − mean_) @ matrix_ ; `matrix_` is [d, d] (symmetric for ZCA)."""
+
+    mean_: np.ndarray  # [d] float32
+    matrix_: np.ndarray  # [d, d] float32
+    method: str
+    eps: float
+    eigenvalues_: np.ndarray  # [d] covariance spectrum, descending
+
+    @classmethod
+    def fit(cls, moments: Moments, method: str = "zca", eps: float = 1e-3) -> "Whitening":
+        """ZCA (default) or PCA whitening. eps is added to every eigenvalue, relative to the median
+        eigenvalue of the directions the data span (those above RANK_RTOL × the largest).
+
+        Relative to a median, not the mean: residual streams have a few massive directions
+        (SmolLM2's top eigenvalue is ~1000x the next) that would make a mean-relative eps damp
+        every ordinary direction. Over the spanned directions only: with fewer vectors than
+        dimensions (or a low-rank stream) most eigenvalues are ~0, the plain median is ~0 and the
+        gain 1/sqrt(eigenvalue + eps·median) reached ~1e9 (n=10, d=30), inf once cast to fp16.
+        So no direction is amplified more than sqrt(1 + 1/eps) times (~32 at 1e-3) a median
+        spanned one; directions without variance are damped, not projected out, so ZCA stays
+        full rank, the bound is smooth in the threshold and a full-rank fit is unchanged by it.
+        """
+        if moments.count < 2:
+            raise ValueError(f"whitening needs at least 2 vectors, got {moments.count}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0 (it bounds the gain of directions without variance), got {eps}")
+        cov = moments.covariance
+        values, vectors = np.linalg.eigh(cov)
+        values, vectors = values[::-1].clip(min=0), vectors[:, ::-1]
+        if not values[0] > 0:
+            raise ValueError(f"whitening needs vectors that vary; all {moments.count} vectors are equal")
+        scale = 1.0 / np.sqrt(values + eps * np.median(values[: spanned_rank(values)]))
+        if method == "zca":
+            matrix = (vectors * scale) @ vectors.T
+        elif method == "pca":
+            matrix = vectors * scale
+        else:
+            raise ValueError(f"method must be 'zca' or 'pca', got {method!r}")
+        return cls(moments.mean.astype(np.float32), matrix.astype(np.float32), method, eps, values)
+
+    @classmethod
+    def identity(cls, dim: int) -> "Whitening":
+        """For inputs that are already whitened (seed-format NPZ)."""
+        return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32), "identity", 0.0, np.ones(dim))
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean_.shape[0])
+
+    @property
+    def rank_(self) -> int:
+        """Number of directions the fitted vectors span (eigenvalues above RANK_RTOL × the largest)."""
+        return spanned_rank(self.eigenvalues_)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Whiten x [..., d] in fp32; returns fp32."""
+        if self.method == "identity":
+            return np.asarray(x, dtype=np.float32)
+        return (np.asarray(x, dtype=np.float32) - self.mean_) @ self.matrix_
+
+    def transform_chunk(self, chunk: DenseChunk) -> np.ndarray:
+        """Whitened activations of a chunk, fp16 [n_seq, seq_len, d]; masked positions are zero.
+
+        Raises ChunkError naming the chunk if a whitened value would overflow fp16 (a vector far
+        outside the fitted distribution, or a whitening fitted on other data).
+        """
+        out = np.zeros(chunk.activations.shape, np.float16)
+        source = chunk.path or "chunk being whitened"
+        for start, block in chunk.iter_blocks(_TRANSFORM_SEQUENCES):
+            mask = block.attention_mask
+            whitened = np.zeros(block.activations.shape, np.float32)
+            whitened[mask] = self.transform(block.activations[mask])
+            out[start : start + block.n_sequences] = to_float16(whitened, source, "whitened activations", start)
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays `save` writes: everything the fitted transform is."""
+        return {"mean": self.mean_, "matrix": self.matrix_, "method": np.str_(self.method),
+                "eps": np.float64(self.eps), "eigenvalues": self.eigenvalues_}
+
+    def save(self, path: str | Path) -> Path:
+        return save_npz(path, self.state())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Whitening":
+        with np.load(path, allow_pickle=False) as f:
+            return cls(f["mean"], f["matrix"], str(f["method"]), float(f["eps"]), f["eigenvalues"])
+
+
+def spanned_rank(eigenvalues: np.ndarray) -> int:
+    """How many of the descending eigenvalues exceed RANK_RTOL × the largest (at least 1)."""
+    return max(1, int(np.sum(eigenvalues > RANK_RTOL * eigenvalues[0])))
+
+
+def covariance_error(whitened: np.ndarray) -> dict:
+    """How far the covariance of whitened vectors [n, d] is from identity."""
+    x = np.asarray(whitened, dtype=np.float64)
+    cov = np.cov(x, rowvar=False, bias=True)
+    eye = np.eye(cov.shape[0])
+    return {
+        "n": int(len(x)),
+        "max_abs_offdiag": float(np.abs(cov - np.diag(np.diag(cov))).max()),
+        "mean_diag": float(np.diag(cov).mean()),
+        "relative_frobenius": float(np.linalg.norm(cov - eye) / np.sqrt(cov.shape[0])),
+    }
+
+
+# At most this share of the vectors is held out of the check's refit, so small corpora keep most for it.
+HELD_OUT_FRACTION = 0.2
+
+
+def held_out_size(count: int, requested: int) -> int:
+    """Vectors to hold out for the whitening check: `requested`, at most HELD_OUT_FRACTION of `count`."""
+    return max(0, min(requested, int(count * HELD_OUT_FRACTION)))
+
+
+def held_out_check(moments: Moments, held_out: np.ndarray, method: str = "zca", eps: float = 1e-3) -> dict:
+    """Refit the whitening on `moments` less the held-out vectors [n, d] (which must be among them)
+    and check that it whitens those vectors: a whitening judged on vectors it never saw.
+
+    Catches what an in-sample check cannot: too few vectors for the dimension (in-sample covariance
+    is I by construction, new vectors' is not), an eps that damps real variance, moments that do not
+    belong to the vectors sampled (a chunk missing from or counted twice in the merge). It cannot
+    catch a shift between chunks the sample does not reach, nor a defect shared by both fits.
+    """
+    held = Moments.of_vectors(held_out)
+    refit = Whitening.fit(moments.without(held), method, eps)
+    return covariance_check(refit, held_out, fit_count=moments.count - held.count)
+
+
+def covariance_check(whitening: Whitening, vectors: np.ndarray, fit_count: int | None = None) -> dict:
+    """Is the covariance of `vectors` [n, d], whitened, close to I? Returns covariance_error's fields,
+    the tolerances and `passed` (and `reason` when it fails).
+
+    `fit_count`: vectors the whitening was fitted on (None: not fitted, e.g. already-whitened input).
+    For a whitening fitted on n_fit Gaussian vectors, fresh vectors' whitened covariance has mean
+    diagonal n_fit / (n_fit − d − 1) (the inverse-Wishart mean), and a sample of n deviates from
+    its population covariance by ~sqrt(d / n) in relative Frobenius norm (both measured within ~20% on
+    SmolLM2 activations, n_fit 1.2k to 74k); the tolerances allow 2x that and ±20% on the diagonal.
+    """
+    n, d = len(vectors), whitening.dim
+    if n < 2:
+        return {"n": n, "passed": False, "reason": f"only {n} vectors to check"}
+    if fit_count is not None and fit_count <= d + 1:
+        return {"n": n, "passed": False, "reason": f"fitted on {fit_count} vectors, not more than d + 1 = {d + 1}"}
+    error = covariance_error(whitening.transform(vectors))
+    expected_diag = 1.0 if fit_count is None else fit_count / (fit_count - d - 1)
+    tolerance = 2 * (np.sqrt(d / n) + (np.sqrt(d / fit_count) if fit_count else 0.0)) + (expected_diag - 1) + 0.05
+    diag_ok = 0.8 * expected_diag <= error["mean_diag"] <= 1.2 * expected_diag
+    passed = bool(error["relative_frobenius"] <= tolerance and diag_ok)
+    result = {**error, "expected_mean_diag": float(expected_diag), "tolerance": float(tolerance), "passed": passed}
+    if not passed:
+        result["reason"] = (f"whitened covariance: mean diagonal {error['mean_diag']:.3g} (expected {expected_diag:.3g}"
+                            f" ± 20%), relative Frobenius error {error['relative_frobenius']:.3g} (tolerance {tolerance:.3g})")
+    return result
+
+
+def sample_vectors(chunk_dirs: list, n: int, seed: int = 0, max_chunks: int = 8) -> np.ndarray:
+    """Up to `n` attended vectors [m, d] fp32, drawn evenly from up to `max_chunks` chunks (seeded)."""
+    from latent_atlas.data.chunks import read_chunk
+
+    rng = np.random.default_rng(seed)
+    picked = [chunk_dirs[i] for i in np.linspace(0, len(chunk_dirs) - 1, min(max_chunks, len(chunk_dirs))).astype(int)]
+    per_chunk = -(-n // len(picked))
+    parts = []
+    for path in dict.fromkeys(picked):
+        chunk = read_chunk(path)
+        seq, pos = chunk.attended_positions()
+        take = np.sort(rng.choice(len(seq), size=min(per_chunk, len(seq)), replace=False))
+        parts.append(np.asarray(chunk.activations[seq[take], pos[take]], dtype=np.float32))
+    return np.concatenate(parts)[:n]
