@@ -33,6 +33,20 @@ SAVED_TYPES = frozenset({
     "latent_atlas.data.whitening:Whitening",
 })
 
+# Where those classes lived before the library was grouped into packages (latent_atlas/<module>.py):
+# sidecars written then name these, and load as the class each names now. Only this map, never a
+# guess from the name: a sidecar that names anything else is still refused.
+LEGACY_TYPES = {
+    "latent_atlas.clustering:SequentialSoftClustering": "latent_atlas.clustering.model:SequentialSoftClustering",
+    "latent_atlas.ensemble:EnsembleResult": "latent_atlas.hierarchy.ensemble:EnsembleResult",
+    "latent_atlas.intervention:InterventionVectors": "latent_atlas.analysis.intervention:InterventionVectors",
+    "latent_atlas.sample:HierarchySample": "latent_atlas.hierarchy.sample:HierarchySample",
+    "latent_atlas.statistics:ChunkStatistics": "latent_atlas.analysis.statistics:ChunkStatistics",
+    "latent_atlas.steering:SteeringVectors": "latent_atlas.steering.vectors:SteeringVectors",
+    "latent_atlas.tree:ClusterTree": "latent_atlas.hierarchy.tree:ClusterTree",
+    "latent_atlas.whitening:Whitening": "latent_atlas.data.whitening:Whitening",
+}
+
 
 class TensorIOManager(dg.ConfigurableIOManager):
     """DenseChunk outputs become chunk directories; other outputs must have `save(path)` and a
@@ -106,9 +120,11 @@ class TensorIOManager(dg.ConfigurableIOManager):
 
 
 def load_artifact(path: Path):
-    """Load an .npz artifact with the class recorded beside it (our own classes only; no pickle)."""
+    """Load an .npz artifact with the class recorded beside it (our own classes only, by their name now
+    or before the library's packages; no pickle)."""
     sidecar = path.with_suffix(".json")
     kind = json.loads(sidecar.read_text())["class"]
+    kind = LEGACY_TYPES.get(kind, kind)
     if kind not in SAVED_TYPES:
         raise ValueError(f"{sidecar}: names class {kind!r}, which is not one the tensor IO manager saves "
                          f"({', '.join(sorted(SAVED_TYPES))}); refusing to import it")

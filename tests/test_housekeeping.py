@@ -64,6 +64,39 @@ def test_artifacts_round_trip_with_no_temp_files_left(tmp_path):
     np.testing.assert_array_equal(loaded.mean_, whitening.mean_)
 
 
+def test_a_sidecar_written_before_the_library_packages_still_loads(tmp_path):
+    # Homes written when the library was flat name latent_atlas.<module>:<class> in their sidecars.
+    manager = TensorIOManager(base_dir=str(tmp_path))
+    whitening = _whitening(1)
+    manager.handle_output(_output_context("whitening"), whitening)
+    (tmp_path / "whitening.json").write_text(json.dumps({"class": "latent_atlas.whitening:Whitening"}))
+    loaded = load_artifact(tmp_path / "whitening.npz")
+    assert isinstance(loaded, Whitening)
+    np.testing.assert_array_equal(loaded.matrix_, whitening.matrix_)
+    # written again, it names the class where it lives now
+    manager.handle_output(_output_context("whitening"), loaded)
+    assert json.loads((tmp_path / "whitening.json").read_text()) == {"class": "latent_atlas.data.whitening:Whitening"}
+
+
+def test_every_saved_class_is_named_where_it_lives_and_by_its_name_before_the_packages():
+    import importlib
+
+    for kind in tensors.SAVED_TYPES:
+        module, _, name = kind.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert f"{cls.__module__}:{cls.__qualname__}" == kind
+    assert set(tensors.LEGACY_TYPES.values()) == tensors.SAVED_TYPES  # every class saved before has its old name
+    for old, new in tensors.LEGACY_TYPES.items():
+        assert old.split(":")[1] == new.split(":")[1] and old.count(".") == 1, old
+
+
+def test_an_old_name_of_a_class_that_is_not_saved_is_refused(tmp_path):
+    np.savez(tmp_path / "cluster_tree.npz", x=np.zeros(3))
+    (tmp_path / "cluster_tree.json").write_text(json.dumps({"class": "latent_atlas.tree:TreeConfig"}))
+    with pytest.raises(ValueError, match=r"cluster_tree\.json.*latent_atlas\.tree:TreeConfig"):
+        load_artifact(tmp_path / "cluster_tree.npz")
+
+
 def test_a_sidecar_naming_a_foreign_class_is_refused_before_any_import(tmp_path, monkeypatch):
     # A module whose import has a visible effect: loading must not import it at all.
     marker = tmp_path / "imported"
@@ -133,6 +166,7 @@ def test_every_artifact_of_an_existing_home_is_still_loadable():
     sidecars = [p for p in (DEMO_HOME / "tensors").rglob("*.json") if p.with_suffix(".npz").exists()]
     assert sidecars
     for sidecar in sidecars:
-        assert json.loads(sidecar.read_text())["class"] in tensors.SAVED_TYPES, sidecar
+        kind = json.loads(sidecar.read_text())["class"]
+        assert tensors.LEGACY_TYPES.get(kind, kind) in tensors.SAVED_TYPES, sidecar
     centroids = load_artifact(DEMO_HOME / "tensors" / "centroids.npz")
     assert centroids.cluster_centers_.shape[0] == 64
