@@ -8,11 +8,12 @@ import numpy as np
 from assets.metadata import markdown_table, token_norms_table
 from assets.partitions import chunks
 from assets.versions import versioned
-from latent_atlas.data.chunks import DenseChunk, load_npz_chunk
+from latent_atlas.data.chunks import DenseChunk
 from latent_atlas.data.content import chunk_version, content_version
 from latent_atlas.data.corpus import ChunkPlan, TokenChunk, tokenize_documents
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.manifests import claim_dimension, corpus_dimension, read_manifest, stored_token_ids
+from latent_atlas.data.seed_chunks import load_npz_chunk
 from latent_atlas.data.token_activations import sequence_activations
 from resources import CorpusResource, ModelResource, TorchDeviceResource
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_atlas.clustering.estep import as_tensor, buffer, load_rows, scratch_space  # noqa: E402
 from latent_atlas.clustering.gemm import fp32_mm  # noqa: E402
+from latent_atlas.clustering.rows import open_rows, sample_positions  # noqa: E402
 from latent_atlas.compute.cpu import describe  # noqa: E402
-from latent_atlas.data.chunks import open_rows, sample_positions  # noqa: E402
 from latent_atlas.data.synthetic import write_synthetic_chunks  # noqa: E402
 
 KEYS = {"activations": "activations", "attention_mask": "attention_mask"}

@@ -16,9 +16,9 @@ from pathlib import Path
 import dagster as dg
 
 from io_managers.storage import input_paths, output_path, wants_single_partition
+from latent_atlas.data.atomic import write_atomically
 from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
 from latent_atlas.data.paths import atlas_home
-from latent_atlas.data.tables import write_atomically
 
 # The classes this IO manager saves, as their sidecars name them. A sidecar is data, not code:
 # loading imports only these, never whatever `module:class` a file on disk happens to name.

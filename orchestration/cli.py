@@ -42,7 +42,7 @@ def _recover_from_kills(instance, home: Path) -> None:
     any more: the pipeline writes inside its runs, and a rerun right after a kill -9 must not leave the
     killed write's file behind for the next 15 minutes.
     """
-    from latent_atlas.data.chunks import remove_stale_temp_files
+    from latent_atlas.data.atomic import remove_stale_temp_files
 
     for run_id in fail_orphaned_runs(instance):
         print(f"marked run {run_id} failed: its process was killed")

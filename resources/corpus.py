@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from latent_atlas.data.chunks import NpzKeys
 from latent_atlas.data.manifests import Registration, corpus_source, register_npz, register_text, safe_key
+from latent_atlas.data.seed_chunks import NpzKeys
 
 
 class CorpusResource(dg.ConfigurableResource):

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from latent_atlas.data.chunks import load_npz_chunk, remove_stale_temp_files
+from latent_atlas.data.atomic import remove_stale_temp_files
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.manifests import read_manifest, register_npz, remove_chunk
+from latent_atlas.data.seed_chunks import load_npz_chunk
 from latent_atlas.data.whitening import Whitening
 from assets.partitions import chunks
 from orchestration.pipeline import run_stages

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from latent_atlas.data.chunks import FLOAT16_MAX, NpzKeys, load_npz_chunk, read_chunk, to_float16, write_chunk
+from latent_atlas.data.chunks import FLOAT16_MAX, read_chunk, to_float16, write_chunk
 from latent_atlas.data.errors import ChunkError
+from latent_atlas.data.seed_chunks import NpzKeys, load_npz_chunk
 from tests.conftest import write_seed_npz
 
 

@@ -16,8 +16,8 @@ from latent_atlas.clustering.checkpoints import checkpoint_key
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.clustering.model import SequentialSoftClustering
 from latent_atlas.compute.backends import DaskBackend, LocalBackend
-from latent_atlas.data.chunks import load_npz_chunk
 from latent_atlas.data.errors import ChunkError
+from latent_atlas.data.seed_chunks import load_npz_chunk
 from latent_atlas.data.synthetic import labelled_tokens, write_synthetic_chunks
 
 DIM, K = 2304, 64

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from latent_atlas.clustering.estep import GEMM_DTYPES
-from latent_atlas.data.chunks import NpzKeys
+from latent_atlas.data.seed_chunks import NpzKeys
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from latent_atlas.clustering.config import ClusteringConfig
 from latent_atlas.clustering.estep import (SparseBlock, as_tensor, block_memberships, learning_dtype, load_rows,
                                            scratch_space, weighted_cluster_sums)
-from latent_atlas.data.chunks import check_dim, open_rows, sample_positions
+from latent_atlas.clustering.rows import check_dim, open_rows, sample_positions
 from latent_atlas.data.errors import ChunkError
 
 

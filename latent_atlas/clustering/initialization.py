@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from latent_atlas.clustering.config import ClusteringConfig
-from latent_atlas.data.chunks import open_rows, sample_positions
+from latent_atlas.clustering.rows import open_rows, sample_positions
 from latent_atlas.hierarchy.neighbors import unit_rows
 
 

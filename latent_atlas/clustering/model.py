@@ -35,9 +35,10 @@ from latent_atlas.clustering.estep_sums import EStepSums, check_finite, chunk_es
 from latent_atlas.clustering.initialization import initial_centers
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.clustering.reseeding import duplicates, plan_moves
+from latent_atlas.clustering.rows import ChunkRows, check_dim, open_rows
 from latent_atlas.compute.backends import Backend, LocalBackend
 from latent_atlas.compute.memory import release_free_memory
-from latent_atlas.data.chunks import ChunkRows, check_dim, open_chunk, open_rows
+from latent_atlas.data.seed_chunks import open_chunk
 from latent_atlas.data.tables import save_npz
 
 # checkpoint_key is re-exported for assets/clustering.py. The class stays defined here: sidecar JSON

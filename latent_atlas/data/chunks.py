@@ -13,27 +13,21 @@ chunk costs no decode and no copy until the pages are touched. A chunk whose fp1
 already lie uncompressed in a file (a seed NPZ written by np.savez, or the activations chunk an
 identity whitening passes on) stores a reference to those bytes instead of a second full-size copy.
 
-Seed-format NPZ files (the user's own chunks) are validated and read by `load_npz_chunk`;
-`open_chunk` takes either kind (or a DenseChunk), and `open_rows` / `sample_positions` give the
-attended rows of one as the clustering reads them.
+Seed-format NPZ files (the user's own chunks) are read by `seed_chunks.load_npz_chunk`, with the
+same validation (`validate_chunk`) and the same float16 checks as everything written here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import time
-import uuid
-import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from latent_atlas.data.atomic import atomic_dir
 from latent_atlas.data.errors import ChunkError
 
 ARRAYS = ("activations", "attention_mask", "token_ids")
@@ -86,32 +80,6 @@ class ArrayReference:
     def from_json(cls, text: str) -> "ArrayReference":
         fields = json.loads(text)
         return cls(**{**fields, "shape": tuple(fields["shape"])})
-
-
-def stored_npz_member(path: str | Path, key: str) -> ArrayReference | None:
-    """A reference to array `key` of an NPZ file if its bytes can be memory-mapped where they lie
-    (an uncompressed, unencrypted member, as np.savez writes); None otherwise (np.savez_compressed)."""
-    with zipfile.ZipFile(path) as archive:
-        try:
-            info = archive.getinfo(f"{key}.npy")
-        except KeyError:
-            return None
-        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-            return None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)  # the local header's own name/extra lengths, not the central directory's
-        if local[:4] != b"PK\x03\x04":
-            return None
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
-        f.seek(start)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-        offset = f.tell()
-    if dtype.hasobject or offset - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
-        return None
-    return ArrayReference.to(path, offset, shape, dtype, fortran_order)
 
 
 @dataclass(frozen=True)
@@ -268,32 +236,6 @@ def write_chunk(
     return Path(path)
 
 
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """A temp directory to fill; on success it replaces `path`, on any error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(tmp: Path, path: Path) -> None:
-    """Move a finished temp directory onto `path`, replacing any previous version."""
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
 def read_chunk(path: str | Path, mmap: bool = True) -> DenseChunk:
     """Open a chunk directory; arrays are memory-mapped (zero-copy) unless mmap=False."""
     path = Path(path)
@@ -339,142 +281,6 @@ def screen_chunks(paths: dict[str, Path], expected_dim: int | None = None) -> tu
         if d != dim:
             refused[key] = f"{paths[key]}: activations have dimension {d}, expected {dim} ({counts.get(dim, 0)} of {len(dims)} chunks)"
     return {k: p for k, p in paths.items() if k not in refused}, refused, dim
-
-
-# Names the atomic writers give their temp files and directories (chunks, tables, npz, manifests).
-_TEMP_NAME = re.compile(r"^\..+\.(tmp|old)(-[\w.-]+|\.[A-Za-z0-9]+)$")
-
-
-def remove_stale_temp_files(home: str | Path, min_age_s: float = 900.0) -> list[Path]:
-    """Delete temp files and directories that a killed write left under `home`; returns them.
-
-    Only those untouched for `min_age_s` seconds: a write in progress elsewhere keeps its own.
-    The Dagster instance's folder is not ours and is left alone.
-    """
-    home, now, removed = Path(home), time.time(), []
-    for root, dirs, files in os.walk(home):
-        if Path(root) == home and "dagster" in dirs:
-            dirs.remove("dagster")
-        for name in [*dirs, *files]:
-            target = Path(root) / name
-            if _TEMP_NAME.match(name) and now - _last_touched(target) >= min_age_s:
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-                removed.append(target)
-        dirs[:] = [d for d in dirs if (Path(root) / d).exists()]
-    return removed
-
-
-def _last_touched(path: Path) -> float:
-    """Latest mtime of a path and, for a directory, of anything in it (a write updates the file)."""
-    times = [path.stat().st_mtime]
-    if path.is_dir():
-        times += [p.stat().st_mtime for p in path.rglob("*")]
-    return max(times)
-
-
-@dataclass(frozen=True)
-class NpzKeys:
-    """Names of the arrays inside a seed-format NPZ file."""
-
-    activations: str = "activations"
-    """Whitened activations [n_seq, seq_len, d]."""
-    attention_mask: str = "attention_mask"
-    """Attention mask [n_seq, seq_len]; nonzero where the token counts."""
-    token_ids: str = "token_ids"
-    """Token ids [n_seq, seq_len]."""
-
-
-def load_npz_chunk(path: str | Path, keys: NpzKeys = NpzKeys(), expected_dim: int | None = None) -> DenseChunk:
-    """Read and validate one seed-format NPZ file (never unpickles); errors name the file."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise ChunkError(path, f"cannot read: {exc.strerror}") from exc
-    if magic != b"PK\x03\x04":  # np.load would take any other file for a pickle
-        raise ChunkError(path, "not an NPZ file (no zip header): truncated or corrupt")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in (keys.activations, keys.attention_mask, keys.token_ids) if k not in npz.files]
-            if missing:
-                raise ChunkError(path, f"missing arrays {missing}; file holds {sorted(npz.files)}")
-            # fp16 stored uncompressed: a memmap of the file itself, not a copy in memory or on disk
-            reference = stored_npz_member(path, keys.activations)
-            if reference is not None and np.dtype(reference.dtype) != np.float16:
-                reference = None
-            chunk = DenseChunk(
-                reference.open(path) if reference else npz[keys.activations],
-                npz[keys.attention_mask].astype(bool),
-                npz[keys.token_ids],
-                meta={"source": str(path)},
-                path=path,
-                activations_ref=reference,
-            )
-    except ChunkError:
-        raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise ChunkError(path, "holds pickled Python objects, which are refused (allow_pickle=False)") from exc
-        raise ChunkError(path, f"not a readable NPZ file: {exc}") from exc
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        raise ChunkError(path, f"truncated or corrupt NPZ file: {exc}") from exc
-    validate_chunk(chunk, path, expected_dim)
-    return chunk
-
-
-def open_chunk(source: Any, keys: NpzKeys = NpzKeys()) -> DenseChunk:
-    """A DenseChunk from a DenseChunk, a chunk directory or a seed-format .npz file."""
-    if isinstance(source, DenseChunk):
-        return source
-    path = Path(source)
-    if path.is_dir():
-        return read_chunk(path)
-    if path.suffix == ".npz":
-        return load_npz_chunk(path, keys)
-    raise ChunkError(path, "expected a chunk directory or a seed-format .npz file")
-
-
-class ChunkRows:
-    """Rows [n, d] of a chunk with the indices of its attended rows; indexing gathers rows."""
-
-    def __init__(self, data: np.ndarray, attended: np.ndarray):
-        self.data, self.attended = data, attended
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    def __getitem__(self, index):
-        return self.data[index]
-
-
-def open_rows(source: Any, keys: NpzKeys = NpzKeys()) -> tuple[ChunkRows, str]:
-    """(rows, name): activations flattened to [n_seq * seq_len, d] (memory-mapped when possible),
-    with the flat indices of attended positions marked by `rows.attended`, and a name for errors.
-    A 2-D array [n, d] is taken as n attended rows."""
-    if isinstance(source, np.ndarray):
-        if source.ndim != 2:
-            raise ValueError(f"X must be a 2-D array [n, d], got shape {source.shape}")
-        return ChunkRows(source, np.arange(source.shape[0])), "X"
-    chunk = open_chunk(source, keys)
-    flat = chunk.activations.reshape(-1, chunk.dim)
-    attended = np.flatnonzero(np.asarray(chunk.attention_mask).reshape(-1))
-    return ChunkRows(flat, attended), str(chunk.path or "<chunk>")
-
-
-def sample_positions(rows: ChunkRows, max_points: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted flat indices of at most max_points attended rows (sorted so memmap reads go forward)."""
-    attended = rows.attended
-    if len(attended) <= max_points:
-        return attended
-    return np.sort(rng.choice(attended, size=max_points, replace=False))
-
-
-def check_dim(rows: ChunkRows, d: int, name: str) -> None:
-    """ChunkError naming the chunk if its rows do not have the centroids' dimension d."""
-    if rows.shape[1] != d:
-        raise ChunkError(name, f"activations have dimension {rows.shape[1]}, the centroids have {d}")
 
 
 def _json_default(value):

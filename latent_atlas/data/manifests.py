@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_atlas.data.atomic import write_atomically
 from latent_atlas.data.corpus import (ChunkPlan, Document, DocumentMeasure, MeasuredDocument, NpzPlan, TextSource,
                                       bbc_documents, file_stamp, plan_measured, text_files, tokenizer_fingerprint)
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.paths import atlas_home, manifests_dir
-from latent_atlas.data.tables import read_npz, write_atomically, write_npz
+from latent_atlas.data.tables import read_npz, write_npz
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 # Bytes hashed from each end of a file for its quick fingerprint; equal quick fingerprints are

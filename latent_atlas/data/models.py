@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latent_atlas.data.chunks import atomic_dir, to_float16
+from latent_atlas.data.atomic import atomic_dir
+from latent_atlas.data.chunks import to_float16
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages, never from a hub
 

@@ -122,7 +122,7 @@ def read_labels(chunk_path: str | Path) -> np.ndarray:
 def labelled_tokens(chunk_paths: list) -> tuple[np.ndarray, np.ndarray]:
     """(rows [n, d] float32, true labels [n]) of every attended token of synthetic NPZ chunks;
     loads them all, so for quality checks on small data only."""
-    from latent_atlas.data.chunks import load_npz_chunk
+    from latent_atlas.data.seed_chunks import load_npz_chunk
 
     rows, labels = [], []
     for path in chunk_paths:

@@ -1,16 +1,16 @@
-"""Files written atomically (temp file + fsync + rename): Parquet tables with key/value file
-metadata, and .npz arrays (optionally with JSON metadata). A reader never sees a partial file."""
+"""Parquet tables with key/value file metadata, and .npz arrays (optionally with JSON metadata), each
+written atomically (`atomic.write_atomically`): a reader never sees a partial file."""
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from latent_atlas.data.atomic import write_atomically
 
 _META_KEY = b"latent_atlas"
 
@@ -29,23 +29,6 @@ def read_metadata(path: str | Path) -> dict:
     schema = pq.read_schema(path)
     raw = (schema.metadata or {}).get(_META_KEY)
     return json.loads(raw) if raw else {}
-
-
-def write_atomically(path: str | Path, write) -> Path:
-    """Call write(binary file) on a temp file beside `path`, fsync, rename: a killed process leaves
-    the old file or the new one, never half of one (a directory: `latent_atlas.data.chunks.atomic_dir`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

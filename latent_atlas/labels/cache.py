@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from latent_atlas.data.tables import write_atomically
+from latent_atlas.data.atomic import write_atomically
 from latent_atlas.labels.records import CentroidExplanation, Example
 
 

@@ -32,7 +32,8 @@ from latent_atlas.analysis.exemplars import Decode, fill_context, select_exempla
 from latent_atlas.analysis.intervention import SCORES, InterventionVectors
 from latent_atlas.analysis.statistics import ChunkStatistics, cluster_stats
 from latent_atlas.clustering.memberships import SparseMemberships
-from latent_atlas.data.chunks import DenseChunk, atomic_dir
+from latent_atlas.data.atomic import atomic_dir
+from latent_atlas.data.chunks import DenseChunk
 from latent_atlas.data.tables import write_table
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.records import CentroidExplanation

@@ -25,7 +25,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-from latent_atlas.data.chunks import atomic_dir
+from latent_atlas.data.atomic import atomic_dir
 from latent_atlas.report.contents import load_contents
 from latent_atlas.report.pages import cluster_page, site_pages
 

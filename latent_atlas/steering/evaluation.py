@@ -203,7 +203,7 @@ def dose_response_plot(table: pa.Table, budget: float, path: str | Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from latent_atlas.data.tables import write_atomically
+    from latent_atlas.data.atomic import write_atomically
 
     rows = table.to_pylist()
     fig, (ax_lift, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
