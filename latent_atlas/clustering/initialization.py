@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from latent_atlas.clustering.config import ClusteringConfig
-from latent_atlas.clustering.rows import open_rows, sample_positions
-from latent_atlas.hierarchy.neighbors import unit_rows
+from latent_atlas.clustering.rows import open_rows, sample_positions, unit_rows
 
 
 def random_centers(k: int, d: int, rng: np.random.Generator) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from latent_atlas.clustering.config import ClusteringConfig
-from latent_atlas.hierarchy.neighbors import unit_rows
+from latent_atlas.clustering.rows import unit_rows
 
 
 def plan_moves(candidates: np.ndarray, candidate_scores: np.ndarray, centers: np.ndarray, due: np.ndarray,

@@ -52,3 +52,8 @@ def check_dim(rows: ChunkRows, d: int, name: str) -> None:
     """ChunkError naming the chunk if its rows do not have the centroids' dimension d."""
     if rows.shape[1] != d:
         raise ChunkError(name, f"activations have dimension {rows.shape[1]}, the centroids have {d}")
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of x [n, d] scaled to unit norm (zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

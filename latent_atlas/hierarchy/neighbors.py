@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from latent_atlas.clustering.rows import unit_rows
+
 _BLOCK_ROWS = 1024
 
 
@@ -39,8 +41,3 @@ def cosine_knn(queries: np.ndarray, reference: np.ndarray, k: int,
         indices[rows] = np.take_along_axis(top, order, axis=1)
         distances[rows] = np.clip(1.0 - np.take_along_axis(top_sims, order, axis=1), 0.0, 2.0)
     return indices, distances
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of x [n, d] scaled to unit norm (zero rows stay zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_atlas.clustering.rows import unit_rows
 from latent_atlas.data.atomic import write_atomically
 from latent_atlas.data.tables import save_npz, write_npz
-from latent_atlas.hierarchy.neighbors import cosine_knn, unit_rows
+from latent_atlas.hierarchy.neighbors import cosine_knn
 
 ROOT = "root"
 
