@@ -44,6 +44,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from latent_atlas.data import corpus as new_corpus  # noqa: E402
+from latent_atlas.data import documents as new_documents  # noqa: E402
 from latent_atlas.data import errors, paths  # noqa: E402
 from latent_atlas.data import manifests as new_manifests  # noqa: E402
 
@@ -84,7 +85,7 @@ def load_baseline(rev: str) -> tuple[types.ModuleType, types.ModuleType]:
 
 
 def synthetic_texts(n: int) -> list[str]:
-    words = " ".join(new_corpus.read_text(d) for d in new_corpus.bbc_documents(per_category=10)).split()
+    words = " ".join(new_documents.read_text(d) for d in new_documents.bbc_documents(per_category=10)).split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, 24_000))]  # longer than a chunk (256 x 126 tokens)
     texts += [" ".join(rng.choice(words, int(rng.integers(50, 400)))) for _ in range(n - 1)]
@@ -139,7 +140,7 @@ def run_case(root: Path, label: str, texts, n_files: int, kind: str, tokenizer, 
     old_corpus, old_manifests = baseline
     folder = root / label
     write_corpus(folder, texts, n_files, kind)
-    clear = lambda: (old_corpus._row_texts.cache_clear(), new_corpus._row_texts.cache_clear())  # noqa: E731
+    clear = lambda: (old_corpus._row_texts.cache_clear(), new_documents._row_texts.cache_clear())  # noqa: E731
     homes = {"old": root / f"{label}-home-old", "new": root / f"{label}-home-new"}
     counter = iter(range(10**6))
 

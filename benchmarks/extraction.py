@@ -42,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from latent_atlas.compute.cpu import describe  # noqa: E402
 from latent_atlas.data.chunks import read_chunk, write_chunk  # noqa: E402
-from latent_atlas.data.corpus import bbc_documents, tokenize_documents  # noqa: E402
+from latent_atlas.data.corpus import tokenize_documents  # noqa: E402
+from latent_atlas.data.documents import bbc_documents  # noqa: E402
 from latent_atlas.data.models import layer_modules, extract_activations, load_model  # noqa: E402
 from latent_atlas.data.paths import model_cache_dir  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from latent_atlas.data.corpus import TEXT_SUFFIXES, TextSource
+from latent_atlas.data.documents import TEXT_SUFFIXES, TextSource
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.manifests import Registration, register_npz, register_text
 from latent_atlas.data.paths import incoming_dir

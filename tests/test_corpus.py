@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latent_atlas.data.corpus import (SequenceLayout, bbc_documents, file_documents, file_rows, plan_chunks, read_text,
-                                      tokenize_documents)
+from latent_atlas.data.corpus import SequenceLayout, plan_chunks, tokenize_documents
+from latent_atlas.data.documents import bbc_documents, file_documents, file_rows, read_text
 from latent_atlas.data.errors import ChunkError
 
 
@@ -184,7 +184,7 @@ def _write_counted_corpus(folder):
 
 def test_registration_reads_each_file_once_and_tokenizes_each_document_once(atlas_home, tmp_path, counting_tokenizer,
                                                                              opens, tokenizer):
-    from latent_atlas.data.corpus import TextSource, text_files
+    from latent_atlas.data.documents import TextSource, text_files
     from latent_atlas.data.manifests import all_manifests, register_text, stored_token_ids
 
     texts = _write_counted_corpus(tmp_path / "notes")
@@ -230,7 +230,7 @@ def test_registration_reads_each_file_once_and_tokenizes_each_document_once(atla
 
 
 def test_stored_ids_are_not_used_for_a_changed_file_or_a_piece(atlas_home, tmp_path, tokenizer):
-    from latent_atlas.data.corpus import TextSource, text_files
+    from latent_atlas.data.documents import TextSource, text_files
     from latent_atlas.data.manifests import read_manifest, register_text, remove_chunk, stored_token_ids
 
     folder = tmp_path / "speeches"

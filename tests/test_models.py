@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from latent_atlas.compute.device import batch_size_for_budget, pick_device
-from latent_atlas.data.corpus import bbc_documents, tokenize_documents
+from latent_atlas.data.corpus import tokenize_documents
+from latent_atlas.data.documents import bbc_documents
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.models import MINILM, LoadedModel, extract_activations, load_model
 

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from latent_atlas.data.corpus import file_documents, read_text
+from latent_atlas.data.documents import file_documents, read_text
 from latent_atlas.hierarchy.outcome_documents import csv_document_paths, csv_text_file, document_paths_table
 from latent_atlas.hierarchy.outcomes import OutcomesError
 from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, TreeNode

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from latent_atlas.data.atomic import write_atomically
-from latent_atlas.data.corpus import (ChunkPlan, Document, DocumentMeasure, MeasuredDocument, NpzPlan, TextSource,
-                                      bbc_documents, file_stamp, plan_measured, text_files, tokenizer_fingerprint)
+from latent_atlas.data.corpus import (ChunkPlan, DocumentMeasure, MeasuredDocument, NpzPlan, plan_measured,
+                                      tokenizer_fingerprint)
+from latent_atlas.data.documents import Document, TextSource, bbc_documents, file_stamp, text_files
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.paths import atlas_home, manifests_dir
 from latent_atlas.data.tables import read_npz, write_npz

@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from latent_atlas.data.chunks import DenseChunk
-from latent_atlas.data.corpus import Document, file_documents, tokenize_documents
+from latent_atlas.data.corpus import tokenize_documents
+from latent_atlas.data.documents import Document, file_documents
 from latent_atlas.data.models import LoadedModel
 from latent_atlas.data.tables import write_table
 from latent_atlas.data.token_activations import sequence_activations

@@ -24,7 +24,8 @@ import torch
 
 from latent_atlas.clustering.model import SequentialSoftClustering
 from latent_atlas.data.chunks import DenseChunk
-from latent_atlas.data.corpus import ChunkPlan, Document, tokenize_documents
+from latent_atlas.data.corpus import ChunkPlan, tokenize_documents
+from latent_atlas.data.documents import Document
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.models import extract_activations, load_model
 from latent_atlas.data.paths import atlas_home
