@@ -29,11 +29,12 @@ from assets.configs import config_class, library_config
 from assets.partitions import all_chunks, chunks
 from assets.metadata import (histogram_markdown, marked_window, markdown_table, top_clusters, top_rows,
                              usage_curve_markdown)
+from latent_atlas.analysis.cluster_stats import (center_cosines, cluster_measures, cluster_stats as stats_table,
+                                                 normalised_coactivation)
 from latent_atlas.analysis.exemplars import check_exemplars, fill_context, select_exemplars
 from latent_atlas.analysis.intervention import InterventionVectors, check_vectors
-from latent_atlas.analysis.statistics import (ChunkStatistics, StatisticsConfig, center_cosines, check_usage,
-                                              cluster_measures, cluster_stats as stats_table, document_keys_for,
-                                              heldout_documents, merge_statistics, normalised_coactivation)
+from latent_atlas.analysis.statistics import (ChunkStatistics, StatisticsConfig, check_usage, document_keys_for,
+                                              heldout_documents, merge_statistics)
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.clustering.model import SequentialSoftClustering
 from latent_atlas.data.chunks import DenseChunk, read_chunk

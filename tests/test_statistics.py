@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from latent_atlas.analysis.cluster_stats import cluster_stats
 from latent_atlas.analysis.exemplars import ExemplarCandidates, ExemplarConfig, select_exemplars
 from latent_atlas.analysis.intervention import intervention_vectors
-from latent_atlas.analysis.statistics import (ChunkStatistics, StatisticsConfig, check_usage, cluster_stats,
-                                              merge_statistics)
+from latent_atlas.analysis.statistics import ChunkStatistics, StatisticsConfig, check_usage, merge_statistics
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
 from latent_atlas.data.errors import ChunkError

@@ -3,7 +3,7 @@
 Layout of a results directory (written to a temp directory, then renamed):
 
     summary.json                  n_clusters, n_tokens, chunk_ids, shrinkage, caller's extras
-    cluster_stats.parquet         one row per cluster (`statistics.cluster_stats`)
+    cluster_stats.parquet         one row per cluster (`analysis.cluster_stats`)
     exemplars.parquet             one row per exemplar with context (`exemplars.fill_context`)
     intervention_vectors.parquet  one row per cluster (`InterventionVectors.per_cluster_columns`):
                                   auroc / auroc_hard / diff_means_auroc / diff_means_auroc_hard with
@@ -28,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latent_atlas.analysis.cluster_stats import cluster_stats
 from latent_atlas.analysis.exemplars import Decode, fill_context, select_exemplars
 from latent_atlas.analysis.intervention import SCORES, InterventionVectors
-from latent_atlas.analysis.statistics import ChunkStatistics, cluster_stats
+from latent_atlas.analysis.statistics import ChunkStatistics
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.data.atomic import atomic_dir
 from latent_atlas.data.chunks import DenseChunk
