@@ -20,7 +20,7 @@ from latent_atlas.data.paths import atlas_home
 from latent_atlas.hierarchy.sample import HierarchySample
 from latent_atlas.hierarchy.sample_inputs import category_counts, draw_chunk_sample
 from latent_atlas.hierarchy.sample_trees import build_sample_tree, tree_structure
-from latent_atlas.hierarchy.tree import TreeConfig
+from latent_atlas.hierarchy.tree_config import TreeConfig
 
 # ---------------------------------------------------------------- the shared sample
 

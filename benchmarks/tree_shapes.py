@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_atlas.hierarchy.sample import HierarchySample  # noqa: E402
 from latent_atlas.hierarchy.sample_trees import tree_inputs  # noqa: E402
-from latent_atlas.hierarchy.tree import TreeConfig, build_tree  # noqa: E402
+from latent_atlas.hierarchy.tree import build_tree  # noqa: E402
+from latent_atlas.hierarchy.tree_config import TreeConfig  # noqa: E402
 
 
 def main(home: str) -> None:

@@ -27,7 +27,8 @@ from sklearn.metrics import adjusted_rand_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_atlas.compute.cpu import describe  # noqa: E402
-from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, build_tree  # noqa: E402
+from latent_atlas.hierarchy.tree import ClusterTree, build_tree  # noqa: E402
+from latent_atlas.hierarchy.tree_config import TreeConfig  # noqa: E402
 
 CURRENT = TreeConfig()
 PREVIOUS = replace(CURRENT, knn="umap", umap_n_epochs=None)  # the build before issue 12
@@ -84,8 +85,8 @@ def timed_build(x: np.ndarray, config: TreeConfig) -> tuple[ClusterTree, float]:
 def fresh_process_seconds(dim: int, cache_umap_kernels: bool) -> float:
     """Wall time of a new Python process that imports the tree and builds the 500-point warm-up tree."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import tree_speed as t; "
-            "import latent_atlas.hierarchy.tree as tree; from dataclasses import replace; "
-            + ("" if cache_umap_kernels else "tree._cache_umap_kernels = lambda: None; ")  # compile, as before
+            "import latent_atlas.hierarchy.node_split as node_split; from dataclasses import replace; "
+            + ("" if cache_umap_kernels else "node_split._cache_umap_kernels = lambda: None; ")  # compile, as before
             + f"x, _ = t.planted_hierarchy(500, {dim}, 0.2, seed=1); t.build_tree(x, replace(t.CURRENT, max_depth=1))")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)

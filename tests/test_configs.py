@@ -16,7 +16,7 @@ from assets.steering import SteeringEvalAssetConfig
 from latent_atlas.analysis.statistics import StatisticsConfig
 from latent_atlas.clustering.model import ClusteringConfig
 from latent_atlas.hierarchy.mdl import MergeConfig
-from latent_atlas.hierarchy.tree import TreeConfig
+from latent_atlas.hierarchy.tree_config import TreeConfig
 from latent_atlas.labels.examples import HeldoutConfig
 from latent_atlas.labels.nodes import NodeExamplesConfig
 from latent_atlas.labels.scorers import ScorerConfig

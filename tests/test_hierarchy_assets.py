@@ -11,7 +11,8 @@ from latent_atlas.clustering.model import SequentialSoftClustering
 from latent_atlas.hierarchy.ensemble import EnsembleResult, RunRegistry, cluster_stability, stability_floor
 from latent_atlas.hierarchy.ensemble_runs import fit_atlas_ensemble
 from latent_atlas.hierarchy.sample_trees import tree_structure
-from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, TreeNode
+from latent_atlas.hierarchy.tree import ClusterTree, TreeNode
+from latent_atlas.hierarchy.tree_config import TreeConfig
 from resources import CorpusResource
 from tests.conftest import check_results, materialized
 from tests.test_asset_metadata import assert_readable_pages

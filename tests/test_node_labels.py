@@ -8,7 +8,8 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, TreeNode
+from latent_atlas.hierarchy.tree import ClusterTree, TreeNode
+from latent_atlas.hierarchy.tree_config import TreeConfig
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.examples import HeldoutExamples
 from latent_atlas.labels.llm import LLMLabeler, OpenAIChatClient

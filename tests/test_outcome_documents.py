@@ -9,7 +9,8 @@ import pytest
 from latent_atlas.data.documents import file_documents, read_text
 from latent_atlas.hierarchy.outcome_documents import csv_document_paths, csv_text_file, document_paths_table
 from latent_atlas.hierarchy.outcomes import OutcomesError
-from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, TreeNode
+from latent_atlas.hierarchy.tree import ClusterTree, TreeNode
+from latent_atlas.hierarchy.tree_config import TreeConfig
 
 
 def _write_csv(path, rows):

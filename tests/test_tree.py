@@ -9,7 +9,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import latent_atlas.hierarchy.tree as tree_module
-from latent_atlas.hierarchy.tree import ROOT, ClusterTree, TreeConfig, build_tree, split_node
+from latent_atlas.hierarchy.node_split import split_node
+from latent_atlas.hierarchy.tree import ROOT, ClusterTree, build_tree
+from latent_atlas.hierarchy.tree_config import TreeConfig
 
 CONFIG = TreeConfig(max_depth=3, base_pct=0.15, silhouette_threshold=0.8, min_split_size=60,
                     umap_n_components=5, umap_n_neighbors=15, umap_n_epochs=200, seed=0)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from latent_atlas.hierarchy.sample import HierarchySample
-from latent_atlas.hierarchy.tree import ClusterTree, TreeConfig, build_tree, min_split_size, tree_cache_path
+from latent_atlas.hierarchy.tree import ClusterTree, build_tree, tree_cache_path
+from latent_atlas.hierarchy.tree_config import TreeConfig, min_split_size
 
 LEVELS = ("token", "document")
 

@@ -8,12 +8,12 @@ separated one is kept whole. HDBSCAN noise stays at the level it was found (the 
 and is never recursed into.
 
 Node ids are paths: the root is "root", its children "0", "1", ..., their children "0.0", "0.1".
-The root has depth 0; a child of a depth-d node has depth d + 1.
+The root has depth 0; a child of a depth-d node has depth d + 1. How one node is split: `node_split`;
+the settings: `tree_config.TreeConfig`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -24,73 +24,10 @@ import numpy as np
 from latent_atlas.clustering.rows import unit_rows
 from latent_atlas.data.atomic import write_atomically
 from latent_atlas.data.tables import save_npz, write_npz
-from latent_atlas.hierarchy.neighbors import cosine_knn
+from latent_atlas.hierarchy.node_split import split_node
+from latent_atlas.hierarchy.tree_config import TreeConfig, check_config, min_split_size
 
 ROOT = "root"
-
-
-@dataclass
-class TreeConfig:
-    """How the tree is built. Defaults follow the Spotify-style plan (seed 002)."""
-
-    max_depth: int = 3
-    """Deepest node depth (root is 0); max_depth=2 gives two levels of clusters."""
-    base_pct: float = 0.05
-    """HDBSCAN min_cluster_size at the root, as a fraction of the node's size."""
-    decay: float = 0.7
-    """min_cluster_size = max(min_cluster_size_floor, int(n * base_pct * decay**depth))."""
-    min_cluster_size_floor: int = 10
-    """Lower bound of min_cluster_size, so deep nodes don't split into specks."""
-    hdbscan_min_samples: int | None = 10
-    """HDBSCAN min_samples (density smoothing), kept constant across depths; None = min_cluster_size."""
-    cluster_selection_method: str = "eom"
-    """HDBSCAN cluster selection: "eom" (fewer, larger clusters) or "leaf" (finer)."""
-    silhouette_threshold: float = 0.8
-    """Recurse into a cluster only when its silhouette is below this (poorly separated = heterogeneous).
-
-    0.8, not 0.3: silhouettes are measured on each node's UMAP embedding with min_dist=0, which packs
-    every HDBSCAN cluster tightly, so even mixed clusters score 0.4-0.8 there. On the demo (SmolLM2-135M
-    on BBC News) the top token clusters score 0.52 and 0.77 and the top document clusters 0.57, 0.87 and
-    0.90: at 0.3 no node is split and both trees stop at depth 1. At 0.8 the mixed clusters (the bulk of
-    the tokens; business, politics and tech documents together) are split and the clean ones (sport,
-    entertainment documents) stay whole, which is what the rule is for."""
-    min_split_size: int = 50
-    """Clusters smaller than this are leaves."""
-    umap_n_components: int = 10
-    """Dimensions of each node's UMAP embedding."""
-    umap_n_neighbors: int = 15
-    """UMAP n_neighbors (local vs global structure); a node needs more members than this to split."""
-    umap_min_dist: float = 0.0
-    """UMAP min_dist; 0 packs clusters tightly, which suits density clustering."""
-    umap_n_epochs: int | None = 200
-    """UMAP optimisation epochs; None lets UMAP choose (500 up to 10,000 points, 200 above: the default
-    before issue 12). 200: the layout epochs are most of a node's cost once the kNN graph is exact, and
-    fewer of them keep the planted-hierarchy ARI of the previous build (benchmarks/tree_speed.py)."""
-    knn: str = "exact"
-    """Neighbour graph of each node's UMAP: "exact" (cosine kNN by blocked matrix products, handed to UMAP
-    as precomputed_knn) or "umap" (UMAP's own search: exact below 4,096 points, NN-descent above; the
-    behaviour before issue 12). NN-descent's numba kernels compile in every new process, most of the
-    cost of a 5,000-token tree (36-45 s of 54-68 s, benchmarks/tree_speed.py); the exact graph is at
-    least as accurate."""
-    umap_fit_size: int | None = None
-    """For very large samples: a node with more members than this fits UMAP and HDBSCAN on a seeded
-    subsample of this many; every other member takes the label most common among its umap_n_neighbors
-    nearest fitted members (cosine, noise counts as a label). None fits every node on all its members:
-    the exact kNN graph costs O(m^2 d) for a node of m members (benchmarks/tree_speed.py --large 20000:
-    umap_fit_size=5000 builds a 20,000-point tree 2.6x faster at the same leaf ARI)."""
-    refine_iterations: int = 10
-    """After HDBSCAN splits a node on its UMAP embedding, no child may span two connected components of
-    the node's kNN graph (cut_along_components), and at most this many rounds move each clustered
-    member to the child whose centroid is nearest by cosine in the original space (a Lloyd step seeded
-    by HDBSCAN's clusters; noise stays noise). Where the kNN graph falls apart into pieces (subgroups
-    with no neighbours across), UMAP places the pieces arbitrarily and HDBSCAN can join one to the
-    wrong group, differently with each CPU's rounding of the layout; in the original space it is
-    nearest its own group. The children are then the cells that `assign_paths` sends new points to.
-    0 keeps HDBSCAN's labels as they are, uncut (the build before this field; benchmarks/tree_planted.py)."""
-    soft_cluster_min_fraction: float = 0.5
-    """A soft cluster is mapped to a node when at least this fraction of its members fall in it."""
-    seed: int = 0
-    """random_state of every UMAP: deterministic (and single-threaded)."""
 
 
 @dataclass
@@ -286,157 +223,6 @@ def build_tree(x: np.ndarray, config: TreeConfig | None = None, soft_clusters: n
     return tree
 
 
-def split_node(x: np.ndarray, depth: int, config: TreeConfig) -> tuple[np.ndarray, dict[int, float]]:
-    """Re-embed one node's members x [m, d] with UMAP and cluster with HDBSCAN.
-
-    Returns labels [m] (-1 = noise: HDBSCAN's, cut along the kNN graph's components and refined in the
-    original space, see TreeConfig.refine_iterations) and each cluster's mean silhouette on the
-    embedding, noise excluded; fewer than two clusters gives an empty dict. With umap_fit_size below
-    m, both are fitted on a seeded subsample and the other members labelled by their nearest fitted
-    ones.
-    """
-    import hdbscan  # imported here: UMAP/numba take seconds to load, path assignment needs neither
-    from sklearn.metrics import silhouette_samples
-
-    fitted = _fitted_members(len(x), config)  # [f] indices into x
-    knn = cosine_knn(x[fitted], x[fitted], min(config.umap_n_neighbors, len(fitted)), self_first=True)
-    embedding = embed_node(x[fitted], config, knn if config.knn == "exact" else None)
-    min_cluster_size = max(config.min_cluster_size_floor, int(len(x) * config.base_pct * config.decay**depth))
-    if len(fitted) < len(x):  # the same share of the node, counted on the subsample
-        min_cluster_size = max(config.min_cluster_size_floor, round(min_cluster_size * len(fitted) / len(x)))
-    fit_labels = hdbscan.HDBSCAN(min_cluster_size=max(min_cluster_size, 2), min_samples=config.hdbscan_min_samples,
-                                 cluster_selection_method=config.cluster_selection_method).fit_predict(embedding)
-    if config.refine_iterations:
-        fit_labels = cut_along_components(x[fitted], fit_labels, graph_components(knn[0]), min_cluster_size)
-    labels = fit_labels if len(fitted) == len(x) else _label_by_fitted_neighbours(x, fitted, fit_labels, config)
-    labels = refine_in_original_space(x, labels, config.refine_iterations)
-    fit_labels = labels[fitted]
-    kept = fit_labels >= 0
-    clusters = np.unique(fit_labels[kept])
-    if len(clusters) < 2:
-        return labels, {}
-    per_point = silhouette_samples(embedding[kept], fit_labels[kept])
-    return labels, {int(c): float(per_point[fit_labels[kept] == c].mean()) for c in clusters}
-
-
-def graph_components(neighbours: np.ndarray) -> np.ndarray:
-    """Connected component [m] of each row in the (undirected) kNN graph neighbours [m, k]."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    m, k = neighbours.shape
-    graph = csr_matrix((np.ones(m * k), (np.repeat(np.arange(m), k), neighbours.ravel())), shape=(m, m))
-    return connected_components(graph, directed=False)[1]
-
-
-def cut_along_components(x: np.ndarray, labels: np.ndarray, components: np.ndarray, min_size: int) -> np.ndarray:
-    """labels [m] (-1 = noise) of the rows of x [m, d] made to respect the kNN graph's components [m]:
-    points that share no neighbours are not one cluster, wherever UMAP (which places disconnected
-    pieces arbitrarily) put them. Every piece of a cluster in one component becomes a cluster, and so
-    does every component in which HDBSCAN clustered fewer than min_size members, noise included; then,
-    smallest first, a cluster of fewer than min_size members merges into the one whose centroid is
-    nearest by cosine in the original space."""
-    out = np.full(len(labels), -1, np.int64)
-    clustered = labels >= 0
-    whole = np.bincount(components[clustered], minlength=int(components.max()) + 1)[components] < min_size
-    keys = np.where(whole, -1, labels).astype(np.int64) * (int(components.max()) + 1) + components
-    picked = clustered | whole
-    _, out[picked] = np.unique(keys[picked], return_inverse=True)
-    unit = unit_rows(np.asarray(x, dtype=np.float32))
-    sums = np.zeros((int(out.max()) + 1, unit.shape[1]), np.float64)
-    np.add.at(sums, out[picked], unit[picked])
-    sizes = np.bincount(out[picked], minlength=len(sums))
-    alive = sizes > 0
-    while alive.sum() > 1 and sizes[alive].min() < min_size:
-        small = np.flatnonzero(alive)[np.argmin(sizes[alive])]
-        others = np.flatnonzero(alive & (np.arange(len(sizes)) != small))
-        into = others[np.argmax(unit_rows(sums[others]) @ unit_rows(sums[small:small + 1])[0])]
-        out[out == small] = into
-        sums[into] += sums[small]
-        sizes[into] += sizes[small]
-        alive[small] = False
-    return out
-
-
-def refine_in_original_space(x: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
-    """labels [m] (-1 = noise) after up to `iterations` rounds of: each labelled row of x [m, d] moves to
-    the label whose centroid (mean unit row) is nearest by cosine. Stops when nothing moves; a label
-    left empty disappears; noise is never moved."""
-    labels = labels.copy()
-    kept = np.flatnonzero(labels >= 0)
-    if not iterations or not len(kept):
-        return labels
-    unit = unit_rows(np.asarray(x[kept], dtype=np.float32))  # [r, d]
-    current = labels[kept]
-    for _ in range(iterations):
-        clusters = np.unique(current)
-        centroids = unit_rows(np.stack([unit[current == c].mean(0) for c in clusters]))  # [c, d]
-        nearest = clusters[np.argmax(unit @ centroids.T, axis=1)]
-        if np.array_equal(nearest, current):
-            break
-        current = nearest
-    labels[kept] = current
-    return labels
-
-
-def embed_node(x: np.ndarray, config: TreeConfig, knn: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """[m, umap_n_components] UMAP embedding of x [m, d] (cosine), seeded: the same x and config give the
-    same embedding. knn: x's exact cosine kNN graph (cosine_knn, self first) if already computed."""
-    import warnings
-
-    import umap
-
-    _cache_umap_kernels()
-    if config.knn == "exact" and knn is None:
-        knn = cosine_knn(x, x, min(config.umap_n_neighbors, len(x)), self_first=True)
-    given = {"precomputed_knn": knn} if config.knn == "exact" else {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # random_state forces 1 thread: wanted
-        warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # no transform needed: no search index
-        return umap.UMAP(n_components=config.umap_n_components, n_neighbors=config.umap_n_neighbors,
-                         min_dist=config.umap_min_dist, metric="cosine", n_epochs=config.umap_n_epochs,
-                         random_state=config.seed, **given).fit_transform(x)
-
-
-@functools.cache
-def _cache_umap_kernels() -> None:
-    """Turn numba's on-disk cache on for UMAP's module-level kernels (umap leaves it off): the first
-    process compiles them, later ones load them (a fresh process's import + 500-point tree: 11-20 s
-    compiling, 3.6-6.1 s loading, benchmarks/tree_speed.py). The compiled code is the same."""
-    from numba.core.dispatcher import Dispatcher
-    from umap import distances, layouts, spectral, umap_, utils
-
-    for module in (umap_, layouts, spectral, utils, distances):
-        for kernel in vars(module).values():
-            if isinstance(kernel, Dispatcher) and type(kernel._cache).__name__ == "NullCache" and not kernel.overloads:
-                try:
-                    kernel.enable_caching()
-                except RuntimeError:  # no writable cache directory: compile in memory, as umap does
-                    return
-
-
-def _fitted_members(m: int, config: TreeConfig) -> np.ndarray:
-    """Indices of the members a node's UMAP and HDBSCAN are fitted on: all, or a seeded subsample."""
-    if config.umap_fit_size is None or m <= config.umap_fit_size:
-        return np.arange(m)
-    return np.sort(np.random.default_rng([config.seed, m]).choice(m, config.umap_fit_size, replace=False))
-
-
-def _label_by_fitted_neighbours(x: np.ndarray, fitted: np.ndarray, fit_labels: np.ndarray,
-                                config: TreeConfig) -> np.ndarray:
-    """Labels [m] of all members: the fitted keep theirs, the others take the most common label (ties: the
-    smallest) among their umap_n_neighbors nearest fitted members."""
-    labels = np.empty(len(x), np.int64)
-    labels[fitted] = fit_labels
-    rest = np.setdiff1d(np.arange(len(x)), fitted)
-    neighbours, _ = cosine_knn(x[rest], x[fitted], min(config.umap_n_neighbors, len(fitted)))  # [r, k]
-    votes = fit_labels[neighbours] + 1  # noise (-1) -> 0
-    counts = np.zeros((len(rest), int(votes.max()) + 1), np.int64)
-    np.add.at(counts, (np.repeat(np.arange(len(rest)), votes.shape[1]), votes.ravel()), 1)
-    labels[rest] = np.argmax(counts, axis=1) - 1
-    return labels
-
-
 def tree_cache_path(cache_dir: str | Path, x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | None,
                     data_version: str | None) -> Path:
     """Where build_tree caches the tree of these inputs under cache_dir."""
@@ -454,20 +240,6 @@ def cache_key(x: np.ndarray, config: TreeConfig, soft_clusters: np.ndarray | Non
     if soft_clusters is not None:
         h.update(np.ascontiguousarray(soft_clusters).tobytes())
     return h.hexdigest()[:16]
-
-
-def check_config(config: TreeConfig) -> None:
-    """Raise ValueError naming the TreeConfig field whose value cannot work."""
-    if config.knn not in ("exact", "umap"):
-        raise ValueError(f"TreeConfig.knn must be 'exact' or 'umap', got {config.knn!r}")
-    if config.umap_fit_size is not None and config.umap_fit_size < min_split_size(config):
-        raise ValueError(f"TreeConfig.umap_fit_size must be None or at least {min_split_size(config)} "
-                         f"(min_split_size: a smaller fit cannot split), got {config.umap_fit_size!r}")
-
-
-def min_split_size(config: TreeConfig) -> int:
-    # UMAP needs more points than neighbours, and spectral init more than n_components + 1
-    return max(config.min_split_size, config.umap_n_neighbors + 2, config.umap_n_components + 2)
 
 
 def _make_node(node_id, parent, depth, members, silhouette, unit, soft, config) -> TreeNode:
