@@ -29,7 +29,8 @@ def _npz_case(root: Path, case: str) -> dict:
     from latent_atlas.data.manifests import read_manifest, remove_chunk
     from orchestration.definitions import build_definitions
     from assets.partitions import chunks
-    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from orchestration.jobs import stages_of
+    from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
     from tests.conftest import write_seed_npz
     from tests.test_bad_inputs import NPZ_CASES
@@ -78,7 +79,8 @@ def _text_case(root: Path, case: str, tokenizer) -> dict:
 
     from latent_atlas.data.manifests import read_manifest
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from orchestration.jobs import stages_of
+    from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
 
     folder = root / "speeches"

@@ -95,7 +95,8 @@ def main() -> None:
 
     from latent_atlas.compute.cpu import describe
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from orchestration.jobs import stages_of
+    from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource
 
     print(describe())

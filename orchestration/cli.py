@@ -19,8 +19,7 @@ def _stages(defs, steering: bool, until: list[str] | None = None):
     """The whole graph's stages; without `steering`, all but steering_eval, which generates text
     for every top cluster (minutes on CPU) and so runs on request only. With `until`, only those
     assets and their upstreams."""
-    from orchestration.jobs import ON_REQUEST
-    from orchestration.pipeline import stages_of
+    from orchestration.jobs import ON_REQUEST, stages_of
 
     if until:
         return stages_of(defs, until)

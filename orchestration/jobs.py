@@ -1,6 +1,6 @@
 """Jobs: per-chunk work for one partition, the refit of the global models, and one job per stage of
 the pipeline (what `latent-atlas demo/run` execute, so their runs carry a stage's name in the UI and
-can be re-executed from there)."""
+can be re-executed from there). The stages themselves are read off the asset graph (`stages_of`)."""
 
 import dagster as dg
 
@@ -30,6 +30,38 @@ refit_job = dg.define_asset_job(
 )
 
 
+Stage = tuple[tuple[str, ...], bool]  # (asset names, per chunk?)
+
+
+def stages_of(defs: dg.Definitions, targets: list[str] | None = None) -> list[Stage]:
+    """Stages in dependency order, read off the asset graph (only `targets` and their upstreams, if given).
+
+    Each stage is a maximal set of assets of one kind (per chunk or global) whose upstreams are
+    done: per-chunk chains such as token_chunks -> activations run together, one run per chunk.
+    """
+    graph = defs.resolve_asset_graph()
+    if targets:
+        keys = set(dg.AssetSelection.assets(*targets).upstream().resolve(graph))
+    else:
+        keys = set(graph.get_all_asset_keys())
+    per_chunk = {k: graph.get(k).partitions_def is not None for k in keys}
+    deps = {k: set(graph.get(k).parent_keys) & keys for k in keys}
+    done: set = set()
+    stages: list[Stage] = []
+    while len(done) < len(keys):
+        ready = [k for k in keys - done if deps[k] <= done]
+        kind = any(per_chunk[k] for k in ready)
+        stage = {k for k in ready if per_chunk[k] == kind}
+        grown = True
+        while grown:  # pull in same-kind descendants whose upstreams are now all available
+            more = {k for k in keys - done - stage if per_chunk[k] == kind and deps[k] <= done | stage}
+            grown = bool(more)
+            stage |= more
+        stages.append((tuple(sorted(k.to_user_string() for k in stage)), kind))
+        done |= stage
+    return stages
+
+
 def refit_range_tags(keys: list[str]) -> dict[str, str]:
     """Run tags making a refit_job run cover the chunk partitions `keys` (first to last, in partition order)."""
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
@@ -51,9 +83,7 @@ def stage_job(names: tuple[str, ...], per_chunk: bool, graph, name: str | None =
 
 
 def stage_jobs(defs: dg.Definitions) -> list:
-    """One job per stage of the whole graph of `defs`, in dependency order (orchestration.pipeline.stages_of)."""
-    from orchestration.pipeline import stages_of
-
+    """One job per stage of the whole graph of `defs`, in dependency order (`stages_of`)."""
     graph = defs.resolve_asset_graph()
     everything = [k.to_user_string() for k in graph.get_all_asset_keys()]
     stages = stages_of(defs, [n for n in everything if n != ON_REQUEST])

@@ -13,37 +13,7 @@ import dagster as dg
 
 from assets.partitions import chunks
 from orchestration.freshness import FINGERPRINT_TAG, stage_fingerprint, up_to_date
-
-Stage = tuple[tuple[str, ...], bool]  # (asset names, per chunk?)
-
-
-def stages_of(defs: dg.Definitions, targets: list[str] | None = None) -> list[Stage]:
-    """Stages in dependency order, read off the asset graph (only `targets` and their upstreams, if given).
-
-    Each stage is a maximal set of assets of one kind (per chunk or global) whose upstreams are
-    done: per-chunk chains such as token_chunks -> activations run together, one run per chunk.
-    """
-    graph = defs.resolve_asset_graph()
-    if targets:
-        keys = set(dg.AssetSelection.assets(*targets).upstream().resolve(graph))
-    else:
-        keys = set(graph.get_all_asset_keys())
-    per_chunk = {k: graph.get(k).partitions_def is not None for k in keys}
-    deps = {k: set(graph.get(k).parent_keys) & keys for k in keys}
-    done: set = set()
-    stages: list[Stage] = []
-    while len(done) < len(keys):
-        ready = [k for k in keys - done if deps[k] <= done]
-        kind = any(per_chunk[k] for k in ready)
-        stage = {k for k in ready if per_chunk[k] == kind}
-        grown = True
-        while grown:  # pull in same-kind descendants whose upstreams are now all available
-            more = {k for k in keys - done - stage if per_chunk[k] == kind and deps[k] <= done | stage}
-            grown = bool(more)
-            stage |= more
-        stages.append((tuple(sorted(k.to_user_string() for k in stage)), kind))
-        done |= stage
-    return stages
+from orchestration.jobs import Stage, stage_job, stage_job_name, stages_of
 
 
 @dataclass
@@ -130,8 +100,6 @@ def run_stages(
 def _stage_job_defs(defs: dg.Definitions, stages: list[Stage]) -> dict:
     """{stage assets: its job}: the definitions' own stage job (orchestration.jobs) when one selects
     exactly those assets, so the UI can re-execute the run; else one made for this subset of the graph."""
-    from orchestration.jobs import stage_job, stage_job_name
-
     graph = defs.resolve_asset_graph()
     job_names = {tuple(sorted(k.to_user_string() for k in job.selection.resolve(graph))): job.name
                  for job in defs.jobs or [] if job.name.endswith("_stage")}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.pipeline import stages_of
+from orchestration.jobs import stages_of
 
 
 def _metadata(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> dict:

@@ -87,7 +87,8 @@ def materialized(atlas_home: Path, corpus, targets: list[str], model_name: str =
     import dagster as dg
 
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import register_partitions, run_stages, stages_of
+    from orchestration.jobs import stages_of
+    from orchestration.pipeline import register_partitions, run_stages
     from resources import ModelResource
 
     model = ModelResource(name=model_name)

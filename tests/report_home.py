@@ -47,7 +47,8 @@ def materialize_home(home: Path, through: str = "atlas_report") -> Path:
     import dagster as dg
 
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import register_partitions, stages_of
+    from orchestration.jobs import stages_of
+    from orchestration.pipeline import register_partitions
     from resources import CorpusResource, ModelResource
 
     (home / "dagster").mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ per-chunk stages and the global refits (and what reads them), a changed config r
 import dagster as dg
 import numpy as np
 
-from orchestration.jobs import refit_range_tags
-from orchestration.pipeline import register_partitions, run_stages, stages_of
+from orchestration.jobs import refit_range_tags, stages_of
+from orchestration.pipeline import register_partitions, run_stages
 from orchestration.schedules import last_fit_config
 from resources import CorpusResource
 from tests.conftest import materialized, write_planted_chunk, write_planted_corpus

@@ -98,7 +98,8 @@ def worker(home: str, corpus: str, key: str, barrier: str, count: int) -> int:
     import dagster as dg
 
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import run_stages, stages_of
+    from orchestration.jobs import stages_of
+    from orchestration.pipeline import run_stages
     from resources import CorpusResource, ModelResource
 
     defs = build_definitions(corpus=CorpusResource(**CLI_CORPUS, path=corpus), model=ModelResource(**CLI_MODEL))

@@ -5,7 +5,8 @@ import dagster as dg
 import numpy as np
 
 from orchestration.definitions import build_definitions
-from orchestration.pipeline import register_partitions, run_stages, stages_of
+from orchestration.jobs import stages_of
+from orchestration.pipeline import register_partitions, run_stages
 from orchestration.schedules import last_fit_config, nightly_refit
 from resources import CorpusResource, ModelResource
 from tests.conftest import write_planted_chunk, write_planted_corpus, write_seed_npz
