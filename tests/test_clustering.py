@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import faiss
@@ -127,37 +126,34 @@ def test_dask_gives_identical_centroids(chunks):
 
 
 _RUN = """
-import sys, numpy as np
-from latent_atlas.clustering.model import SequentialSoftClustering, checkpoint_key
-paths, ckpt, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+import os, signal, sys, numpy as np
+import latent_atlas.clustering.model as clustering
+paths, ckpt, out, kill_after = sys.argv[1].split(","), sys.argv[2], sys.argv[3], int(sys.argv[4])
 ckpt = None if ckpt == "-" else ckpt
-m = SequentialSoftClustering(64, n_epochs=8, max_points=5000, seed=0, checkpoint_dir=ckpt).fit_chunks(paths)
+write_checkpoint = clustering.write_checkpoint
+def written(checkpoint_dir, step, *args, **kwargs):  # SIGKILL right after checkpoint `kill_after` is on disk
+    write_checkpoint(checkpoint_dir, step, *args, **kwargs)
+    if step == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+clustering.write_checkpoint = written
+m = clustering.SequentialSoftClustering(64, n_epochs=8, max_points=5000, seed=0, checkpoint_dir=ckpt).fit_chunks(paths)
 np.save(out, m.cluster_centers_)
 """
 
 
-def _run(chunks, checkpoint_dir, out) -> subprocess.Popen:
+def _run(chunks, checkpoint_dir, out, kill_after: int = -1) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-c", _RUN, ",".join(map(str, chunks)), str(checkpoint_dir), str(out)]
+    args = [sys.executable, "-c", _RUN, ",".join(map(str, chunks)), str(checkpoint_dir), str(out), str(kill_after)]
     return subprocess.Popen(args, env=env)
 
 
 def test_killed_run_resumes_to_identical_centroids(chunks, tmp_path):
+    # the process kills itself right after writing checkpoint 5: exact on any machine, however fast
     total_steps = 8 * len(chunks)
     checkpoints = tmp_path / "checkpoints"
-    run = _run(chunks, checkpoints, tmp_path / "resumed.npy")
-    deadline = time.monotonic() + 60
-    def steps_on_disk() -> list[int]:
-        return [int(p.stem.split("-")[1]) for p in checkpoints.glob("checkpoint-*.npz")]
-
-    # old checkpoints are pruned as new ones land, so wait for any step >= 5, not for step 5 itself
-    while max(steps_on_disk(), default=0) < 5:
-        assert run.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
-        time.sleep(0.005)
-    run.send_signal(signal.SIGKILL)
-    assert run.wait() == -signal.SIGKILL
-    reached = max(steps_on_disk())
-    assert reached < total_steps  # really killed mid-run
+    assert _run(chunks, checkpoints, tmp_path / "resumed.npy", kill_after=5).wait() == -signal.SIGKILL
+    steps_on_disk = [int(p.stem.split("-")[1]) for p in checkpoints.glob("checkpoint-*.npz")]
+    assert max(steps_on_disk) == 5 < total_steps  # really killed mid-run
 
     assert _run(chunks, checkpoints, tmp_path / "resumed.npy").wait() == 0
     assert _run(chunks, "-", tmp_path / "straight.npy").wait() == 0

@@ -4,7 +4,8 @@ The test starts Debian's PostgreSQL 15 itself (initdb + pg_ctl in a temp dir, on
 and removed at the end) and points a home at it with use_atlas_home(postgres_url=...), which writes
 dagster.yaml with postgres storage. Four processes, each opening that home the way the CLI does, wait at
 a file barrier and then run the token_chunks_stage job (token_chunks + activations) of one chunk each
-through run_stages, so the four runs overlap in time. Checked: the four runs are SUCCESS in the server's
+through run_stages; each run then waits, inside, until all four are inside theirs (a wrapper around the
+Parquet write, installed by the worker), so the four runs overlap in time on any machine. Checked: the four runs are SUCCESS in the server's
 run storage (read with psycopg2 too, not only through Dagster), their windows overlap, every run has
 its materializations, the Parquet and chunk outputs have the corpus's shapes, and `latent-atlas run` on
 the same home finds those chunks up to date and completes the pipeline.
@@ -105,21 +106,34 @@ def worker(home: str, corpus: str, key: str, barrier: str, count: int) -> int:
     defs = build_definitions(corpus=CorpusResource(**CLI_CORPUS, path=corpus), model=ModelResource(**CLI_MODEL))
     stages = stages_of(defs, ["activations"])
     assert [names for names, _ in stages] == [("activations", "token_chunks")], stages
+    import io_managers.parquet as parquet
+
+    handle_output = parquet.ParquetIOManager.handle_output
+
+    def held_open(self, context, obj):  # inside the run: wait until every worker's run is inside its own
+        handle_output(self, context, obj)
+        meet(barrier, key, "inside", count)
+
+    parquet.ParquetIOManager.handle_output = held_open  # so the four runs overlap on any machine, however fast
     with dg.DagsterInstance.get() as instance:
         ready = time.time()
-        Path(barrier, f"{key}.ready").touch()
-        deadline = time.monotonic() + 120
-        while len(list(Path(barrier).glob("*.ready"))) < count:
-            if time.monotonic() > deadline:
-                print(f"{key}: the other workers never got ready", file=sys.stderr)
-                return 3
-            time.sleep(0.002)
+        meet(barrier, key, "ready", count)
         released = time.time()
         report = run_stages(defs, instance, [key], stages, log=lambda _: None)
         done = time.time()
     print(json.dumps({"key": key, "pid": os.getpid(), "setup_s": ready - began, "barrier_s": released - ready,
                       "run_s": done - released, "failed": report.failed, "skipped": report.skipped}))
     return 0 if not report.failed and not report.skipped else 1
+
+
+def meet(barrier: str, key: str, stage: str, count: int) -> None:
+    """Wait until `count` workers have reached `stage` (a file each in the barrier folder)."""
+    Path(barrier, f"{key}.{stage}").touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(barrier).glob(f"*.{stage}"))) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key}: the other workers never reached {stage}")
+        time.sleep(0.002)
 
 
 def _env() -> dict[str, str]:
