@@ -13,6 +13,8 @@ from pathlib import Path
 from orchestration.instance import fail_orphaned_runs, runs_in_progress, use_atlas_home
 
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
+# Hugging Face's progress bars (weight loading) would print as \r-joined text between our progress lines.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _stages(defs, steering: bool, until: list[str] | None = None):
@@ -72,11 +74,9 @@ def _demo(args: argparse.Namespace) -> int:
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
     report = run_stages(defs, instance, keys, _stages(defs, args.steering), asset_config=_asset_config(args))
-    from orchestration.status import summary_lines
+    from orchestration.status import final_summary
 
-    print("\n".join(summary_lines(defs, instance, home, report.keys)))
-    print(f"done in {time.perf_counter() - started:.0f} s; failed chunks: {len(report.failed)}")
-    print(f"browse: .venv/bin/latent-atlas ui --home {home}")
+    print("\n".join(final_summary(defs, instance, home, report.keys, len(report.failed), time.perf_counter() - started)))
     return 1 if report.failed else 0
 
 
@@ -120,13 +120,12 @@ def _run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 1
-    from orchestration.status import summary_lines
+    from orchestration.status import final_summary
 
-    print("\n".join(summary_lines(defs, instance, home, report.keys)))
     problems = report.problem_lines() + [f"  {line}" for line in registration.warnings()]
-    print(f"done in {time.perf_counter() - started:.0f} s; failed chunks: {len(report.failed)}")
     if problems:
         print("problems (fix or delete the file, then `latent-atlas remove-chunk KEY`):\n" + "\n".join(problems))
+    print("\n".join(final_summary(defs, instance, home, report.keys, len(report.failed), time.perf_counter() - started)))
     return 1 if report.failed or registration.refused else 0
 
 

@@ -63,11 +63,12 @@ def run_stages(
     stages = stages or stages_of(defs)
     jobs = _stage_job_defs(defs, stages)
     for number, (names, per_chunk) in enumerate(stages, start=1):
-        stage = "+".join(names)
-        job = jobs[names]
+        stage, job = "+".join(names), jobs[names]
+        short = job.name.removesuffix("_adhoc").removesuffix("_stage")  # for the console: its head asset's name
         start = time.perf_counter()
         todo = [k for k in keys if k not in report.failed] if per_chunk else [None]
-        log(f"stage {number}/{len(stages)} {stage}" + (f": {len(todo)} chunks" if per_chunk else ""))
+        more = f" (+{len(names) - 1} assets)" if len(names) > 1 else ""
+        log(f"stage {number}/{len(stages)} {short}{more}" + (f": {len(todo)} chunks" if per_chunk else ""))
         for done, key in enumerate(todo, start=1):
             began = time.perf_counter()
             run_config = {**quiet, "ops": {n: {"config": asset_config[n]} for n in names if n in asset_config}}
@@ -91,9 +92,9 @@ def run_stages(
             else:
                 for refused_key, problem in _refused_chunks(result).items():
                     report.refused[refused_key] = problem
-                    log(f"  {stage} left out chunk {refused_key}: {problem}")
+                    log(f"  {short} left out chunk {refused_key}: {problem}")
         report.seconds[stage] = time.perf_counter() - start
-        log(f"  {stage}: {report.seconds[stage]:.1f} s")
+        log(f"  {short}: {report.seconds[stage]:.1f} s")
     return report
 
 

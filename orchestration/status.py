@@ -1,4 +1,5 @@
-"""What is materialized, read from the Dagster instance: for `latent-atlas status` and the demo."""
+"""What is materialized, read from the Dagster instance: the full listing for `latent-atlas status`, and
+the short summary `demo` and `run` end with."""
 
 from __future__ import annotations
 
@@ -42,4 +43,37 @@ def summary_lines(defs: dg.Definitions, instance: dg.DagsterInstance, home: Path
         tokens += int(meta.get("tokens", 0))
     lines.append(f"sequences: {sequences}, analysed tokens: {tokens}")
     lines.append(f"outputs: {home / 'tables'} (Parquet), {home / 'tensors'} (memory-mapped .npy / .npz)")
+    return lines
+
+
+def failed_checks(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
+    """'check (asset): why' for every asset check whose latest evaluation (per partition) failed."""
+    failed = []
+    for check_key in sorted(defs.resolve_asset_graph().asset_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        latest: dict = {}
+        for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1000):
+            latest.setdefault(record.partition, record)  # newest first
+        bad = [r for r in latest.values() if r.status.value == "FAILED"]
+        if bad:
+            evaluation = bad[0].event.dagster_event.event_specific_data
+            why = evaluation.description or _short({k: v.value for k, v in evaluation.metadata.items()})
+            where = f", {len(bad)} partitions" if bad[0].partition is not None else ""
+            failed.append(f"{check_key.name} ({check_key.asset_key.to_user_string()}{where}): {why[:150]}")
+    return failed
+
+
+def final_summary(defs: dg.Definitions, instance: dg.DagsterInstance, home: Path, keys: list[str],
+                  failed_chunks: int, seconds: float) -> list[str]:
+    """At most ~15 lines: what the atlas holds, what failed, and last where to open it."""
+    tokens = sum(int(_metadata(instance, "token_chunks", key).get("tokens", 0)) for key in keys)
+    clusters = _metadata(instance, "centroids").get("n_clusters")
+    lines = [f"atlas: {clusters if clusters is not None else '?'} clusters over {tokens:,} analysed tokens in "
+             f"{len(keys)} chunks; done in {seconds:.0f} s; failed chunks: {failed_chunks}"]
+    checks = failed_checks(defs, instance)
+    lines += [f"failed checks: {len(checks)}"] + [f"  {line}" for line in checks[:8]]
+    if len(checks) > 8:
+        lines.append(f"  ... and {len(checks) - 8} more (latent-atlas status, or the UI's Checks tab)")
+    lines.append(f"every asset's figures: .venv/bin/latent-atlas status --home {home}")
+    report = home / "report" / "index.html"
+    lines.append(f"open the atlas: {report}" if report.exists() else f"browse: .venv/bin/latent-atlas ui --home {home}")
     return lines
