@@ -3,7 +3,9 @@ run whose inputs fingerprint equals the one it would have now, or hold the same 
 such a run made (an unchanged refit by the nightly schedule or the UI, which carries no fingerprint).
 
 The fingerprint of (stage, partition) hashes the project's code, the resources' and the stage's run
-config, and the identity of every upstream materialization it reads: the latest one of the same
+config, for a stage that reads the chunk's source (token_chunks, activations) the source as it is on
+disk now (an NPZ file's size, mtime and quick fingerprint: a file rewritten in place makes the stage
+and everything downstream of it run again), and the identity of every upstream materialization it reads: the latest one of the same
 partition (per-chunk upstream of a per-chunk stage), the latest of a global asset, or for a global
 stage's fan-in over chunks the identity of every chunk partition's latest one. An identity is the
 materialization's content version (metadata `content_version`: the chunk inputs and the refit models,
@@ -24,6 +26,7 @@ import dagster as dg
 
 from assets.partitions import chunks
 from assets.versions import CONTENT_VERSION
+from latent_atlas.data.manifests import source_identity
 
 FINGERPRINT_TAG = "latent-atlas/inputs"
 _ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,8 @@ def stage_fingerprint(defs: dg.Definitions, instance: dg.DagsterInstance, names:
         "config": run_config.get("ops", {}),
         "upstream": [[k.to_user_string(), _identity(instance, graph, k, partition)] for k in upstream],
     }
+    if partition is not None and any(not graph.get(k).parent_keys for k in stage):  # it reads the source
+        parts["source"] = source_identity(partition)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

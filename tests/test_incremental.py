@@ -8,7 +8,7 @@ from orchestration.jobs import refit_range_tags, stages_of
 from orchestration.pipeline import register_partitions, run_stages
 from orchestration.schedules import last_fit_config
 from resources import CorpusResource
-from tests.conftest import materialized, write_planted_chunk, write_planted_corpus
+from tests.conftest import materialized, write_planted_chunk, write_planted_corpus, write_seed_npz
 
 TARGETS = ["memberships"]
 CONFIG = {"centroids": {"n_clusters": 4, "n_epochs": 2}}
@@ -100,3 +100,32 @@ def test_an_unchanged_refit_leaves_everything_downstream_up_to_date(atlas_home, 
         after = materialization_counts(defs, instance)
         assert added_since(before, after) == {"token_chunks": 1, "activations": 1, "whitening": 1,
                                               "whitened_activations": 4, "centroids": 1, "memberships": 4}
+
+
+def test_a_chunk_rewritten_in_place_recomputes_it_and_what_reads_it(atlas_home, tmp_path, monkeypatch):
+    folder = write_planted_corpus(tmp_path / "corpus", 3)
+    corpus = CorpusResource(source="npz", path=str(folder))
+    with materialized(atlas_home, corpus, TARGETS, asset_config=CONFIG) as (defs, instance, keys, _):
+        stages = stages_of(defs, TARGETS)
+        before = materialization_counts(defs, instance)
+        stale = np.load(atlas_home / "tensors" / "centroids.npz")["cluster_centers"]
+        rng = np.random.default_rng(7)  # the same path and shape, data near 4 other directions
+        acts = rng.standard_normal((4, 32))[rng.integers(0, 4, (16, 16))] + 0.3 * rng.standard_normal((16, 16, 32))
+        write_seed_npz(folder / "part1.npz", n_seq=16, seq_len=16, dim=32, seed=1, activations=acts.astype(np.float16))
+
+        again = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        assert not again.failed
+        # that chunk's inputs, the global refits, and every chunk's outputs that read them
+        assert added_since(before, materialization_counts(defs, instance)) == {
+            "token_chunks": 1, "activations": 1, "whitening": 1, "whitened_activations": 3, "centroids": 1,
+            "memberships": 3}
+        assert {("activations+token_chunks", keys[0]), ("activations+token_chunks", keys[2])} <= set(again.skipped)
+        followed = np.load(atlas_home / "tensors" / "centroids.npz")["cluster_centers"]
+
+    fresh = tmp_path / "fresh"  # the same files, a new home: the centroids a first run on them learns
+    monkeypatch.setenv("ATLAS_HOME", str(fresh))
+    monkeypatch.setenv("DAGSTER_HOME", str(fresh / "dagster"))
+    (fresh / "dagster").mkdir(parents=True)
+    with materialized(fresh, corpus, TARGETS, asset_config=CONFIG):
+        first_run = np.load(fresh / "tensors" / "centroids.npz")["cluster_centers"]
+    assert np.array_equal(followed, first_run) and not np.array_equal(stale, first_run)

@@ -83,6 +83,21 @@ def all_manifests() -> dict[str, ChunkPlan | NpzPlan]:
     return {p.stem: _plan_of(json.loads(p.read_text())) for p in paths}
 
 
+def source_identity(key: str) -> str:
+    """What chunk `key` is made of, as it stands on disk now: for an NPZ chunk its file's size,
+    modification time and quick fingerprint ('missing' once the file is gone), so a file rewritten in
+    place, even to the same size, is a new source; for a text chunk its manifest, which holds the
+    documents themselves; 'unregistered' without a manifest."""
+    try:
+        plan = read_manifest(key)
+    except FileNotFoundError:
+        return "unregistered"
+    if isinstance(plan, NpzPlan):
+        path = Path(plan.path)
+        return f"{file_stamp(path)}:{quick_fingerprint(path)}" if path.is_file() else "missing"
+    return hashlib.blake2b(plan.to_json().encode(), digest_size=16).hexdigest()
+
+
 def quick_fingerprint(path: str | Path) -> str:
     """Size and a hash of the first and last MiB: equal for equal files, cheap for large ones."""
     path = Path(path)
