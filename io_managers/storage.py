@@ -19,11 +19,43 @@ def input_paths(base: Path, context: dg.InputContext, suffix: str) -> dict[str, 
     """Fan-in: partition key -> path of every materialized upstream partition, sorted by key.
 
     A lazy handle: nothing is opened here. Partitions that were added but never materialized
-    are left out (the input is declared with allow_missing_partitions).
+    are left out (the input is declared with allow_missing_partitions), and so is a chunk whose
+    latest run failed after its file was written (its source changed and now fails, or went missing):
+    that file was made from data the chunk no longer has, and a global fit must not read it.
     """
     paths = {key: output_path(base, context, suffix, key) for key in sorted(context.asset_partition_keys)}
-    return {key: path for key, path in paths.items() if path.exists()}
+    paths = {key: path for key, path in paths.items() if path.exists()}
+    failed = failed_since(context.instance, {key: path.stat().st_mtime for key, path in paths.items()},
+                          _made_from(context))
+    for key, run_id in failed.items():
+        context.log.warning(f"left out chunk {key}: its run {run_id} failed after its "
+                            f"{context.asset_key.to_user_string()} was written")
+    return {key: path for key, path in paths.items() if key not in failed}
 
+
+def _made_from(context: dg.InputContext) -> set[str] | None:
+    """The upstream asset and every asset it is made from (by name), or None where the graph is not at hand."""
+    try:
+        graph = context.step_context.job_def.asset_layer.asset_graph
+        return {k.to_user_string() for k in {context.asset_key, *graph.get_ancestor_asset_keys(context.asset_key)}}
+    except Exception:  # noqa: BLE001 - outside a run (a hand-built context): every failure counts
+        return None
+
+
+def failed_since(instance: dg.DagsterInstance, written: dict[str, float], made_from: set[str] | None) -> dict[str, str]:
+    """{partition: run id} of the partitions in `written` (partition -> when its file was written) with a
+    failed run that started after that and ran a step of `made_from` (None: any step): the file was made
+    from what the chunk was before, and the chunk now fails there."""
+    failed: dict[str, str] = {}
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])):
+        run = record.dagster_run
+        key = run.tags.get("dagster/partition")
+        if key not in written or key in failed or (record.start_time or record.create_timestamp.timestamp()) <= written[key]:
+            continue
+        steps = run.step_keys_to_execute
+        if made_from is None or steps is None or made_from & set(steps):
+            failed[key] = run.run_id
+    return failed
 
 def wants_single_partition(context: dg.InputContext) -> bool:
     """True when a partitioned run reads one partition of its upstream (identity mapping)."""

@@ -129,3 +129,23 @@ def test_a_chunk_rewritten_in_place_recomputes_it_and_what_reads_it(atlas_home, 
     with materialized(fresh, corpus, TARGETS, asset_config=CONFIG):
         first_run = np.load(fresh / "tensors" / "centroids.npz")["cluster_centers"]
     assert np.array_equal(followed, first_run) and not np.array_equal(stale, first_run)
+
+
+def test_a_chunk_that_fails_now_is_left_out_of_the_global_fits(atlas_home, tmp_path):
+    folder = write_planted_corpus(tmp_path / "corpus", 3)
+    corpus = CorpusResource(source="npz", path=str(folder))
+    with materialized(atlas_home, corpus, TARGETS + ["merged_statistics"], asset_config=CONFIG) as (defs, instance, keys, _):
+        stages = stages_of(defs, TARGETS + ["merged_statistics"])
+        meta = lambda asset: {k: v.value for k, v in  # noqa: E731
+                              instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata.items()}
+        tokens = {key: instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("chunk_stats"), asset_partitions=[key]), limit=1).records[0]
+            .asset_materialization.metadata["tokens"].value for key in keys}
+        assert meta("merged_statistics")["tokens"] == sum(tokens.values())
+        (folder / "part1.npz").write_bytes(b"not a zip any more")  # succeeded before, fails now
+
+        again = run_stages(defs, instance, keys, stages, log=lambda _: None, asset_config=CONFIG)
+        assert list(again.failed) == [keys[1]] and "part1.npz" in again.failed[keys[1]]
+        # refit without it: its old activations, whitened activations and chunk_stats are never read
+        assert meta("whitening")["chunks"] == 2 and meta("centroids")["chunks"] == 2
+        assert meta("merged_statistics")["chunks"] == 2 and meta("merged_statistics")["tokens"] == tokens[keys[0]] + tokens[keys[2]]
