@@ -13,8 +13,10 @@ from pathlib import Path
 from orchestration.instance import fail_orphaned_runs, runs_in_progress, use_atlas_home
 
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
-# Hugging Face's progress bars (weight loading) would print as \r-joined text between our progress lines.
+# Hugging Face's progress bars (weight loading, the one-time GGUF dequantization) would print as \r-joined
+# text between our progress lines.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _stages(defs, steering: bool, until: list[str] | None = None):
