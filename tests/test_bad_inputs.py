@@ -44,6 +44,14 @@ def _pickled(path):
              token_ids=np.ones((1, 1)))
 
 
+def _token_id(value):
+    def make(path):
+        ids = np.ones((6, 16), np.int64)
+        ids[1, 2] = value  # position 2 is attended in every sequence of write_seed_npz
+        write_seed_npz(path, token_ids=ids)
+    return make
+
+
 # case -> (file name, how to write it, what its error must say)
 NPZ_CASES = {
     "truncated": ("truncated.npz", _truncated, "truncated or corrupt"),
@@ -60,12 +68,16 @@ NPZ_CASES = {
                         "attention mask shape"),
     "empty mask": ("empty_mask.npz", lambda p: write_seed_npz(p, attention_mask=np.zeros((6, 16), bool)), "empty"),
     "zero sequences": ("zero_seq.npz", lambda p: write_seed_npz(p, n_seq=0), "empty"),
+    "negative token id": ("negative_id.npz", _token_id(-7), "token ids must be >= 0 where the mask attends, got -7 "
+                                                            "(first at sequence 1, position 2)"),
+    "int32 min token id": ("int_min_id.npz", _token_id(-2**31), "got -2147483648"),
 }
 
 
 # One of each way a file is caught (zip reader, pickle refusal, the corpus's d, the float16 range,
 # dtype, shape): the whole matrix runs through the pipeline in benchmarks/bad_inputs.py.
-PIPELINE_CASES = ["truncated", "pickled", "wrong dimension", "float64 beyond fp16", "int dtype", "zero sequences"]
+PIPELINE_CASES = ["truncated", "pickled", "wrong dimension", "float64 beyond fp16", "int dtype", "zero sequences",
+                  "negative token id"]
 
 
 @pytest.mark.parametrize("case", sorted(NPZ_CASES))

@@ -152,6 +152,11 @@ def validate_chunk(chunk: DenseChunk, source: str | Path, expected_dim: int | No
         raise ChunkError(source, f"token ids must be integers, got dtype {tokens.dtype}")
     if acts.shape[0] == 0 or acts.shape[1] == 0 or not mask.any():
         raise ChunkError(source, "chunk is empty: no attended tokens")
+    attended = tokens[mask]
+    if attended.size and int(attended.min()) < 0:  # an id indexes a vocabulary: token counts would fail later
+        first = np.argwhere(mask & (tokens < 0))[0]
+        raise ChunkError(source, f"token ids must be >= 0 where the mask attends, got {int(tokens[tuple(first)])} "
+                                 f"(first at sequence {first[0]}, position {first[1]})")
     for start, block in chunk.iter_blocks():
         problem = float16_problem(block.activations, "activations", first_row=start)
         if problem:
