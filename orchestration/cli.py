@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from orchestration.instance import fail_orphaned_runs, runs_in_progress, use_atlas_home
+from orchestration.stop import STOP, Stopped, stop_on_sigterm
 
 META_MAX_TOKENS = 160  # analyze --llm local: room for a 3-5 sentence interpretation
 # Hugging Face's progress bars (weight loading, the one-time GGUF dequantization) would print as \r-joined
@@ -309,12 +311,22 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = sub.add_parser("synthetic", help="write seed-format NPZ chunks from a known mixture",
                                add_help=False)
     synthetic.set_defaults(func=None)
+    stop_on_sigterm()
     args, rest = parser.parse_known_args(argv)
     if args.command == "synthetic":
         from latent_atlas.data.synthetic import main as synthetic_main
 
         return synthetic_main(rest)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Stopped as exc:
+        print(f"latent-atlas {args.command}: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        if not STOP.is_set():
+            raise
+        print(f"latent-atlas {args.command}: stopped (SIGTERM) between runs; rerun to continue", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import dagster as dg
 from assets.partitions import chunks
 from orchestration.freshness import FINGERPRINT_TAG, stage_fingerprint, up_to_date
 from orchestration.jobs import Stage, stage_job, stage_job_name, stages_of
+from orchestration.stop import STOP, Stopped
 
 
 @dataclass
@@ -43,16 +44,18 @@ def run_stages(
     keys: list[str],
     stages: list[Stage] | None = None,
     log: Callable[[str], None] = print,
-    dagster_log_level: str = "WARNING",
+    dagster_log_level: str = "CRITICAL",
     asset_config: dict[str, dict] | None = None,
     skip_up_to_date: bool = True,
 ) -> PipelineReport:
     """Materialize each stage; a chunk that fails is reported and skipped by later stages.
 
-    Logs progress per stage and per chunk; a global stage that leaves chunks out (metadata
+    Logs progress per stage and per chunk; a chunk that fails is one line naming its file and problem
+    ('ChunkError: <file>: <problem>'), and a global stage that leaves chunks out (metadata
     `refused_chunks`) has them recorded in the report. Dagster's own console logger prints only
-    from `dagster_log_level` up (its DEBUG events, hundreds a run, would bury the progress lines);
-    every event is still in the instance's event log for the UI. `asset_config` {asset: its config}
+    from `dagster_log_level` up (default CRITICAL: its stack traces of a failed step, dozens of lines
+    a bad file, and its DEBUG events would bury the progress lines); every event, stacks included, is
+    still in the instance's event log for the UI. `asset_config` {asset: its config}
     is the run config of the assets it names (e.g. {"centroids": {"n_clusters": 64}}). With
     `skip_up_to_date`, a stage (of one chunk, or global) whose outputs were materialized from the same
     code, config and upstream materializations is not run again (orchestration.freshness).
@@ -81,6 +84,11 @@ def run_stages(
                 continue
             result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
                                             run_config=run_config, tags={FINGERPRINT_TAG: fingerprint})
+            # a stop (SIGTERM, which Dagster maps to its Ctrl-C handler during a run, or Ctrl-C itself) arrived
+            # during the run: Dagster failed that run cleanly; run nothing more
+            if STOP.is_set() or (not result.success and _first_error(result).startswith("DagsterExecutionInterruptedError")):
+                raise Stopped(f"stopped in stage {short}" + (f", chunk {key}" if key else "") +
+                              f": run {result.run_id} was interrupted and marked failed; rerun to continue")
             if not result.success:
                 error = _first_error(result)
                 if key is None:

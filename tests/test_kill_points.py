@@ -37,8 +37,8 @@ IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 KILL_AT = """
 import os, signal, sys, runpy
 import io_managers.parquet as parquet, latent_atlas.clustering.model as clustering
-point, args = {point!r}, {args!r}
-kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+point, args, sig = {point!r}, {args!r}, {sig!r}
+kill = lambda: os.kill(os.getpid(), getattr(signal, sig))
 if point == "checkpoint":
     write_checkpoint = clustering.write_checkpoint
     def written_then_killed(*a, **k):
@@ -63,9 +63,9 @@ class Pipeline:
     first checkpoint; (asset, partition): after that Parquet output is written); its output lines are
     collected as they come."""
 
-    def __init__(self, corpus: Path, home: Path, kill_at: str | tuple[str, str] | None = None):
+    def __init__(self, corpus: Path, home: Path, kill_at: str | tuple[str, str] | None = None, sig: str = "SIGKILL"):
         args = ["run", "--npz", str(corpus), "--home", str(home), "--clusters", "4", "--until", "chunk_stats"]
-        command = [sys.executable, "-u", "-c", KILL_AT.format(point=kill_at, args=args)]
+        command = [sys.executable, "-u", "-c", KILL_AT.format(point=kill_at, args=args, sig=sig)]
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -152,6 +152,19 @@ def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_pat
     assert (home / "tables" / "memberships" / f"{keys[1]}.parquet").exists()
     temp_at_kill = temp_files(home)
 
+    # (d) SIGTERM, a scheduler's stop, in the third chunk's memberships run: that run fails cleanly, nothing
+    # runs after it, and the process ends promptly with 128 + 15
+    stopped = Pipeline(corpus, home, kill_at=("memberships", keys[2]), sig="SIGTERM")
+    assert stopped.process.wait(timeout=120) == 128 + signal.SIGTERM, stopped.output()
+    stopped._reader.join(timeout=10)
+    assert f"stopped in stage memberships, chunk {keys[2]}" in stopped.output()
+    with instance_of(home) as instance:
+        assert not in_progress_runs(instance)
+        last = instance.get_runs(limit=1)[0]
+        assert last.job_name.startswith("memberships_stage") and last.tags["dagster/partition"] == keys[2]
+        assert last.status == dg.DagsterRunStatus.FAILURE
+    assert temp_files(home) == []
+
     rerun = Pipeline(corpus, home).finish()
     points = [f"{r.job_name}[{r.tags.get('dagster/partition', 'global')}]" for r in killed]
     print(f"kill points: {points}; "
@@ -159,7 +172,7 @@ def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_pat
           f"{time.perf_counter() - began:.0f} s in all\n--- the last rerun printed:\n{rerun}")
     for process, run in zip((second, third), killed):  # each rerun marks the run it finds killed
         assert f"marked run {run.run_id} failed" in process.output()
-    assert f"marked run {killed[2].run_id} failed" in rerun
+    assert f"marked run {killed[2].run_id} failed" in stopped.output()  # the next start marks the killed run
     assert "failed chunks: 0" in rerun
 
     with instance_of(home) as instance:
