@@ -57,6 +57,7 @@ def failed_since(instance: dg.DagsterInstance, written: dict[str, float], made_f
             failed[key] = run.run_id
     return failed
 
+
 def wants_single_partition(context: dg.InputContext) -> bool:
     """True when a partitioned run reads one partition of its upstream (identity mapping)."""
     return context.has_partition_key and len(context.asset_partition_keys) == 1
