@@ -26,7 +26,9 @@ def split_node(x: np.ndarray, depth: int, config: TreeConfig) -> tuple[np.ndarra
     from sklearn.metrics import silhouette_samples
 
     fitted = _fitted_members(len(x), config)  # [f] indices into x
-    knn = cosine_knn(x[fitted], x[fitted], min(config.umap_n_neighbors, len(fitted)), self_first=True)
+    knn = None  # the exact graph: UMAP's input (knn="exact") and where the components are read
+    if config.knn == "exact" or config.refine_iterations:
+        knn = cosine_knn(x[fitted], x[fitted], min(config.umap_n_neighbors, len(fitted)), self_first=True)
     embedding = embed_node(x[fitted], config, knn if config.knn == "exact" else None)
     min_cluster_size = max(config.min_cluster_size_floor, int(len(x) * config.base_pct * config.decay**depth))
     if len(fitted) < len(x):  # the same share of the node, counted on the subsample
@@ -34,9 +36,11 @@ def split_node(x: np.ndarray, depth: int, config: TreeConfig) -> tuple[np.ndarra
     fit_labels = hdbscan.HDBSCAN(min_cluster_size=max(min_cluster_size, 2), min_samples=config.hdbscan_min_samples,
                                  cluster_selection_method=config.cluster_selection_method).fit_predict(embedding)
     if config.refine_iterations:
-        fit_labels = cut_along_components(x[fitted], fit_labels, graph_components(knn[0]), min_cluster_size)
+        unit = unit_rows(np.asarray(x, dtype=np.float32))  # [m, d], once for both steps
+        fit_labels = cut_along_components(unit[fitted], fit_labels, graph_components(knn[0]), min_cluster_size)
     labels = fit_labels if len(fitted) == len(x) else _label_by_fitted_neighbours(x, fitted, fit_labels, config)
-    labels = refine_in_original_space(x, labels, config.refine_iterations)
+    if config.refine_iterations:
+        labels = refine_in_original_space(unit, labels, config.refine_iterations)
     fit_labels = labels[fitted]
     kept = fit_labels >= 0
     clusters = np.unique(fit_labels[kept])
@@ -56,8 +60,8 @@ def graph_components(neighbours: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def cut_along_components(x: np.ndarray, labels: np.ndarray, components: np.ndarray, min_size: int) -> np.ndarray:
-    """labels [m] (-1 = noise) of the rows of x [m, d] made to respect the kNN graph's components [m]:
+def cut_along_components(unit: np.ndarray, labels: np.ndarray, components: np.ndarray, min_size: int) -> np.ndarray:
+    """labels [m] (-1 = noise) of the unit rows `unit` [m, d] made to respect the kNN graph's components [m]:
     points that share no neighbours are not one cluster, wherever UMAP (which places disconnected
     pieces arbitrarily) put them. Every piece of a cluster in one component becomes a cluster, and so
     does every component in which HDBSCAN clustered fewer than min_size members, noise included; then,
@@ -69,7 +73,6 @@ def cut_along_components(x: np.ndarray, labels: np.ndarray, components: np.ndarr
     keys = np.where(whole, -1, labels).astype(np.int64) * (int(components.max()) + 1) + components
     picked = clustered | whole
     _, out[picked] = np.unique(keys[picked], return_inverse=True)
-    unit = unit_rows(np.asarray(x, dtype=np.float32))
     sums = np.zeros((int(out.max()) + 1, unit.shape[1]), np.float64)
     np.add.at(sums, out[picked], unit[picked])
     sizes = np.bincount(out[picked], minlength=len(sums))
@@ -85,20 +88,19 @@ def cut_along_components(x: np.ndarray, labels: np.ndarray, components: np.ndarr
     return out
 
 
-def refine_in_original_space(x: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
-    """labels [m] (-1 = noise) after up to `iterations` rounds of: each labelled row of x [m, d] moves to
-    the label whose centroid (mean unit row) is nearest by cosine. Stops when nothing moves; a label
-    left empty disappears; noise is never moved."""
+def refine_in_original_space(unit: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
+    """labels [m] (-1 = noise) after up to `iterations` rounds of: each labelled row of `unit` [m, d] (unit
+    rows) moves to the label whose centroid (mean row) is nearest by cosine. Stops when nothing moves; a
+    label left empty disappears; noise is never moved."""
     labels = labels.copy()
     kept = np.flatnonzero(labels >= 0)
     if not iterations or not len(kept):
         return labels
-    unit = unit_rows(np.asarray(x[kept], dtype=np.float32))  # [r, d]
-    current = labels[kept]
+    rows, current = unit[kept], labels[kept]  # [r, d], [r]
     for _ in range(iterations):
         clusters = np.unique(current)
-        centroids = unit_rows(np.stack([unit[current == c].mean(0) for c in clusters]))  # [c, d]
-        nearest = clusters[np.argmax(unit @ centroids.T, axis=1)]
+        centroids = unit_rows(np.stack([rows[current == c].mean(0) for c in clusters]))  # [c, d]
+        nearest = clusters[np.argmax(rows @ centroids.T, axis=1)]
         if np.array_equal(nearest, current):
             break
         current = nearest
