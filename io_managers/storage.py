@@ -34,12 +34,17 @@ def input_paths(base: Path, context: dg.InputContext, suffix: str) -> dict[str, 
 
 
 def _made_from(context: dg.InputContext) -> set[str] | None:
-    """The upstream asset and every asset it is made from (by name), or None where the graph is not at hand."""
+    """made_from of the upstream asset, or None where the graph is not at hand."""
     try:
         graph = context.step_context.job_def.asset_layer.asset_graph
-        return {k.to_user_string() for k in {context.asset_key, *graph.get_ancestor_asset_keys(context.asset_key)}}
     except Exception:  # noqa: BLE001 - outside a run (a hand-built context): every failure counts
         return None
+    return made_from(graph, context.asset_key)
+
+
+def made_from(graph, key: dg.AssetKey) -> set[str]:
+    """The names of `key` and of every asset it is made from: the steps whose failure makes its file stale."""
+    return {k.to_user_string() for k in {key, *graph.get_ancestor_asset_keys(key)}}
 
 
 def failed_since(instance: dg.DagsterInstance, written: dict[str, float], made_from: set[str] | None) -> dict[str, str]:

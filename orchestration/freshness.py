@@ -26,7 +26,7 @@ import dagster as dg
 
 from assets.partitions import chunks
 from assets.versions import CONTENT_VERSION
-from io_managers.storage import failed_since
+from io_managers.storage import failed_since, made_from
 from latent_atlas.data.manifests import source_identity
 
 FINGERPRINT_TAG = "latent-atlas/inputs"
@@ -93,8 +93,7 @@ def _identity(instance, graph, key: dg.AssetKey, partition: str | None) -> list:
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION)
     records = {r.partition_key: r for r in _fetch(instance, key, sorted(latest[k] for k in keys if k in latest))}
     # a chunk whose run failed after that materialization is left out of the fan-in (io_managers.storage)
-    made_from = {key.to_user_string(), *(k.to_user_string() for k in graph.get_ancestor_asset_keys(key))}
-    failed = failed_since(instance, {k: r.timestamp for k, r in records.items()}, made_from)
+    failed = failed_since(instance, {k: r.timestamp for k, r in records.items()}, made_from(graph, key))
     pairs = [[k, f"failed:{failed[k]}" if k in failed else _record_identity(records.get(k))] for k in keys]
     return [hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]]
 
