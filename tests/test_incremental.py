@@ -149,3 +149,21 @@ def test_a_chunk_that_fails_now_is_left_out_of_the_global_fits(atlas_home, tmp_p
         # refit without it: its old activations, whitened activations and chunk_stats are never read
         assert meta("whitening")["chunks"] == 2 and meta("centroids")["chunks"] == 2
         assert meta("merged_statistics")["chunks"] == 2 and meta("merged_statistics")["tokens"] == tokens[keys[0]] + tokens[keys[2]]
+
+
+def test_a_text_file_rewritten_in_place_recomputes_its_chunk(atlas_home, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, topic in enumerate(["markets and shares", "football and goals", "films and actors"]):
+        (folder / f"doc{i}.txt").write_text(f"A short report about {topic}. " * 20)
+    corpus = CorpusResource(source="files", path=str(folder))
+    with materialized(atlas_home, corpus, ["activations"]) as (defs, instance, keys, _):
+        stages = stages_of(defs, ["activations"])
+        before = materialization_counts(defs, instance)
+        assert run_stages(defs, instance, keys, stages, log=lambda _: None).skipped  # unchanged: up to date
+        assert materialization_counts(defs, instance) == before
+        (folder / "doc1.txt").write_text("An entirely different text about weather and rain. " * 20)
+        again = run_stages(defs, instance, keys, stages, log=lambda _: None)
+        assert not again.failed
+        # the manifest holds references and the text is read when the chunk is made: the file is the source
+        assert added_since(before, materialization_counts(defs, instance)) == {"token_chunks": len(keys), "activations": len(keys)}

@@ -86,8 +86,9 @@ def all_manifests() -> dict[str, ChunkPlan | NpzPlan]:
 def source_identity(key: str) -> str:
     """What chunk `key` is made of, as it stands on disk now: for an NPZ chunk its file's size,
     modification time and quick fingerprint ('missing' once the file is gone), so a file rewritten in
-    place, even to the same size, is a new source; for a text chunk its manifest, which holds the
-    documents themselves; 'unregistered' without a manifest."""
+    place, even to the same size, is a new source; for a text chunk its manifest (which documents)
+    and the size and modification time of each file they are read from (the manifest holds references,
+    the text is read at materialization); 'unregistered' without a manifest."""
     try:
         plan = read_manifest(key)
     except FileNotFoundError:
@@ -95,7 +96,8 @@ def source_identity(key: str) -> str:
     if isinstance(plan, NpzPlan):
         path = Path(plan.path)
         return f"{file_stamp(path)}:{quick_fingerprint(path)}" if path.is_file() else "missing"
-    return hashlib.blake2b(plan.to_json().encode(), digest_size=16).hexdigest()
+    files = {d.path: file_stamp(d.path) if Path(d.path).is_file() else "missing" for d in plan.documents}
+    return hashlib.blake2b(json.dumps([plan.to_json(), sorted(files.items())]).encode(), digest_size=16).hexdigest()
 
 
 def quick_fingerprint(path: str | Path) -> str:
