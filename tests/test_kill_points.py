@@ -76,16 +76,11 @@ class Pipeline:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def killed(self) -> str:
-        """Wait for the process to end by its kill point; fail if it ended any other way."""
+    def ended(self, expected: int) -> str:
+        """Wait for the process to end with exit status `expected` (-9: killed at its point, 0: finished)."""
         code = self.process.wait(timeout=180)
         self._reader.join(timeout=10)
-        assert code == -signal.SIGKILL, f"the run was not killed at its point (exit {code}):\n{self.output()}"
-        return self.output()
-
-    def finish(self) -> str:
-        assert self.process.wait(timeout=120) == 0, self.output()
-        self._reader.join(timeout=10)
+        assert code == expected, f"the run ended with {code}, not {expected}:\n{self.output()}"
         return self.output()
 
 
@@ -122,7 +117,7 @@ def outputs(home: Path) -> dict[str, bytes]:
 def killed_inside(pipeline: Pipeline, home: Path, job_prefix: str, partition: str | None) -> dg.DagsterRun:
     """The run the pipeline was killed in: it must be the only one left in progress, of `job_prefix`
     (for `partition`)."""
-    pipeline.killed()
+    pipeline.ended(-signal.SIGKILL)
     with instance_of(home) as instance:
         left = in_progress_runs(instance)
     assert len(left) == 1 and left[0].job_name.startswith(job_prefix), f"the kill landed outside {job_prefix}: {left}"
@@ -135,7 +130,7 @@ def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_pat
     keys = [f"corpus-part{i}" for i in range(N_CHUNKS)]
     began = time.perf_counter()
     uninterrupted = tmp_path / "uninterrupted"
-    Pipeline(corpus, uninterrupted).finish()
+    Pipeline(corpus, uninterrupted).ended(0)
     expected = outputs(uninterrupted)
     assert len(expected) >= 40 and any(name.endswith(".parquet") for name in expected)
 
@@ -155,9 +150,7 @@ def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_pat
     # (d) SIGTERM, a scheduler's stop, in the third chunk's memberships run: that run fails cleanly, nothing
     # runs after it, and the process ends promptly with 128 + 15
     stopped = Pipeline(corpus, home, kill_at=("memberships", keys[2]), sig="SIGTERM")
-    assert stopped.process.wait(timeout=120) == 128 + signal.SIGTERM, stopped.output()
-    stopped._reader.join(timeout=10)
-    assert f"stopped in stage memberships, chunk {keys[2]}" in stopped.output()
+    assert f"stopped in stage memberships, chunk {keys[2]}" in stopped.ended(128 + signal.SIGTERM)
     with instance_of(home) as instance:
         assert not in_progress_runs(instance)
         last = instance.get_runs(limit=1)[0]
@@ -165,7 +158,7 @@ def test_kill_at_three_points_then_rerun_gives_the_uninterrupted_results(tmp_pat
         assert last.status == dg.DagsterRunStatus.FAILURE
     assert temp_files(home) == []
 
-    rerun = Pipeline(corpus, home).finish()
+    rerun = Pipeline(corpus, home).ended(0)
     points = [f"{r.job_name}[{r.tags.get('dagster/partition', 'global')}]" for r in killed]
     print(f"kill points: {points}; "
           f"newest checkpoint at (b): {checkpoint_at_kill}; temp files after (c): {len(temp_at_kill)}; "
