@@ -12,6 +12,7 @@ and a run that fails half way keeps the labels it finished (latent_atlas.labels.
 """
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +31,7 @@ from latent_atlas.data.paths import atlas_home
 from latent_atlas.hierarchy.sample import HierarchySample
 from latent_atlas.hierarchy.tree import ClusterTree
 from latent_atlas.labels.cache import LabelCache
+from latent_atlas.labels.calibration import labels_beat_chance
 from latent_atlas.labels.examples import HeldoutConfig, check_disjoint, heldout_examples, shown_examples
 from latent_atlas.labels.nodes import (NodeExamplesConfig, NodeTask, category_accuracy, document_excerpts,
                                        document_node_tasks, label_tree, majority_categories, token_node_tasks)
@@ -38,7 +40,7 @@ from latent_atlas.labels.records import CentroidExplanation, LabelRequest
 from latent_atlas.labels.scorers import ScorerConfig
 from resources import CorpusResource, LabelerResource, ModelResource
 
-COMPONENTS = ("embedding_random", "embedding_hard", "detection")
+SCORERS = ("token_claim", "detection", "fuzzing", "embedding")
 
 
 # The library's HeldoutConfig and ScorerConfig are the one source (one seed for both); the detection
@@ -54,41 +56,57 @@ ClusterLabelsConfig = config_class(HeldoutConfig, ScorerConfig, exclude=("detect
 
 
 def label_rows(records: list[CentroidExplanation]) -> pa.Table:
-    """One row per cluster: the label, its confidence with interval, every score component."""
-    column = lambda name, key: [r.scores.get(name, {}).get(key, np.nan) for r in records]  # noqa: E731
+    """One row per cluster: the label, its confidence and specificity with intervals and the scorer
+    behind them, every scorer's measures with the counts they rest on, and the permutation null."""
+    number = lambda values: pa.array([float(v) for v in values], pa.float64())  # noqa: E731
+    measure = lambda r, scorer, name, key: r.scores.get(scorer, {}).get(name, {}).get(key, np.nan)  # noqa: E731
     columns = {
         "centroid_id": pa.array([r.centroid_id for r in records], pa.int32()),
         "label": [r.label for r in records], "explanation": [r.explanation for r in records],
-        "confidence": [r.confidence for r in records],
-        "confidence_low": [r.confidence_interval[0] for r in records],
-        "confidence_high": [r.confidence_interval[1] for r in records],
+        "scorer": [r.scorer for r in records],
+        "confidence": number(r.confidence for r in records),
+        "confidence_low": number(r.confidence_interval[0] for r in records),
+        "confidence_high": number(r.confidence_interval[1] for r in records),
+        "specificity": number(r.specificity for r in records),
+        "specificity_low": number(r.specificity_interval[0] for r in records),
+        "specificity_high": number(r.specificity_interval[1] for r in records),
         "n_shown": [int(r.scores.get("n_shown", 0)) for r in records],
     }
-    for name in COMPONENTS:
-        if any(name in r.scores for r in records):
-            columns.update({f"{name}{suffix}": pa.array(column(name, key), pa.float64())
-                            for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high"))})
-            if name.startswith("embedding"):
-                columns[f"{name}_n_pos"] = column(name, "n_pos")
-                columns[f"{name}_n_neg"] = column(name, "n_neg")
-            else:
-                columns[f"{name}_n"] = column(name, "n")
+    for scorer in SCORERS:
+        if not any(scorer in r.scores for r in records):
+            continue
+        for name in ("confidence", "specificity"):
+            if not any(name in r.scores.get(scorer, {}) for r in records):
+                continue
+            for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
+                columns[f"{scorer}_{name}{suffix}"] = number(measure(r, scorer, name, key) for r in records)
+            for key in ("n_pos", "n_neg", "n_documents"):
+                columns[f"{scorer}_{name}_{key}"] = pa.array([int(measure(r, scorer, name, key) if np.isfinite(
+                    measure(r, scorer, name, key)) else 0) for r in records], pa.int64())
+    columns["claimed_tokens"] = [list(r.scores.get("token_claim", {}).get("claims", [])) for r in records]
+    null = lambda key: [r.scores.get("null", {}).get(key, np.nan) for r in records]  # noqa: E731
+    columns.update(null_p=number(null("p")), null_percentile=number(null("percentile")),
+                   null_median=number(null("null_median")), null_95=number(null("null_95")),
+                   indistinguishable_from_null=[bool(r.scores.get("null", {}).get("indistinguishable_from_null", True))
+                                                for r in records])
     columns.update(labeler=[r.metadata.get("labeler", "") for r in records],
                    model=[r.metadata.get("model", "") for r in records])
     return pa.table(columns)
 
 
 def _markdown(records: list[CentroidExplanation], n: int = 10) -> dg.MetadataValue:
-    return markdown_table({"cluster": r.centroid_id, "label": r.label, "confidence": r.confidence,
+    return markdown_table({"cluster": r.centroid_id, "label": r.label, "scorer": r.scorer, "confidence": r.confidence,
                            "95% interval": f"[{r.confidence_interval[0]:.2f}, {r.confidence_interval[1]:.2f}]",
+                           "specificity": r.specificity, "null p": r.scores.get("null", {}).get("p", np.nan),
                            "explanation": r.explanation} for r in records[:n])
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="labels",
           ins={"memberships": all_chunks(), "whitened_activations": all_chunks()},
           check_specs=[dg.AssetCheckSpec("labels_beat_chance", asset="cluster_labels",
-                                         description="The median cluster's confidence interval lies above chance "
-                                                     "(lower end > 0): labels tell members from hard negatives")],
+                                         description="At least half of the labels stand out from their permutation "
+                                                     "null (p <= 0.05: scored on the other clusters' held-out sets) "
+                                                     "and the median confidence interval lies above chance")],
           kinds={"parquet"})
 def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfig, exemplars: pa.Table,
                    merged_statistics: ChunkStatistics, intervention_vectors: InterventionVectors,
@@ -116,8 +134,7 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
         {"layer": model.layer or "middle", "activation_type": "whitened residual stream", "model_name": model.name},
         force_regenerate=labeler.force_regenerate, batch_size=labeler.batch_size)
     table = label_rows(records)
-    lows = np.array([r.confidence_interval[0] for r in records], float)
-    median_low = float(np.nanmedian(lows)) if np.isfinite(lows).any() else float("nan")
+    passed, check = labels_beat_chance(records)
     context.log.info(f"labeled {stats['new_labels']} clusters, {stats['cache_hits']} from the cache")
     return dg.MaterializeResult(
         value=table,
@@ -126,11 +143,11 @@ def cluster_labels(context: dg.AssetExecutionContext, config: ClusterLabelsConfi
                   "clusters": k, "labeled_clusters": len(records), **{name: stats[name] for name in ("cache_hits", "new_labels", "fallbacks", "prompt_tokens",
                                                                    "completion_tokens", "requests")},
                   "seconds_per_cluster": float(stats["seconds_per_cluster"]),
-                  "median_confidence": median_confidence(records), "median_confidence_low": median_low,
+                  "median_confidence": median_confidence(records),
+                  "median_specificity": median_confidence(records, "specificity"),
+                  "scorers": dict(Counter(r.scorer or "none" for r in records)), **check,
                   "first_labels": _markdown(records)},
-        check_results=[dg.AssetCheckResult(check_name="labels_beat_chance", passed=bool(median_low > 0),
-                                           metadata={"median_confidence_low": median_low,
-                                                     "clusters_above_chance": int(np.sum(lows > 0))})],
+        check_results=[dg.AssetCheckResult(check_name="labels_beat_chance", passed=passed, metadata=check)],
     )
 
 

@@ -14,7 +14,8 @@ from latent_atlas.labels.examples import HeldoutExamples, check_disjoint
 from latent_atlas.labels.keywords import KeywordLabeler, class_term_weights, ctfidf, term_of
 from latent_atlas.labels.pipeline import label_clusters
 from latent_atlas.labels.records import CentroidExplanation, Draft, Example, LabelRequest
-from latent_atlas.labels.scorers import ScorerConfig, bootstrap_auroc, confidence, embedding_score
+from latent_atlas.labels.measures import MeasureConfig, separation
+from latent_atlas.labels.scorers import ScorerConfig, embedding_scores, headline, measure
 
 WEEKDAYS = [" Monday", " Tuesday", " Wednesday", " Thursday", " Friday"]
 MONTHS = [" January", " March", " April", " June", " October"]
@@ -87,6 +88,16 @@ FINANCE = ["The central bank raised interest rates to curb inflation",
            "Investors sold shares in the troubled retailer"]
 
 
+WEATHER = ["Heavy rain is expected across the north on Friday",
+           "Forecasters warned of strong winds and storms along the coast",
+           "Temperatures will drop below freezing overnight with snow on the hills",
+           "A week of sunshine brought the warmest spring days on record",
+           "Flood warnings were issued after days of torrential downpours",
+           "Fog and drizzle will clear by the afternoon in most places",
+           "The heatwave is set to continue with highs of thirty degrees",
+           "Thunderstorms and hail are forecast for the weekend"]
+
+
 def sentence_examples(sentences: list[str], cluster: int) -> list[Example]:
     out = []
     for s, sentence in enumerate(sentences):
@@ -95,35 +106,43 @@ def sentence_examples(sentences: list[str], cluster: int) -> list[Example]:
     return out
 
 
-def test_embedding_scorer_prefers_the_matching_explanation():
-    sport, finance = sentence_examples(SPORT, 0), sentence_examples(FINANCE, 1)
+def test_embedding_scorer_ranks_the_right_label_over_wrong_ones():
+    """The embedding scorer counts only if it ranks a right claim over wrong ones: each of three
+    topics' held-out windows scored with every topic's label, the right label first every time."""
+    topics = {"football and sport": SPORT, "banks and interest rates": FINANCE, "the weather and rain": WEATHER}
+    held = {name: sentence_examples(sentences, i) for i, (name, sentences) in enumerate(topics.items())}
     config = ScorerConfig(score_window=None, n_bootstrap=300)
-    match = embedding_score("football and sport: goals, matches, players", sport, finance, config)
-    mismatch = embedding_score("banks, shares and interest rates", sport, finance, config)
-    assert match["value"] > 0.9 and mismatch["value"] < 0.2, (match, mismatch)
-    assert match["low"] <= match["value"] <= match["high"] and match["n_pos"] == match["n_neg"] == 8
-    assert match["low"] > mismatch["high"]
+    for name in topics:
+        others = [e for other in topics if other != name for e in held[other]]
+        heldout = HeldoutExamples(held[name], others, others)
+        scored = {label: measure(embedding_scores(label, heldout, config), heldout, config, binary=False)["confidence"]
+                  for label in topics}
+        right = scored[name]
+        assert right["value"] > 0.8 and right["low"] <= right["value"] <= right["high"], (name, scored)
+        assert all(right["low"] > scored[wrong]["high"] for wrong in topics if wrong != name), (name, scored)
+        assert right["n_pos"] == 8 and right["n_neg"] == 16
 
 
-def test_bootstrap_auroc_interval_and_chance():
-    rng = np.random.default_rng(0)
-    value, low, high = bootstrap_auroc(rng.normal(size=200), rng.normal(size=200), 500, 0.95, 0)
-    assert low < 0.5 < high and abs(value - 0.5) < 0.1
-    value, low, high = bootstrap_auroc(rng.normal(3, 1, 200), rng.normal(size=200), 500, 0.95, 0)
-    assert 0.95 < low <= value <= high <= 1.0
+def test_separation_interval_covers_chance_and_a_planted_effect():
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        docs = np.arange(200)
+        chance = separation(rng.normal(size=200), rng.normal(size=200), docs, docs + 200, MeasureConfig(500, seed=seed))
+        assert chance["low"] < 0 < chance["high"] and abs(chance["value"]) < 0.2
+        strong = separation(rng.normal(3, 1, 200), rng.normal(size=200), docs, docs + 200, MeasureConfig(500, seed=seed))
+        assert 0.9 < strong["low"] <= strong["value"] <= strong["high"] <= 1.0
 
 
-def test_confidence_rule_rescales_hard_components():
-    def score(value, low, high):
-        return {"value": value, "low": low, "high": high}
-    value, (low, high) = confidence({"embedding_random": score(1.0, 1.0, 1.0), "embedding_hard": score(0.5, 0.4, 0.6)})
-    assert value == 0.0 and low == 0.0 and high == pytest.approx(0.2)  # random negatives do not count
-    value, (low, high) = confidence({"embedding_hard": score(0.9, 0.8, 1.0), "detection": score(0.7, 0.6, 0.8)})
-    assert value == pytest.approx((0.8 + 0.4) / 2) and low == pytest.approx(0.4) and high == pytest.approx(0.8)
-    # without hard negatives the random-negative AUROC stands in
-    value, _ = confidence({"embedding_random": score(0.75, 0.7, 0.8), "embedding_hard": score(float("nan"), 0, 0)})
-    assert value == pytest.approx(0.5)
-    assert math.isnan(confidence({})[0])
+def test_headline_prefers_an_exact_claim_and_reads_below_chance_as_zero():
+    def part(confidence, specificity):
+        return {"confidence": {"value": confidence, "low": confidence - 0.1, "high": confidence + 0.1},
+                "specificity": {"value": specificity, "low": specificity - 0.1, "high": specificity + 0.1}}
+    both = headline({"embedding": part(0.3, 0.1), "token_claim": part(0.95, -0.4)})
+    assert both["scorer"] == "token_claim" and both["confidence"] == 0.95 and both["specificity"] == 0.0
+    assert both["confidence_interval"] == pytest.approx((0.85, 1.0))
+    judged = headline({"embedding": part(0.3, 0.1), "detection": part(0.6, 0.2)})
+    assert judged["scorer"] == "detection" and judged["specificity"] == pytest.approx(0.2)
+    assert headline({"embedding": part(float("nan"), 0.1)})["scorer"] == "" and math.isnan(headline({})["confidence"])
 
 
 class CountingLabeler:
@@ -211,8 +230,8 @@ def test_scored_records_carry_components_and_counts(tmp_path):
     held = {0: HeldoutExamples(sport, finance, finance[:4])}
     records, stats = label_clusters(shown, held, ActivatingTokenLabeler(), LabelCache(tmp_path), ScorerConfig())
     scores = records[0].scores
-    assert set(scores) == {"embedding_random", "embedding_hard", "n_shown"} and scores["n_shown"] == 3
-    assert scores["embedding_hard"]["n_neg"] == 4 and scores["embedding_random"]["n_pos"] == 8
+    assert set(scores) >= {"embedding", "n_shown", "null"} and scores["n_shown"] == 3
+    assert scores["embedding"]["specificity"]["n_neg"] == 4 and scores["embedding"]["confidence"]["n_pos"] == 8
     low, high = records[0].confidence_interval
     assert 0 <= low <= records[0].confidence <= high <= 1
     assert stats["seconds_per_cluster"] > 0
@@ -224,8 +243,8 @@ def test_scored_records_carry_components_and_counts(tmp_path):
     fewer = {0: HeldoutExamples(sport[:5], finance, finance[:4])}
     again, stats = label_clusters(shown, fewer, counting, LabelCache(tmp_path), ScorerConfig())
     assert stats["rescored"] == 1 and counting.calls == 0 and again[0].label == records[0].label
-    assert again[0].scores["embedding_random"]["n_pos"] == 5
-    assert LabelCache(tmp_path).read(0).scores["embedding_hard"]["n_pos"] == 5
+    assert again[0].scores["embedding"]["confidence"]["n_pos"] == 5
+    assert LabelCache(tmp_path).read(0).scores["embedding"]["specificity"]["n_pos"] == 5
 
 
 def test_heldout_and_shown_overlap_is_an_error():

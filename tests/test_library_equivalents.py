@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 from scipy.stats.contingency import association
-from sklearn.metrics import adjusted_rand_score, roc_auc_score
+from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score, roc_auc_score
 
 from latent_atlas.analysis.intervention import auroc_interval, weighted_auroc
 from latent_atlas.hierarchy.ensemble import adjusted_rand, contingency
 from latent_atlas.hierarchy.outcomes import cluster_outcome_association
-from latent_atlas.labels.scorers import resampled_aurocs
+from latent_atlas.labels.measures import resampled_separations
 
 SEEDS = range(5)
 
@@ -92,14 +92,20 @@ def test_weighted_auroc_and_its_interval_match_the_pairwise_formula(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_resampled_aurocs_match_sklearn_with_counts_as_weights(seed):
+def test_resampled_separations_match_sklearn_with_counts_as_weights(seed):
     rng = np.random.default_rng(seed)
     pos, neg = np.round(rng.normal(0.5, 1, 40), 1), np.round(rng.normal(0, 1, 30), 1)  # ties across and within
     pos_counts = rng.multinomial(pos.size, np.full(pos.size, 1 / pos.size), 20)
     neg_counts = rng.multinomial(neg.size, np.full(neg.size, 1 / neg.size), 20)
     labels = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     expected = [roc_auc_score(labels, np.r_[pos, neg], sample_weight=np.r_[p, n]) for p, n in zip(pos_counts, neg_counts)]
-    np.testing.assert_allclose(resampled_aurocs(pos, neg, pos_counts, neg_counts), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(resampled_separations(pos, neg, pos_counts, neg_counts),
+                               2 * np.array(expected) - 1, rtol=0, atol=1e-12)
+    hits, alarms = (pos > 0.5).astype(float), (neg > 0.5).astype(float)  # a yes/no predicate: 2 BA - 1
+    expected = [2 * balanced_accuracy_score(labels, np.r_[hits, alarms], sample_weight=np.r_[p, n]) - 1
+                for p, n in zip(pos_counts, neg_counts)]
+    np.testing.assert_allclose(resampled_separations(hits, alarms, pos_counts, neg_counts, binary=True),
+                               expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -8,6 +8,7 @@ score computed on shown examples would measure memory, not the label.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -105,7 +106,9 @@ def _in_context(heldout: VectorSample, rows: np.ndarray, stratum: np.ndarray, op
     selected = {"cluster": stratum[rows].astype(np.int32), "chunk_id": np.asarray(heldout.chunk_id)[rows].astype(str),
                 "sequence": np.asarray(heldout.sequence)[rows], "position": np.asarray(heldout.position)[rows]}
     table = fill_context(selected, open_chunk, decode, window)
-    return {int(r): example_from_row(row) for r, row in zip(rows, table.to_pylist())}
+    documents = np.asarray(heldout.group)[rows].astype(np.uint64) >> np.uint64(1)  # fits a signed 64-bit int
+    return {int(r): dataclasses.replace(example_from_row(row), document=int(doc))
+            for r, row, doc in zip(rows, table.to_pylist(), documents)}
 
 
 def check_disjoint(shown: dict[int, list[Example]], heldout: dict[int, HeldoutExamples]) -> None:

@@ -352,30 +352,38 @@ def balanced_accuracy(predicted: Sequence[bool], actual: Sequence[bool], z: floa
     return value, max(0.0, value - half), min(1.0, value + half)
 
 
-def detection_score(client: ChatClient, explanation: str, examples: list[Example], is_member: list[bool],
-                    seed: int = 0, batch_size: int = 10, few_shot: bool = True, max_tokens: int = 40) -> dict:
-    """Delphi's detection scorer: the client sees `explanation` and batches of windows (members and
-    non-members shuffled together, memberships hidden, the token in question marked) and says which
-    fit. Returns value (balanced accuracy), low, high (95%), n (windows with a readable answer),
-    requests, unreadable (windows whose batch answer could not be read) and tokens."""
-    if len(examples) != len(is_member):
-        raise ValueError(f"examples ({len(examples)}) and is_member ({len(is_member)}) differ in length")
+def judge_windows(client: ChatClient, explanation: str, examples: list[Example], seed: int = 0,
+                  batch_size: int = 10, few_shot: bool = True, max_tokens: int = 40
+                  ) -> tuple[list[bool | None], dict[str, int]]:
+    """Delphi's judge: the client sees `explanation` and batches of windows (shuffled, memberships
+    hidden, the token in question marked) and says which fit. Returns one answer per example
+    (None where its batch's answer could not be read) and the usage (requests, tokens)."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     completions = client.complete_many([detection_messages(explanation, [examples[j] for j in b], few_shot)
                                         for b in batches], max_tokens)
-    predicted, actual, unreadable = [], [], 0
+    answers: list[bool | None] = [None] * len(examples)
     for batch, completion in zip(batches, completions):
-        answers = parse_detection(completion.text, len(batch)) if completion.error is None else None
-        if answers is None:
-            unreadable += len(batch)
-            continue
-        predicted += answers
-        actual += [is_member[j] for j in batch]
-    result = {"n": len(actual), "requests": sum(c.attempts for c in completions), "unreadable": unreadable,
-              "prompt_tokens": sum(c.prompt_tokens for c in completions),
-              "completion_tokens": sum(c.completion_tokens for c in completions)}
+        said = parse_detection(completion.text, len(batch)) if completion.error is None else None
+        for j, answer in zip(batch, said or [None] * len(batch)):
+            answers[j] = answer
+    usage = {"requests": sum(c.attempts for c in completions),
+             "prompt_tokens": sum(c.prompt_tokens for c in completions),
+             "completion_tokens": sum(c.completion_tokens for c in completions)}
+    return answers, usage
+
+
+def detection_score(client: ChatClient, explanation: str, examples: list[Example], is_member: list[bool],
+                    seed: int = 0, batch_size: int = 10, few_shot: bool = True, max_tokens: int = 40) -> dict:
+    """`judge_windows` summed up: value (balanced accuracy of its answers against `is_member`),
+    low, high (95%), n (windows with a readable answer), requests, unreadable and tokens."""
+    if len(examples) != len(is_member):
+        raise ValueError(f"examples ({len(examples)}) and is_member ({len(is_member)}) differ in length")
+    answers, usage = judge_windows(client, explanation, examples, seed, batch_size, few_shot, max_tokens)
+    predicted = [a for a in answers if a is not None]
+    actual = [m for a, m in zip(answers, is_member) if a is not None]
+    result = {"n": len(actual), "unreadable": len(answers) - len(actual), **usage}
     if not any(actual) or all(actual):
         return {**result, "value": float("nan"), "low": 0.0, "high": 1.0}  # no evidence either way
     value, low, high = balanced_accuracy(predicted, actual)

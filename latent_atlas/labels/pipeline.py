@@ -23,34 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from latent_atlas.labels.cache import LabelCache, cache_key
+from latent_atlas.labels.calibration import with_permutation_nulls
 from latent_atlas.labels.examples import HeldoutExamples
 from latent_atlas.labels.prompts import DOCUMENT_PROMPT_VERSION
 from latent_atlas.labels.records import CentroidExplanation, Draft, Labeler, LabelRequest
-from latent_atlas.labels.scorers import ScorerConfig, confidence, embedding_scores
+from latent_atlas.labels.scorers import ScorerConfig, headline, score_label
 
 USAGE = ("prompt_tokens", "completion_tokens", "requests")
-
-
-def score_label(draft: Draft, heldout: HeldoutExamples, config: ScorerConfig,
-                memo: dict | None = None) -> tuple[dict[str, Any], dict[str, int]]:
-    """Score components of one label on its held-out examples, and the LLM usage scoring cost."""
-    text = f"{draft.label}. {draft.explanation}"
-    components: dict[str, Any] = {}
-    usage = dict.fromkeys(USAGE, 0)
-    if config.embedding:
-        scored = embedding_scores(text, heldout.positives, {"random": heldout.random_negatives,
-                                                            "hard": heldout.hard_negatives}, config, memo)
-        components.update({f"embedding_{name}": score for name, score in scored.items()})
-    if config.detection_client is not None:
-        from latent_atlas.labels.llm import detection_score  # optional: needs the LLM stage
-
-        n = config.detection_examples
-        members, others = heldout.positives[:n], heldout.random_negatives[:n] + heldout.hard_negatives[:n]
-        result = detection_score(config.detection_client, text, members + others,
-                                 [True] * len(members) + [False] * len(others))
-        components["detection"] = result
-        usage["requests"] += int(result.get("requests", 0))
-    return components, usage
 
 
 def scoring_key(config: ScorerConfig, heldout: HeldoutExamples) -> str:
@@ -107,10 +86,8 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
         held = heldout.get(request.centroid_id)
         if held is not None and record.metadata.get("scoring_key") != scoring_key(scorer_config, held):
             components, usage = score_label(Draft(record.label, record.explanation), held, scorer_config, memo)
-            value, interval = confidence(components)
             records[i] = dataclasses.replace(
-                record, confidence=value, confidence_interval=interval,
-                scores={**components, "n_shown": len(request.examples)},
+                record, **headline(components), scores={**components, "n_shown": len(request.examples)},
                 metadata={**record.metadata, "scoring_key": scoring_key(scorer_config, held)})
             cache.put(records[i])
             stats["rescored"] += 1
@@ -128,14 +105,12 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
         stats["scoring_seconds"] += time.perf_counter() - started
         for name in USAGE:
             stats[name] += usage[name]
-        value, interval = confidence(components)
         # A fallback's label is kept and shown, but under a key no lookup matches: the next run
         # asks the LLM again instead of keeping the stand-in for good.
         fallback = bool(draft.usage.get("fallback"))
         record = CentroidExplanation(
             centroid_id=request.centroid_id, label=draft.label, explanation=draft.explanation,
-            confidence=value, confidence_interval=interval,
-            scores={**components, "n_shown": len(request.examples)},
+            **headline(components), scores={**components, "n_shown": len(request.examples)},
             top_k_examples=[e.text for e in request.examples],
             timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             metadata={**base, "cache_key": keys[i] + (":fallback" if fallback else ""), "usage": dict(draft.usage),
@@ -161,6 +136,12 @@ def label_clusters(requests: Sequence[LabelRequest], heldout: dict[int, HeldoutE
             raise ValueError(f"labeler {labeler.name!r} returned {len(drafts)} drafts for {len(batch)} requests")
         for i, draft in zip(batch, drafts):
             finish(i, draft)
+    # Each label's permutation null: scored on the other clusters' held-out sets (cheap scorers only).
+    nulled = with_permutation_nulls(records, heldout, scorer_config, memo=memo)  # type: ignore[arg-type]
+    for i, record in enumerate(nulled):
+        if json.dumps(record.scores.get("null")) != json.dumps(records[i].scores.get("null")):  # type: ignore[union-attr]
+            cache.put(record)
+        records[i] = record
     spent = stats["labeling_seconds"] + stats["scoring_seconds"]
     stats["seconds_per_cluster"] = spent / stats["new_labels"] if stats["new_labels"] else 0.0
     return records, stats  # type: ignore[return-value]
@@ -176,6 +157,7 @@ def _timed_label(labeler: Labeler, requests: list[LabelRequest], stats: dict) ->
     return drafts
 
 
-def median_confidence(records: Sequence[CentroidExplanation]) -> float:
-    values = np.array([r.confidence for r in records], float)
+def median_confidence(records: Sequence[CentroidExplanation], measure: str = "confidence") -> float:
+    """The median of the records' `measure` ('confidence' or 'specificity'), nan if none is finite."""
+    values = np.array([getattr(r, measure) for r in records], float)
     return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")

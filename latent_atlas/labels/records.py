@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
@@ -19,6 +20,7 @@ class Example:
     sequence: int = -1  # within the chunk; with chunk_id and the window start it names the token
     token_position: int = -1  # position of the token within its sequence
     excerpt: bool = False  # a document's opening, about the whole text (document-tree nodes): shown unmarked
+    document: int = -1  # key of the document the token comes from (-1: unknown); intervals resample documents
 
     @property
     def text(self) -> str:
@@ -27,6 +29,12 @@ class Example:
     @property
     def membership(self) -> float:
         return float(self.memberships[self.position])
+
+    def document_key(self) -> int:
+        """The document, the unit resampled for intervals: `document`, else the sequence it lies in."""
+        if self.document >= 0:
+            return self.document
+        return int.from_bytes(hashlib.blake2b(f"{self.chunk_id}/{self.sequence}".encode(), digest_size=7).digest(), "big")
 
     def key(self) -> tuple[str, int, int]:
         """Identity of the token: held-out and shown examples are disjoint by this key."""
@@ -73,12 +81,15 @@ class CentroidExplanation:
     centroid_id: int
     label: str
     explanation: str
-    confidence: float  # in [0, 1], measured on held-out examples (0 = chance, 1 = perfect)
-    confidence_interval: tuple[float, float]  # 95%
-    scores: dict[str, Any]  # every score component: value, interval, examples it rests on
+    confidence: float  # in [0, 1]: members vs random held-out tokens (0 = chance or below, 1 = perfect)
+    confidence_interval: tuple[float, float]  # 95%, resampling held-out documents
+    scores: dict[str, Any]  # every scorer's measures: value, interval, counts behind them; the permutation null
     top_k_examples: list[str]  # the windows shown to the labeler
     timestamp: str  # ISO 8601
     metadata: dict[str, Any]  # layer, activation_type, labeler, model, prompt_version, generation_method, cache_key
+    specificity: float = float("nan")  # in [0, 1]: members vs the nearest clusters' held-out members
+    specificity_interval: tuple[float, float] = (float("nan"), float("nan"))  # 95%, resampling documents
+    scorer: str = ""  # the scorer behind confidence and specificity: 'token_claim', 'detection', 'embedding'
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -87,4 +98,6 @@ class CentroidExplanation:
     def from_json(cls, text: str) -> "CentroidExplanation":
         values = json.loads(text)
         values["confidence_interval"] = tuple(values["confidence_interval"])
+        if "specificity_interval" in values:
+            values["specificity_interval"] = tuple(values["specificity_interval"])
         return cls(**values)

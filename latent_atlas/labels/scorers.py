@@ -1,54 +1,87 @@
 """How far to trust a label, measured on held-out examples the labeler never saw (after delphi).
 
-- `embedding_score`: MiniLM sentence embeddings (mean-pooled last hidden state, L2-normalised);
-  each held-out window is scored by its cosine to the label + explanation; ROC-AUC of members
-  against negatives, with a seeded stratified bootstrap 95% interval. Scored twice: against random
-  negatives (tokens of other clusters) and against hard negatives (tokens of the most similar
-  clusters), since nearly every label beats random tokens.
-- a detection score (the LLM says which windows fit; balanced accuracy) comes from
-  `latent_atlas.labels.llm.detection_score` and is one more component.
-- `confidence`: see its docstring.
+Every scorer turns the label into one score per held-out example, and `measures.separation`
+turns members' scores against negatives' into two measures with document-resampled intervals:
+`confidence` (members vs random held-out tokens) and `specificity` (members vs the nearest
+clusters' held-out members). A scorer measures what a label can claim:
+
+- `token_claim`: a label that quotes tokens ("'.'", keyword labels) is a predicate over tokens,
+  true when the example's own token is one it names (`claims.py`); scored as balanced accuracy.
+- `detection` (an LLM judge, `llm.judge_windows`): does the window's marked token fit the label?
+  And `fuzzing`: the same members' windows with a wrong token marked: does the judge tell the
+  right token from its neighbours? (delphi's detection and fuzzing scorers.)
+- `embedding`: MiniLM cosine of each window to the label's own words (the claim, not an
+  explanation's boilerplate); the ranking is checked against wrong labels by the permutation null.
+
+The headline (`headline`) is the first scorer in `PREFERENCE` that could score the label: an exact
+predicate where the label makes one, then the judge, then the embedding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from latent_atlas.labels.records import Example
+from latent_atlas.labels.claims import claim_holds, claimed_tokens
+from latent_atlas.labels.examples import HeldoutExamples
+from latent_atlas.labels.measures import MeasureConfig, separation
+from latent_atlas.labels.records import Draft, Example
 
-# Components that measure a label against hard negatives: confidence rests on these.
-HARD_COMPONENTS = ("embedding_hard", "detection")
+PREFERENCE = ("token_claim", "detection", "embedding")
 
 
 @dataclass(frozen=True)
 class ScorerConfig:
     """What scores a label."""
 
+    token_claims: bool = True
+    """Score labels that quote tokens as a predicate over the held-out tokens."""
     embedding: bool = True
-    """Score with MiniLM embeddings (offline) against random and hard negatives."""
-    n_bootstrap: int = 200
-    """Bootstrap resamples behind every interval."""
+    """Score with MiniLM embeddings of the label (offline)."""
+    n_bootstrap: int = 400
+    """Document resamples behind every interval."""
     level: float = 0.95
     """Coverage of the intervals."""
     seed: int = 0
-    """Seed of the bootstrap."""
+    """Seed of the resampling and of the fuzzing's wrong marks."""
     batch_size: int = 64
     """Windows embedded per forward pass."""
     score_window: int | None = 1
-    """Tokens each side of the example token in the text that is embedded (None: the whole
-    window). A sentence embedding of a long window says what the passage is about, not which
-    token fires; on the demo atlas (64 clusters, keyword labels, 64 held-out members and hard
-    negatives each) the median confidence was 0.23 / 0.13 / 0.06 for 0 / 1 / 3 tokens each side.
-    1 keeps the token dominant and a trace of context for explanations that name one."""
+    """Tokens each side of the example token in the text that is embedded (None: the whole window):
+    a sentence embedding of a long window says what the passage is about, not which token fires."""
     detection_client: Any = None
-    """A chat client (latent_atlas.labels.llm) to run the detection scorer with; None: not run."""
-    detection_examples: int = 10
-    """Held-out windows of each kind (members, random, hard negatives) shown to the detection scorer."""
+    """A chat client (latent_atlas.labels.llm) to run the detection and fuzzing judge with; None: not run."""
+    detection_examples: int = 20
+    """Held-out windows of each kind (members, random, hard negatives) shown to the judge."""
+
+    def measures(self) -> MeasureConfig:
+        return MeasureConfig(self.n_bootstrap, self.level, self.seed)
+
+
+def _documents(examples: Sequence[Example]) -> np.ndarray:
+    return np.array([e.document_key() for e in examples], np.int64)
+
+
+def measure(scores: dict[str, np.ndarray], heldout: HeldoutExamples, config: ScorerConfig, binary: bool) -> dict:
+    """{confidence, specificity}: members' scores against random and against hard negatives'."""
+    pos = _documents(heldout.positives)
+    return {"confidence": separation(scores["positives"], scores["random"], pos, _documents(heldout.random_negatives),
+                                     config.measures(), binary),
+            "specificity": separation(scores["positives"], scores["hard"], pos, _documents(heldout.hard_negatives),
+                                      config.measures(), binary)}
+
+
+def _parts(heldout: HeldoutExamples) -> dict[str, Sequence[Example]]:
+    return {"positives": heldout.positives, "random": heldout.random_negatives, "hard": heldout.hard_negatives}
+
+
+def token_claim_scores(claims: frozenset[str], heldout: HeldoutExamples) -> dict[str, np.ndarray]:
+    """1.0 where the claim holds for an example's token, per part (positives, random, hard)."""
+    return {name: np.array([claim_holds(claims, e) for e in part], np.float64) for name, part in _parts(heldout).items()}
 
 
 @lru_cache(maxsize=1)
@@ -80,80 +113,105 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), np.float32)
 
 
-def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_bootstrap: int, level: float, seed: int
-                    ) -> tuple[float, float, float]:
-    """(AUROC, low, high): AUROC by sklearn; interval from resampling members and negatives
-    separately (see `resampled_aurocs`)."""
-    if pos.size == 0 or neg.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    value = float(roc_auc_score(np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg]))
-    rng = np.random.default_rng(seed)
-    pos_counts = rng.multinomial(pos.size, np.full(pos.size, 1 / pos.size), n_bootstrap)  # [B, n_pos]
-    neg_counts = rng.multinomial(neg.size, np.full(neg.size, 1 / neg.size), n_bootstrap)  # [B, n_neg]
-    samples = resampled_aurocs(pos, neg, pos_counts, neg_counts)
-    tail = (1 - level) / 2
-    return value, float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))
-
-
-def resampled_aurocs(pos: np.ndarray, neg: np.ndarray, pos_counts: np.ndarray, neg_counts: np.ndarray) -> np.ndarray:
-    """AUROC of each resample [B], the scores pos [n_pos] and neg [n_neg] counted pos_counts [B, n_pos]
-    and neg_counts [B, n_neg] times: the count-weighted mean of the pairwise win matrix (ties 1/2).
-    Equals sklearn's roc_auc_score with the counts as sample weights (tests/test_library_equivalents.py)
-    in one matrix product for all B, where a call per resample costs ~100x more."""
-    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # [n_pos, n_neg]
-    return np.einsum("bi,ij,bj->b", pos_counts, wins, neg_counts) / (pos_counts.sum(1) * neg_counts.sum(1))
-
-
 def window_text(example: Example, window: int | None) -> str:
     """The example's text, cut to `window` tokens each side of its token (all of it when None)."""
-    if window is None:
+    if window is None or example.excerpt:
         return example.text
     return "".join(example.tokens[max(0, example.position - window): example.position + window + 1])
 
 
-def embedding_scores(explanation: str, positives: Sequence[Example], negatives: dict[str, Sequence[Example]],
-                     config: ScorerConfig = ScorerConfig(), memo: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
-    """`embedding_score` against several negative sets, embedding every window once; `memo`
-    (text -> embedding) carries window embeddings across clusters (negatives recur)."""
+def embedding_scores(claim: str | np.ndarray, heldout: HeldoutExamples, config: ScorerConfig,
+                     memo: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Cosine of each held-out window's embedding to the claim's (its text, or its embedding),
+    per part; `memo` (text -> embedding) carries window embeddings across labels (negatives recur)."""
     memo = {} if memo is None else memo
-    text = lambda e: window_text(e, config.score_window)  # noqa: E731
-    windows = [text(e) for e in positives] + [text(e) for part in negatives.values() for e in part]
-    new = sorted(set(windows) - set(memo))
+    texts = {name: [window_text(e, config.score_window) for e in part] for name, part in _parts(heldout).items()}
+    new = sorted({t for part in texts.values() for t in part} - set(memo))
     memo.update(zip(new, embed(new, config.batch_size)))
-    query = embed([explanation], config.batch_size)[0]
-    similarity = lambda examples: np.array([memo[text(e)] @ query for e in examples], np.float64)  # noqa: E731
-    pos = similarity(positives)
-    out = {}
-    for name, part in negatives.items():
-        value, low, high = bootstrap_auroc(pos, similarity(part), config.n_bootstrap, config.level, config.seed)
-        out[name] = {"value": value, "low": low, "high": high, "n_pos": len(positives), "n_neg": len(part)}
-    return out
+    query = embed([claim], config.batch_size)[0] if isinstance(claim, str) else claim
+    return {name: np.array([memo[t] @ query for t in part], np.float64) for name, part in texts.items()}
 
 
-def embedding_score(explanation: str, positives: Sequence[Example], negatives: Sequence[Example],
-                    config: ScorerConfig = ScorerConfig()) -> dict:
-    """ROC-AUC of the windows' cosine to `explanation`, members against negatives, with interval:
-    {value, low, high, n_pos, n_neg}."""
-    return embedding_scores(explanation, positives, {"negatives": negatives}, config)["negatives"]
+def claim_text(draft: Draft) -> str:
+    """What the embedding scorer embeds: the label itself; the keyword labeler's explanation is a
+    template that would add the same words to every label."""
+    return draft.label
 
 
-def rescale(score: float) -> float:
-    """AUROC or balanced accuracy -> [0, 1] with chance at 0 and perfect at 1."""
-    return float(np.clip(2.0 * (score - 0.5), 0.0, 1.0))
+def judge_scores(client: Any, draft: Draft, heldout: HeldoutExamples, config: ScorerConfig
+                 ) -> tuple[dict[str, dict], dict[str, int]]:
+    """The LLM judge: `detection` (members vs random and hard negatives, marked at their own token)
+    and `fuzzing` (the same members marked at a wrong token of their window, membership below the
+    marking threshold): does the judge accept the right token and refuse a wrong one?"""
+    from latent_atlas.labels.llm import judge_windows  # optional: needs the LLM stage
+    from latent_atlas.labels.prompts import MARK_THRESHOLD
+
+    n = config.detection_examples
+    shown = HeldoutExamples(heldout.positives[:n], heldout.random_negatives[:n], heldout.hard_negatives[:n])
+    rng = np.random.default_rng(config.seed)
+    wrong = []
+    for e in shown.positives:
+        others = [i for i, m in enumerate(e.memberships) if i != e.position and m < MARK_THRESHOLD
+                  and e.tokens[i].strip()]
+        if others:
+            wrong.append(dataclasses.replace(e, position=int(rng.choice(others))))
+    windows = [*shown.positives, *shown.random_negatives, *shown.hard_negatives, *wrong]
+    text = f"{draft.label}. {draft.explanation}"
+    answers, usage = judge_windows(client, text, windows, seed=config.seed)
+    bounds = np.cumsum([0, len(shown.positives), len(shown.random_negatives), len(shown.hard_negatives), len(wrong)])
+    part = lambda i: (answers[bounds[i]:bounds[i + 1]], windows[bounds[i]:bounds[i + 1]])  # noqa: E731
+
+    def readable(i: int) -> tuple[np.ndarray, np.ndarray]:
+        said, examples = part(i)
+        keep = [j for j, a in enumerate(said) if a is not None]
+        return np.array([float(said[j]) for j in keep]), _documents([examples[j] for j in keep])
+
+    (pos, pos_doc), (rand, rand_doc), (hard, hard_doc), (miss, miss_doc) = (readable(i) for i in range(4))
+    measures = config.measures()
+    unreadable = sum(a is None for a in answers)
+    detection = {"confidence": separation(pos, rand, pos_doc, rand_doc, measures, binary=True),
+                 "specificity": separation(pos, hard, pos_doc, hard_doc, measures, binary=True),
+                 "unreadable": unreadable}
+    fuzzing = {"confidence": separation(pos, miss, pos_doc, miss_doc, measures, binary=True)}
+    return {"detection": detection, "fuzzing": fuzzing}, usage
 
 
-def confidence(components: dict[str, dict]) -> tuple[float, tuple[float, float]]:
-    """Confidence in [0, 1] and its interval, from the score components.
+def score_label(draft: Draft, heldout: HeldoutExamples, config: ScorerConfig, memo: dict | None = None
+                ) -> tuple[dict[str, Any], dict[str, int]]:
+    """Every scorer that applies, as {scorer: {confidence, specificity, ...}}, and the LLM usage."""
+    components: dict[str, Any] = {}
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+    claims = claimed_tokens(draft.label, draft.explanation)
+    if config.token_claims and claims and not any(e.excerpt for e in heldout.positives):
+        components["token_claim"] = {**measure(token_claim_scores(claims, heldout), heldout, config, binary=True),
+                                     "claims": sorted(claims)}
+    if config.embedding:
+        components["embedding"] = measure(embedding_scores(claim_text(draft), heldout, config, memo), heldout, config,
+                                          binary=False)
+    if config.detection_client is not None:
+        judged, spent = judge_scores(config.detection_client, draft, heldout, config)
+        components.update(judged)
+        for name in usage:
+            usage[name] += int(spent.get(name, 0))
+    return components, usage
 
-    Rule: the components measured against hard negatives (`HARD_COMPONENTS`: the embedding AUROC
-    against members of the most similar clusters, and the LLM detection balanced accuracy when it
-    ran) are each rescaled by clip(2 (s - 0.5), 0, 1), so chance is 0 and perfect is 1, and
-    averaged; the interval is the same average of their rescaled bounds. When no hard component
-    could be computed (a cluster with no similar cluster's held-out tokens) the random-negative
-    AUROC stands in. Components without a finite value are skipped; none at all gives nan."""
-    usable = lambda name: name in components and np.isfinite(components[name].get("value", np.nan))  # noqa: E731
-    names = [n for n in HARD_COMPONENTS if usable(n)] or [n for n in ("embedding_random",) if usable(n)]
-    if not names:
-        return float("nan"), (float("nan"), float("nan"))
-    mean = lambda key: float(np.mean([rescale(components[n][key]) for n in names]))  # noqa: E731
-    return mean("value"), (mean("low"), mean("high"))
+
+def _clipped(measure: dict) -> tuple[float, tuple[float, float]]:
+    """A measure as the record shows it: in [0, 1], below chance read as 0."""
+    clip = lambda x: float(np.clip(x, 0.0, 1.0)) if np.isfinite(x) else float("nan")  # noqa: E731
+    return clip(measure["value"]), (clip(measure["low"]), clip(measure["high"]))
+
+
+def headline(components: dict[str, Any]) -> dict[str, Any]:
+    """The record's confidence and specificity (each in [0, 1] with its interval) and the scorer
+    they come from: the first of `PREFERENCE` with a finite confidence; nan and '' if none."""
+    for name in PREFERENCE:
+        part = components.get(name)
+        if part and np.isfinite(part["confidence"]["value"]):
+            confidence, confidence_interval = _clipped(part["confidence"])
+            specificity, specificity_interval = _clipped(part["specificity"])
+            return {"confidence": confidence, "confidence_interval": confidence_interval, "specificity": specificity,
+                    "specificity_interval": specificity_interval, "scorer": name}
+    nan = float("nan")
+    return {"confidence": nan, "confidence_interval": (nan, nan), "specificity": nan,
+            "specificity_interval": (nan, nan), "scorer": ""}
