@@ -166,3 +166,27 @@ def spectrum_markdown(eigenvalues: np.ndarray, rank: int, title: str = "covarian
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
     return figure_markdown(fig, title)
+
+
+def short_metadata(metadata: dict) -> str:
+    """Numbers and short strings only: paths, plots and tables stay in the UI."""
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metadata.items()
+             if isinstance(v, (int, float, str)) and k != "path" and not k.startswith("dagster/") and len(str(v)) <= 80}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def failed_check_lines(check_keys: Iterable[dg.AssetCheckKey], instance: dg.DagsterInstance) -> list[str]:
+    """'check (asset): why' for every asset check whose latest evaluation (per partition) failed:
+    the demo's summary and the atlas index both show them."""
+    failed = []
+    for check_key in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        latest: dict = {}
+        for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1000):
+            latest.setdefault(record.partition, record)  # newest first
+        bad = [r for r in latest.values() if r.status.value == "FAILED"]
+        if bad:
+            evaluation = bad[0].event.dagster_event.event_specific_data
+            why = evaluation.description or short_metadata({k: v.value for k, v in evaluation.metadata.items()})
+            where = f", {len(bad)} partitions" if bad[0].partition is not None else ""
+            failed.append(f"{check_key.name} ({check_key.asset_key.to_user_string()}{where}): {why[:150]}")
+    return failed

@@ -5,6 +5,7 @@ ATLAS_HOME (results, labels, trees, outcome tables); optional ones that are miss
 import dagster as dg
 
 from assets.configs import config_class, library_config
+from assets.metadata import failed_check_lines
 from latent_atlas.data.paths import atlas_home
 from latent_atlas.report import ReportConfig, build_site
 
@@ -18,13 +19,14 @@ AtlasReportConfig = config_class(ReportConfig, name="AtlasReportConfig")
     deps=["cluster_summaries", "cluster_tree", "document_tree", "outcome_association", "cluster_labels", "node_labels"],
     kinds={"html"},
 )
-def atlas_report(config: AtlasReportConfig) -> dg.MaterializeResult:
+def atlas_report(context: dg.AssetExecutionContext, config: AtlasReportConfig) -> dg.MaterializeResult:
     """Static HTML atlas (ATLAS_HOME/report/index.html): a sortable, filterable table of the clusters
     and a map of their centers, a page per cluster (label and confidence, exemplars shaded by
     membership, statistics, intervention vector download, stability, related clusters), the token
     and document trees and the outcome association. Built in a temp directory, then renamed."""
     home = atlas_home()
-    summary = build_site(home, home / "report", library_config(config))
+    failed = failed_check_lines(context.repository_def.asset_graph.asset_check_keys, context.instance)
+    summary = build_site(home, home / "report", library_config(config), failed_checks=failed)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(f"{summary.path}/index.html"),
         "url": dg.MetadataValue.url(f"file://{summary.path}/index.html"),
@@ -34,5 +36,6 @@ def atlas_report(config: AtlasReportConfig) -> dg.MaterializeResult:
         "clusters": summary.clusters,
         "build_seconds": round(summary.build_seconds, 2),
         "map": summary.map_method,
+        "failed_checks": dg.MetadataValue.md("\n".join(f"- {line}" for line in failed) or "none"),
         "missing_inputs": dg.MetadataValue.md("\n".join(f"- `{m}`" for m in summary.missing) or "none"),
     })

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.metadata import failed_check_lines, short_metadata as _short
 from orchestration.jobs import stages_of
 
 
@@ -17,13 +18,6 @@ def _metadata(instance: dg.DagsterInstance, asset: str, partition: str | None = 
     if not records:
         return {}
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-
-
-def _short(metadata: dict) -> str:
-    """Numbers and short strings only: paths, plots and tables stay in the UI."""
-    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metadata.items()
-             if isinstance(v, (int, float, str)) and k != "path" and not k.startswith("dagster/") and len(str(v)) <= 80}
-    return ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
 def summary_lines(defs: dg.Definitions, instance: dg.DagsterInstance, home: Path, keys: list[str]) -> list[str]:
@@ -48,18 +42,7 @@ def summary_lines(defs: dg.Definitions, instance: dg.DagsterInstance, home: Path
 
 def failed_checks(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
     """'check (asset): why' for every asset check whose latest evaluation (per partition) failed."""
-    failed = []
-    for check_key in sorted(defs.resolve_asset_graph().asset_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
-        latest: dict = {}
-        for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1000):
-            latest.setdefault(record.partition, record)  # newest first
-        bad = [r for r in latest.values() if r.status.value == "FAILED"]
-        if bad:
-            evaluation = bad[0].event.dagster_event.event_specific_data
-            why = evaluation.description or _short({k: v.value for k, v in evaluation.metadata.items()})
-            where = f", {len(bad)} partitions" if bad[0].partition is not None else ""
-            failed.append(f"{check_key.name} ({check_key.asset_key.to_user_string()}{where}): {why[:150]}")
-    return failed
+    return failed_check_lines(defs.resolve_asset_graph().asset_check_keys, instance)
 
 
 def final_summary(defs: dg.Definitions, instance: dg.DagsterInstance, home: Path, keys: list[str],

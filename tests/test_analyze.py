@@ -115,16 +115,29 @@ def test_cli_meta_and_a_home_without_an_atlas(home, tmp_path, capsys):
     assert "whitening.npz: not found" in err and "run `latent-atlas demo` first" in err
 
 
+def test_tokens_near_uniform_membership_get_no_cluster(analyzer, monkeypatch):
+    """A token whose largest membership is under min_over_uniform / k is in no cluster and gets no
+    label: with the floor at 1 no token of the sentence is claimed by a cluster; with 0 all are."""
+    monkeypatch.setattr(analyzer, "min_over_uniform", float(analyzer.n_clusters))
+    rows = analyzer.analyze_sentence(SENTENCE)
+    assert not any(r.assigned or r.label for r in rows) and all(math.isnan(r.confidence) for r in rows)
+    assert all("(no cluster" in line for line in table(rows).splitlines()[2:])
+    assert "In no cluster" in deterministic_summary(rows) and "fall into 0 clusters" in deterministic_summary(rows)
+    monkeypatch.setattr(analyzer, "min_over_uniform", 0.0)
+    assert all(r.assigned for r in analyzer.analyze_sentence(SENTENCE))
+
+
 def test_table_layout(analyzer):
     rows = analyzer.analyze_sentence(SENTENCE)
     newline = TokenAnalysis(len(rows) + 1, "\n", 0, [3], [0.5], "", math.nan, math.nan, math.nan, "")
     lines = table([*rows, newline]).splitlines()
-    assert lines[0].split() == ["Pos", "Token", "C-ID", "Conf", "Act", "Explanation"]
+    assert lines[0].split() == ["Pos", "Token", "C-ID", "Conf", "Spec", "Act", "Explanation"]
     assert len(lines) == 2 + len(rows) + 1 and set(lines[1]) == {"-"}
     at = lines[0].index("C-ID")
     for line, row in zip(lines[2:], rows):  # columns aligned: each row's cluster id sits under C-ID
-        assert line[at:].split()[0] == str(row.clusters[0])
+        assert line[at:].split()[0] == (str(row.clusters[0]) if row.assigned else "-")
         assert line.split()[0] == str(row.position) and row.token in line
+        assert ("(no cluster" in line) == (not row.assigned)
     assert "'\\n'" in lines[-1] and "\n" not in lines[-1]
     assert display_token(" ") == "' '" and display_token(" fox") == " fox" and display_token("a\tb") == "a\\tb"
 

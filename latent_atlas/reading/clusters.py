@@ -36,6 +36,7 @@ from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.data.atomic import atomic_dir
 from latent_atlas.data.chunks import DenseChunk
 from latent_atlas.data.tables import write_table
+from latent_atlas.hierarchy.ensemble import STABILITY_FLOOR
 from latent_atlas.labels.cache import LabelCache
 from latent_atlas.labels.records import CentroidExplanation
 
@@ -81,6 +82,33 @@ def _median(values: np.ndarray) -> float:
 
 def _min(values: np.ndarray) -> float:
     return float(np.nanmin(values)) if np.isfinite(values).any() else float("nan")
+
+
+FEW_HELDOUT = 20  # a label's confidence resting on fewer held-out members than this is flagged
+FLAGS = {"position_artifact": "weight in the first positions of the window",
+         "near_duplicate": "nearly the same center as another cluster",
+         "unstable": f"stability across ensemble re-fits below {STABILITY_FLOOR}",
+         "few_heldout": f"its label's confidence rests on fewer than {FEW_HELDOUT} held-out members",
+         "label_at_null": "its label scores no better on it than on other clusters (permutation null)",
+         "no_tree_path": "no path in the token tree"}
+
+
+def cluster_flags(stats: dict, record: CentroidExplanation | None, tree_path: str | None = None) -> list[str]:
+    """Why a cluster's numbers deserve care (`FLAGS`): statistics' flags, low stability, a label
+    resting on few held-out members or indistinguishable from its null, no tree path (when known)."""
+    flags = [name for name in ("position_artifact", "near_duplicate") if stats.get(name)]
+    stability = stats.get("stability")
+    if stability is not None and np.isfinite(stability) and stability < STABILITY_FLOOR:
+        flags.append("unstable")
+    if record is not None:
+        n_pos = record.scores.get(record.scorer, {}).get("confidence", {}).get("n_pos", 0) if record.scorer else 0
+        if n_pos < FEW_HELDOUT:
+            flags.append("few_heldout")
+        if record.scores.get("null", {}).get("indistinguishable_from_null"):
+            flags.append("label_at_null")
+    if tree_path is not None and not tree_path:
+        flags.append("no_tree_path")
+    return flags
 
 
 def score_summary(vectors: InterventionVectors, stats_table: pa.Table) -> dict:
@@ -180,14 +208,16 @@ class ClusterAnalyzer:
         score = lambda name: {"value": iv[name], "low": iv[f"{name}_low"], "high": iv[f"{name}_high"]}  # noqa: E731
         record = self.label(c)
         label = None if record is None else {
-            "label": record.label, "explanation": record.explanation, "confidence": record.confidence,
-            "confidence_interval": list(record.confidence_interval), "scores": record.scores,
+            "label": record.label, "explanation": record.explanation, "scorer": record.scorer,
+            "confidence": record.confidence, "confidence_interval": list(record.confidence_interval),
+            "specificity": record.specificity, "specificity_interval": list(record.specificity_interval),
+            "null_p": record.scores.get("null", {}).get("p"), "scores": record.scores,
             "labeler": record.metadata.get("labeler"), "model": record.metadata.get("model")}
         return {
             "cluster_id": c,
             "label": label,
             "statistics": stats,
-            "flags": [flag for flag in ("position_artifact", "near_duplicate") if stats.get(flag)],
+            "flags": cluster_flags(stats, record),
             "measures": {key: stats.get(key) for key in ("first_positions_share", "position_entropy", "token_entropy",
                                                          "top_token_share", "near_duplicate_partners")},
             "stability": {key: stats.get(key) for key in STABILITY},
@@ -267,7 +297,7 @@ class ClusterAnalyzer:
                  f"{int(np.sum(~(stability >= 0.8)))} of {k} clusters below 0.8",
                  "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6} {'hard':>6} "
                      f"{'hard 95% CI':>13} {'tok.H':>5} {'stab.':>5} flags  top tokens"
-                     + ("  | label (confidence)" if self.labels() else "")]
+                     + ("  | label (scorer: confidence, specificity)" if self.labels() else "")]
         for row in sorted(self.stats_, key=lambda r: -r["total_usage"])[:15]:
             c = row["cluster"]
             tokens = " ".join(repr(t) for t in row["top_tokens"][:6])
@@ -285,6 +315,10 @@ class ClusterAnalyzer:
 
     def _label_cell(self, cluster_id: int) -> str:
         record = self.labels().get(cluster_id)
-        return "" if record is None else f"  | {record.label} ({record.confidence:.2f})"
+        if record is None:
+            return ""
+        at_null = " at null" if record.scores.get("null", {}).get("indistinguishable_from_null") else ""
+        return (f"  | {record.label} ({record.scorer or 'unscored'}: {record.confidence:.2f}, "
+                f"{record.specificity:.2f}{at_null})")
 
     __repr__ = __str__

@@ -51,6 +51,9 @@ class TokenAnalysis:
     confidence_high: float
     explanation: str  # the label's one- or two-sentence explanation
     window: int = 0  # window of the sentence (a sentence longer than the atlas's sequences is cut as documents are)
+    specificity: float = math.nan  # the label against the nearest clusters' members (NaN without a label)
+    scorer: str = ""  # the scorer behind confidence and specificity ('token_claim', 'detection', 'embedding')
+    assigned: bool = True  # False: the largest membership is barely above uniform, so no cluster (nor label) is claimed
 
 
 @dataclass
@@ -78,9 +81,12 @@ class SentenceAnalyzer:
     confidence NaN). tables/exemplars.parquet is read on the first `get_top_k_validation_examples`.
     """
 
-    def __init__(self, home: str | Path | None = None, device: str = "cpu", top: int = 2):
+    def __init__(self, home: str | Path | None = None, device: str = "cpu", top: int = 2, min_over_uniform: float = 4.0):
         if top < 1:
             raise ValueError(f"top must be >= 1, got {top}")
+        # A token whose largest membership is under min_over_uniform / k belongs to no cluster: a label
+        # given to a near-uniform membership would name what the token is not.
+        self.min_over_uniform = min_over_uniform
         self.home = Path(home).resolve() if home else atlas_home()
         self.top = top
         tensors = self.home / "tensors"
@@ -119,12 +125,14 @@ class SentenceAnalyzer:
         for i, (w, p) in enumerate(zip(windows, positions)):
             kept = [(int(c), float(v)) for c, v in zip(clusters[i, : self.top], values[i, : self.top]) if c >= 0]
             token_id = int(tokens.token_ids[w, p])
-            label = self.labels.get(kept[0][0]) if kept else None
+            assigned = bool(kept) and kept[0][1] >= self.min_over_uniform / self.n_clusters
+            label = self.labels.get(kept[0][0]) if assigned else None
             low, high = label.confidence_interval if label else (math.nan, math.nan)
             rows.append(TokenAnalysis(
                 int(p), self.model.tokenizer.decode([token_id]), token_id, [c for c, _ in kept], [v for _, v in kept],
                 label.label if label else "", float(label.confidence) if label else math.nan,
                 float(low), float(high), label.explanation if label else "", int(w),
+                float(label.specificity) if label else math.nan, label.scorer if label else "", assigned,
             ))
         return rows
 
@@ -204,13 +212,15 @@ def table(rows: Sequence[TokenAnalysis]) -> str:
     cells = [display_token(r.token) for r in rows]
     width = min(24, max([len(c) for c in cells] + [11])) + 2
     cells = [c if len(c) <= 24 else c[:23] + "…" for c in cells]
-    lines = [f"{'Pos':<5}{'Token':<{width}}{'C-ID':<6}{'Conf':<7}{'Act':<8}Explanation", "-" * 78]
+    lines = [f"{'Pos':<5}{'Token':<{width}}{'C-ID':<6}{'Conf':<6}{'Spec':<6}{'Act':<8}Explanation", "-" * 84]
     for row, cell in zip(rows, cells):
-        cluster = str(row.clusters[0]) if row.clusters else "-"
+        cluster = str(row.clusters[0]) if row.clusters and row.assigned else "-"
         act = row.memberships[0] if row.memberships else math.nan
         others = "  ".join(f"+ {c} {v:.2f}" for c, v in zip(row.clusters[1:], row.memberships[1:]))
-        text = "  ".join(part for part in (row.label or "(no label)", others) if part)
-        lines.append(f"{row.position:<5}{cell:<{width}}{cluster:<6}{_number(row.confidence, 2):<7}{_number(act, 3):<8}{text}")
+        named = (row.label or "(no label)") if row.assigned else "(no cluster: membership near uniform)"
+        text = "  ".join(part for part in (named, others if row.assigned else "") if part)
+        lines.append(f"{row.position:<5}{cell:<{width}}{cluster:<6}{_number(row.confidence, 2):<6}"
+                     f"{_number(row.specificity, 2):<6}{_number(act, 3):<8}{text}")
     return "\n".join(lines)
 
 
@@ -225,7 +235,7 @@ def to_json(rows: Sequence[TokenAnalysis]) -> str:
 def _clusters_in_order(rows: Sequence[TokenAnalysis]) -> dict[int, list[TokenAnalysis]]:
     groups: dict[int, list[TokenAnalysis]] = {}
     for row in rows:
-        if row.clusters:
+        if row.clusters and row.assigned:
             groups.setdefault(row.clusters[0], []).append(row)
     return groups
 
@@ -236,7 +246,8 @@ def _cluster_line(cluster: int, members: list[TokenAnalysis]) -> str:
     mean = sum(r.memberships[0] for r in members) / len(members)
     if first.label:
         named = (f"'{first.label}' (confidence {_number(first.confidence, 2)}, "
-                 f"95% [{_number(first.confidence_low, 2)}, {_number(first.confidence_high, 2)}])")
+                 f"95% [{_number(first.confidence_low, 2)}, {_number(first.confidence_high, 2)}]; "
+                 f"specificity {_number(first.specificity, 2)}; scorer {first.scorer or 'none'})")
     else:
         named = "(no label yet)"
     return f"- cluster {cluster} {named}: {tokens}; mean membership {mean:.2f}"
@@ -248,10 +259,13 @@ def deterministic_summary(rows: Sequence[TokenAnalysis]) -> str:
     lines = [f"Summary built from the token table (deterministic, not an LLM's interpretation): "
              f"{len(rows)} tokens fall into {len(groups)} clusters."]
     lines += [_cluster_line(c, members) for c, members in groups.items()]
-    weak = [r for r in rows if r.memberships and r.memberships[0] < 0.5]
+    weak = [r for r in rows if r.assigned and r.memberships and r.memberships[0] < 0.5]
     if weak:
         lines.append("Split between clusters (top membership < 0.5): " + ", ".join(repr(r.token) for r in weak))
-    unlabeled = sum(1 for r in rows if not r.label)
+    unassigned = [r for r in rows if not r.assigned]
+    if unassigned:
+        lines.append("In no cluster (largest membership near uniform): " + ", ".join(repr(r.token) for r in unassigned))
+    unlabeled = sum(1 for r in rows if r.assigned and not r.label)
     if unlabeled:
         lines.append(f"{unlabeled} of {len(rows)} tokens sit in clusters without a label file.")
     return "\n".join(lines)

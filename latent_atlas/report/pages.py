@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from latent_atlas.hierarchy.tree import ROOT, ClusterTree
+from latent_atlas.reading.clusters import FLAGS, cluster_flags
 from latent_atlas.report.charts import bars, branch_colors, center_map, scale_points, shade
 from latent_atlas.report.contents import (AtlasContents, branch_of, cluster_tree_paths, document_node_outcomes,
                                           outcome_by_depth)
@@ -33,11 +34,12 @@ def cluster_rows(contents: AtlasContents, tree_paths: list[str]) -> list[dict]:
         stats, iv, record = a.stats_[c], a.intervention_[c], labels.get(c)
         rows.append({
             "id": c, "label": record.label if record else "", "confidence": finite(record.confidence) if record else None,
+            "specificity": finite(record.specificity) if record else None, "scorer": record.scorer if record else "",
             "usage": finite(stats.get("usage_fraction")), "density": finite(stats.get("density")),
             "auroc": finite(iv.get("auroc")), "auroc_hard": finite(iv.get("auroc_hard")),
             "stability": finite(stats.get("stability")), "tree_path": tree_paths[c], "branch": branch_of(tree_paths[c]),
-            "top_tokens": list(stats.get("top_tokens") or [])[:5],
-            "flags": [f for f in ("position_artifact", "near_duplicate") if stats.get(f)],
+            "top_tokens": [t.replace("\n", "\u23ce") for t in list(stats.get("top_tokens") or [])[:5]],
+            "flags": cluster_flags(stats, record, tree_paths[c]),
         })
     return rows
 
@@ -107,12 +109,17 @@ def cluster_page(contents: AtlasContents, c: int, rows: list[dict], label_text: 
     stats, iv, record = a.stats_[c], a.intervention_[c], a.label(c)
     label = None
     if record is not None:
+        null = record.scores.get("null", {})
         label = {"label": record.label, "explanation": record.explanation, "confidence": finite(record.confidence),
-                 "interval": [finite(x) for x in record.confidence_interval],
+                 "interval": [finite(x) for x in record.confidence_interval], "scorer": record.scorer,
+                 "specificity": finite(record.specificity),
+                 "specificity_interval": [finite(x) for x in record.specificity_interval],
+                 "null": {k: (finite(v) if not isinstance(v, (str, bool)) else v) for k, v in null.items()},
                  "labeler": record.metadata.get("labeler", ""), "model": record.metadata.get("model", ""),
-                 "components": [{"name": name, **{k: (finite(v) if not isinstance(v, str) else v)
-                                                   for k, v in score.items() if not isinstance(v, (list, dict))}}
-                                for name, score in sorted(record.scores.items()) if isinstance(score, dict)],
+                 "components": [{"scorer": name, "measure": measure, **{k: (finite(v) if not isinstance(v, str) else v)
+                                                                      for k, v in part.items()}}
+                                for name, score in sorted(record.scores.items()) if isinstance(score, dict)
+                                for measure, part in score.items() if isinstance(part, dict)],
                  "shown": list(record.top_k_examples)}
     exemplars = [{"kind": kind, "title": title, "rows": [exemplar_view(r, label_text) for r in a.exemplars(c, kind)]}
                  for kind, title in KINDS]
@@ -184,14 +191,22 @@ def document_tree_page(tree: ClusterTree, contents: AtlasContents, label_text: d
             category, n = counts.most_common(1)[0]
             label = f"{category} {100 * n / sum(counts.values()):.0f}%"
         held = sorted(node.soft_clusters.items(), key=lambda kv: -kv[1])
+        # The tree's size counts the documents it was fit on; all documents are placed by assign_paths.
         return {"label": label, "outcomes": dict(counts.most_common()) if counts else {},
+                "placed": sum(counts.values()) if counts else 0,
                 "clusters": [{"id": c, "share": f, "label": label_text.get(c, "")} for c, f in held[:8]],
                 "n_clusters": len(held)}
     return tree_nodes(tree, describe, _named(contents, "document_tree"))
 
 
 def outcome_page(contents: AtlasContents) -> dict:
+    """Cramér's V per depth and the over- and under-represented cells, each node named by its label."""
     depths = outcome_by_depth(contents.outcome_rows)
+    named = _named(contents, "document_tree")
+    for depth in depths:
+        for cells in depth["categories"].values():
+            for cell in (*cells["over"], *cells["under"]):
+                cell["label"] = named.get(cell["node"], {}).get("label", "")
     return {"depths": depths, "v_bars": bars([d["cramers_v"] or 0 for d in depths], 60 * max(len(depths), 1), 80, gap=12),
             "documents": len(contents.document_paths)}
 

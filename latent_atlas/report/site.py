@@ -26,6 +26,7 @@ import numpy as np
 from markupsafe import Markup
 
 from latent_atlas.data.atomic import atomic_dir
+from latent_atlas.reading.clusters import FLAGS
 from latent_atlas.report.contents import load_contents
 from latent_atlas.report.pages import cluster_page, site_pages
 
@@ -105,9 +106,11 @@ def _copy_static(out: Path) -> None:
             (out / "static" / item.name).write_bytes(item.read_bytes())
 
 
-def build_site(home: str | Path, out: str | Path | None = None, config: ReportConfig | None = None) -> SiteSummary:
+def build_site(home: str | Path, out: str | Path | None = None, config: ReportConfig | None = None,
+               failed_checks: list[str] | None = None) -> SiteSummary:
     """Render the atlas of `home` (an ATLAS_HOME with a results directory) into `out`
-    (default home/report), replacing any previous site atomically."""
+    (default home/report), replacing any previous site atomically; `failed_checks` ('check (asset):
+    why' lines, from the orchestrator) are listed on the index."""
     config = config or ReportConfig()
     start = time.perf_counter()
     home = Path(home)
@@ -129,7 +132,8 @@ def build_site(home: str | Path, out: str | Path | None = None, config: ReportCo
             (tmp / name).write_text(html, encoding="utf-8")
 
         write("index.html", "index.html", rows=site["rows"], points=site["points"], legend=site["legend"],
-              map_method=site["map_method"], summary=contents.analyzer.summary_)
+              map_method=site["map_method"], summary=contents.analyzer.summary_, flag_help=FLAGS,
+              failed_checks=failed_checks or [])
         for c in range(contents.n_clusters):
             np.save(tmp / "vectors" / f"cluster_{c}.npy", contents.analyzer.vector(c).astype(np.float32))
             write(f"clusters/{c}.html", "cluster.html", page=cluster_page(contents, c, site["rows"], site["label_text"]))
