@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from latent_atlas.labels.cache import LabelCache, cache_key
+from latent_atlas.labels.claims import claimed_tokens
 from latent_atlas.labels.examples import HeldoutExamples, check_disjoint
 from latent_atlas.labels.keywords import KeywordLabeler, class_term_weights, ctfidf, term_of
 from latent_atlas.labels.pipeline import label_clusters
@@ -68,6 +69,25 @@ def test_keyword_labeler_names_planted_clusters():
     # filler words carry a trace of membership in every cluster: they never name one
     assert not set(drafts[0].label.split(" / ")) & set(FILLER)
     assert "60%" in drafts[0].explanation  # 3 of the 5 weekdays, equally often
+
+
+def test_keyword_labels_that_collide_are_told_apart_by_what_precedes():
+    """Three clusters of the same token in other contexts get three labels, each naming what comes
+    before it, and each label still claims only the token itself."""
+    def newline_after(word, cluster):
+        out = []
+        for i in range(10):
+            e = window("\n", cluster, i, sequence=cluster)
+            memberships = [0.0] * 4 + [1.0] + [0.0] * 4  # only the token itself is a member
+            out.append(Example(e.tokens[:3] + [word] + e.tokens[4:], memberships, 4, cluster, "c0", cluster, i))
+        return out
+    requests = [LabelRequest(c, newline_after(word, c)) for c, word in enumerate([".", " Sport", " 2024"])]
+    drafts = KeywordLabeler().label(requests + planted_requests()[:1])
+    labels = [d.label for d in drafts[:3]]
+    assert len(set(labels)) == 3 and all(label.startswith("\\n after «") for label in labels), labels
+    assert [label.split("«")[1].rstrip("»") for label in labels] == [".", "Sport", "2024"]
+    assert all(claimed_tokens(d.label, d.explanation) == {"\\n"} for d in drafts[:3])
+    assert "after" not in drafts[3].label  # a label no other cluster shares is left as it was
 
 
 SPORT = ["The striker scored twice as the home side won the football match",

@@ -91,7 +91,7 @@ class KeywordLabeler:
 
     name = "keywords"
     model = ""
-    prompt_version = "ctfidf-2"  # -2: document excerpts counted as whole topic words
+    prompt_version = "ctfidf-3"  # -3: explanations say what their share rests on; equal labels told apart
     sees_all_requests = True  # the IDF is over every class: label all requests in one call
 
     def __init__(self, top_terms: int = 3, window: int | None = None, min_relative_weight: float = 0.2):
@@ -108,7 +108,7 @@ class KeywordLabeler:
     def label(self, requests: Sequence[LabelRequest]) -> list[Draft]:
         terms, counts = class_term_weights(requests, self.window)
         weights = ctfidf(counts)
-        return [self._draft(request, terms, weights[r]) for r, request in enumerate(requests)]
+        return told_apart(requests, [self._draft(request, terms, weights[r]) for r, request in enumerate(requests)])
 
     def _draft(self, request: LabelRequest, terms: list[str], weights: np.ndarray) -> Draft:
         order = np.argsort(-weights, kind="stable")
@@ -123,8 +123,9 @@ class KeywordLabeler:
             return Draft(" / ".join(top), f"Documents about {_quoted(top)} (c-TF-IDF over the openings of its "
                          f"{len(request.examples)} most central documents).", {"requests": 0})
         covered = _activating_share(request.examples, set(top))
-        explanation = (f"Fires on {_quoted(top)} (c-TF-IDF over its {len(request.examples)} top windows); "
-                       f"these are {100 * covered:.0f}% of the activating tokens' membership.")
+        explanation = (f"Fires on {_quoted(top)} (c-TF-IDF over its {len(request.examples)} top windows, whose "
+                       f"marked tokens are {100 * covered:.0f}% these; the held-out scores say how far this holds "
+                       "beyond them).")
         shown = [f"'{t}'" if is_punctuation(t) else t for t in top]
         return Draft(" / ".join(shown), explanation, {"requests": 0})
 
@@ -134,3 +135,34 @@ def _activating_share(examples: Sequence[Example], terms: set[str]) -> float:
     total = sum(e.membership for e in examples)
     hit = sum(e.membership for e in examples if term_of(e.tokens[e.position]) in terms)
     return hit / total if total > 0 else 0.0
+
+
+def _preceding(request: LabelRequest) -> LabelRequest:
+    """The request with each example moved to the token before its own (unmarked where there is none)."""
+    moved = [Example(e.tokens, [1.0 if i == e.position - 1 else 0.0 for i in range(len(e.tokens))], e.position - 1,
+                     e.cluster) for e in request.examples if e.position > 0 and not e.excerpt]
+    return LabelRequest(request.centroid_id, moved)
+
+
+def told_apart(requests: Sequence[LabelRequest], drafts: list[Draft]) -> list[Draft]:
+    """Clusters that got the same label (five clusters of '\\n' are the same token in other
+    contexts) are told apart by what precedes their tokens: c-TF-IDF over the preceding tokens of
+    the clusters sharing the label, the top one added as "after «x»" (not quoted: the claim stays
+    the token itself, `claims.claimed_tokens`)."""
+    groups: dict[str, list[int]] = {}
+    for i, (request, draft) in enumerate(zip(requests, drafts)):
+        if request.unit == "token" and request.examples:
+            groups.setdefault(draft.label, []).append(i)
+    out = list(drafts)
+    for label, members in groups.items():
+        if len(members) < 2:
+            continue
+        terms, counts = class_term_weights([_preceding(requests[i]) for i in members], window=0)
+        weights = ctfidf(counts)
+        for row, i in enumerate(members):
+            if not terms or weights[row].max() <= 0:
+                continue
+            before = terms[int(np.argmax(weights[row]))]
+            out[i] = Draft(f"{label} after «{before}»", f"{drafts[i].explanation} One of {len(members)} clusters "
+                           f"labelled {label}: its tokens follow «{before}» most distinctively.", drafts[i].usage)
+    return out
