@@ -11,9 +11,11 @@ most used clusters and the document tree's nodes, with the keyword labeler as fa
 answer that is no label (counted and printed). 'openai' is the official SDK against an
 OpenAI-compatible server on 127.0.0.1 serving SmolLM2-135M-Instruct (benchmarks/local_openai_server.py).
 
-Prints per labeler: the most used clusters' labels with explanation, confidence, 95% interval and
-the number of held-out examples behind it; the median confidence; the document tree's labels
-against the BBC categories and the category accuracy; seconds per label.
+Prints per labeler: median confidence and specificity per scorer; the permutation null's summary;
+the single-token detectors (top token share >= 0.75) and the most used clusters with label,
+scorer, confidence and specificity with their 95% intervals (resampling held-out documents) and the
+members and documents behind them; the document tree's labels against the BBC categories and the
+category accuracy; seconds per label.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def materialize(home: Path, labeler, name: str, clusters: int, trees: list[str])
     return out
 
 
-def report(name: str, run: dict, usage_order: list[int], shown: int) -> None:
+def report(name: str, run: dict, usage_order: list[int], shown: int, top_share: dict[int, float]) -> None:
     import numpy as np
 
     rows = {r["centroid_id"]: r for r in run["cluster_labels_rows"]}
@@ -61,13 +63,36 @@ def report(name: str, run: dict, usage_order: list[int], shown: int) -> None:
           f"(labeling + scoring): {meta['seconds_per_cluster']:.2f}; prompt/completion tokens "
           f"{meta['prompt_tokens']}/{meta['completion_tokens']}, requests {meta['requests']}; "
           f"labels the keyword fallback made (unusable LLM answers): {meta['fallbacks']}")
-    print(f"median confidence: {meta['median_confidence']:.3f} (median lower bound {meta['median_confidence_low']:.3f})")
-    print("cluster | label | confidence [95% interval] | held-out members / hard negatives | explanation")
-    for c in [c for c in usage_order if c in rows][:shown]:
+    print(f"median confidence {meta['median_confidence']:.3f}, median specificity {meta['median_specificity']:.3f} "
+          f"(median confidence lower bound {meta['median_confidence_low']:.3f}); scorers {meta['scorers']}")
+    table = list(rows.values())
+    for scorer in sorted({r["scorer"] for r in table}):
+        mine = [r for r in table if r["scorer"] == scorer]
+        median = lambda key: float(np.nanmedian([r[key] for r in mine])) if mine else float("nan")  # noqa: E731
+        print(f"  scorer {scorer or 'none'}: {len(mine)} labels, median confidence {median('confidence'):.3f}, "
+              f"median specificity {median('specificity'):.3f}")
+    for scorer in ("embedding", "token_claim", "detection", "fuzzing"):  # every scorer that ran, headline or not
+        key = f"{scorer}_confidence"
+        if key in table[0]:
+            values = np.array([r[key] for r in table], float)
+            spec = np.array([r.get(f"{scorer}_specificity", np.nan) for r in table], float)
+            print(f"  {scorer} on every label it could score ({int(np.isfinite(values).sum())}): median confidence "
+                  f"{np.nanmedian(values):.3f}, median specificity {np.nanmedian(spec):.3f} (signed: below 0 is worse than chance)")
+    p = np.array([r["null_p"] for r in table], float)
+    flagged = sum(bool(r["indistinguishable_from_null"]) for r in table)
+    print(f"permutation null: median p {np.nanmedian(p):.3f}; {flagged} of {len(table)} labels indistinguishable from "
+          f"their null (own score not above the 95th percentile of their scores on the other clusters); check "
+          f"labels_beat_chance: {meta['labels_above_null']} above null")
+    print("cluster | top token share | label | scorer | confidence [95%] | specificity [95%] | null p | n members / docs")
+    detectors = [c for c in usage_order if c in rows and top_share.get(c, 0) >= 0.75]
+    print(f"single-token detectors (top token share >= 0.75): {len(detectors)}")
+    for c in detectors + [c for c in usage_order if c in rows and c not in detectors][:shown]:
         r = rows[c]
-        n_pos, n_neg = r.get("embedding_hard_n_pos"), r.get("embedding_hard_n_neg")
-        print(f"{c:4d} | {r['label']} | {r['confidence']:.2f} [{r['confidence_low']:.2f}, {r['confidence_high']:.2f}] "
-              f"| {n_pos} / {n_neg} | {r['explanation']}")
+        scorer = r["scorer"]
+        print(f"{c:4d} | {top_share.get(c, float('nan')):.2f} | {r['label']} | {scorer} | {r['confidence']:.2f} "
+              f"[{r['confidence_low']:.2f}, {r['confidence_high']:.2f}] | {r['specificity']:.2f} "
+              f"[{r['specificity_low']:.2f}, {r['specificity_high']:.2f}] | {r['null_p']:.3f} | "
+              f"{r.get(f'{scorer}_confidence_n_pos', '-')} / {r.get(f'{scorer}_confidence_n_documents', '-')}")
     nodes = run["node_labels"]
     documents = [r for r in run["node_labels_rows"] if r["tree"] == "document_tree"]
     print(f"document tree: category accuracy {nodes.get('category_accuracy', float('nan')):.2f} over "
@@ -97,12 +122,15 @@ def main() -> int:
     os.environ.update(ATLAS_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), HF_HUB_OFFLINE="1")
 
     import numpy as np
+    import pyarrow.parquet as pq
 
     from latent_atlas.analysis.statistics import ChunkStatistics
     from resources import LabelerResource
 
     usage = ChunkStatistics.load(home / "tensors" / "merged_statistics.npz").usage
     usage_order = np.argsort(-usage, kind="stable").tolist()
+    stats = pq.read_table(home / "results" / "cluster_stats.parquet", columns=["cluster", "top_token_share"]).to_pylist()
+    top_share = {int(r["cluster"]): float(r["top_token_share"]) for r in stats}
     server = None
     try:
         for name in args.labelers.split(","):
@@ -124,7 +152,7 @@ def main() -> int:
             else:
                 raise SystemExit(f"unknown labeler {name!r}")
             run = materialize(home, labeler, name, clusters, trees)
-            report(name, run, usage_order, min(10, args.clusters) if clusters else 10)
+            report(name, run, usage_order, min(10, args.clusters) if clusters else 10, top_share)
             print(f"wall: cluster_labels {run['cluster_labels_seconds']:.1f} s, node_labels {run['node_labels_seconds']:.1f} s")
     finally:
         if server is not None:
