@@ -13,6 +13,14 @@ from latent_atlas.report import ReportConfig, build_site
 AtlasReportConfig = config_class(ReportConfig, name="AtlasReportConfig")
 
 
+def _check_keys(context: dg.AssetExecutionContext) -> set[dg.AssetCheckKey]:
+    """Every check of the code location (runs launched from it), else of this run's job (dg.materialize)."""
+    try:
+        return set(context.repository_def.asset_graph.asset_check_keys)
+    except Exception:  # noqa: BLE001 - an in-process materialize has no repository
+        return set(context.job_def.asset_layer.asset_graph.asset_check_keys)
+
+
 @dg.asset(
     group_name="report",
     # Read from disk, not passed in: the site is rebuilt from whatever the home holds.
@@ -25,7 +33,7 @@ def atlas_report(context: dg.AssetExecutionContext, config: AtlasReportConfig) -
     membership, statistics, intervention vector download, stability, related clusters), the token
     and document trees and the outcome association. Built in a temp directory, then renamed."""
     home = atlas_home()
-    failed = failed_check_lines(context.repository_def.asset_graph.asset_check_keys, context.instance)
+    failed = failed_check_lines(_check_keys(context), context.instance)
     summary = build_site(home, home / "report", library_config(config), failed_checks=failed)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(f"{summary.path}/index.html"),
