@@ -6,8 +6,10 @@
 
 `steering_vectors` is a `latent_atlas.steering.vectors.SteeringVectors` (.npz by the tensor IO manager:
 whitened and residual-stream vectors for LDA and the difference of means, natural scales).
-`steering_eval` is one row per (cluster, direction, alpha) (latent_atlas.steering.evaluation); its metadata
-holds the medians at the cost budget and the LDA / difference-of-means win counts.
+`steering_eval` is one row per (cluster, direction, alpha) with every cluster's usage per prompt
+(latent_atlas.steering.evaluation); its metadata holds, from latent_atlas.steering.statistics, each
+cluster's lift and specificity on the report half of the prompts with bootstrap intervals (alpha
+chosen on the selection half), the medians, and the paired tests against the random direction.
 """
 
 import dataclasses
@@ -30,8 +32,8 @@ from latent_atlas.clustering.model import SequentialSoftClustering
 from latent_atlas.data.paths import atlas_home, model_cache_dir
 from latent_atlas.data.tables import _META_KEY  # the schema metadata key of this project's tables
 from latent_atlas.data.whitening import Whitening
-from latent_atlas.steering.evaluation import (SteeringEvalConfig, dose_response_plot, evaluate_steering,
-                                              heldout_windows, summarize)
+from latent_atlas.steering.evaluation import SteeringEvalConfig, dose_response_plot, evaluate_steering, heldout_windows
+from latent_atlas.steering.statistics import steering_statistics
 from latent_atlas.steering.vectors import SteeringVectors, load_causal_model
 from resources import CorpusResource, ModelResource
 
@@ -79,11 +81,14 @@ def heldout_token_windows(token_chunks: dict[str, Path], stats: ChunkStatistics)
 def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetConfig, steering_vectors: SteeringVectors,
                   whitening: Whitening, clustering: SequentialSoftClustering, merged_statistics: ChunkStatistics,
                   token_chunks: dict[str, Path], corpus: CorpusResource):
-    """Concept lift (the cluster's usage on steered continuations of held-out prompts, read back through
-    the model) and cost (next-token KL on neutral text, perplexity) over a grid of alphas, for the LDA
-    vector, the difference of means and a random direction of equal norm; best lift at the KL budget.
-    Whether a cluster's direction is causal for the model, not only a description of it; the page
-    shows the dose-response curves."""
+    """Concept lift (the rise of the cluster's usage on steered continuations of held-out prompts, read
+    back through the model) and cost (next-token KL on neutral text, perplexity) over a grid of alphas,
+    for the LDA vector, the difference of means and a random direction of equal norm drawn from the
+    activations' covariance. Whether a cluster's direction is causal for the model, not only a
+    description of it: alpha is chosen within the KL budget on half the prompts, the lift and its
+    specificity are reported with bootstrap intervals on the other half, and a paired test across
+    clusters says whether the cluster directions beat random; the page shows them and the
+    dose-response curves."""
     cfg = library_config(config)
     if corpus.source == "npz":  # seed-format chunks come without a model to steer
         return dg.MaterializeResult(value=pa.table({"cluster": pa.array([], pa.int64())}),
@@ -93,18 +98,27 @@ def steering_eval(context: dg.AssetExecutionContext, config: SteeringEvalAssetCo
     length = max(cfg.prompt_tokens, cfg.neutral_tokens)
     windows = heldout_windows(heldout_token_windows(token_chunks, merged_statistics), cfg.n_prompts + cfg.n_neutral,
                               length, cfg.seed)
-    if len(windows) < 2:
-        raise ValueError(f"steering_eval needs at least 2 held-out windows of {length} tokens, found {len(windows)}")
+    if len(windows) < 3:
+        raise ValueError(f"steering_eval needs at least 3 held-out windows of {length} tokens (2 prompts, 1 neutral), "
+                         f"found {len(windows)}")
     n_prompts = min(cfg.n_prompts, len(windows) - 1)
     prompts, neutral = windows[:n_prompts, : cfg.prompt_tokens], windows[n_prompts:, : cfg.neutral_tokens]
     clustering.config = dataclasses.replace(clustering.config, device="cpu")  # memberships are exact fp32 anywhere
     model = load_causal_model(vectors.model, model_cache_dir())
     table = evaluate_steering(model, vectors.layer, whitening, clustering, vectors, clusters, prompts, neutral, cfg,
                               log=context.log.info)
-    table = table.replace_schema_metadata({_META_KEY: json.dumps({"kl_budget": cfg.kl_budget, "alphas": list(cfg.alphas)})})
-    summary = summarize(table, cfg.kl_budget)
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(
+        {"kl_budget": cfg.kl_budget, "alphas": list(cfg.alphas), "level": cfg.level, "n_bootstrap": cfg.n_bootstrap,
+         "seed": cfg.seed})})
+    per_cluster, summary = steering_statistics(table, cfg.kl_budget, cfg.level, cfg.n_bootstrap, cfg.seed)
     plot = dose_response_plot(table, cfg.kl_budget, atlas_home() / "plots" / "steering_dose_response.png")
     return dg.MaterializeResult(value=table, metadata={
         **summary, "prompts": len(prompts), "neutral_windows": len(neutral), "alphas": str(list(cfg.alphas)),
+        "lifts": markdown_table([
+            {"cluster": r["cluster"], "direction": r["direction"], "alpha": r["alpha"], "kl": r["kl"],
+             "lift": r["lift"], "lift_interval": f"[{r['lift_low']:.4f}, {r['lift_high']:.4f}]",
+             "specificity": r["specificity"],
+             "specificity_interval": f"[{r['specificity_low']:.4f}, {r['specificity_high']:.4f}]"}
+            for r in per_cluster.to_pylist()], digits=4),
         "dose_response_plot": dg.MetadataValue.path(str(plot)),
         "dose_response": png_markdown(plot.read_bytes(), "dose response")})

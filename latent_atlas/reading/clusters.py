@@ -237,21 +237,28 @@ class ClusterAnalyzer:
         }
 
     def steering(self, cluster_id: int) -> dict | None:
-        """The cluster's measured steering effect (best concept lift at the KL budget per direction and
-        its dose-response), from ATLAS_HOME/tables/steering_eval.parquet; None before steering_eval
-        ran or when the cluster was not among those evaluated."""
+        """The cluster's measured steering effect (per direction: alpha chosen on the selection half,
+        the report half's lift and specificity with intervals; the paired tests against random across
+        clusters; its dose-response), from ATLAS_HOME/tables/steering_eval.parquet; None before
+        steering_eval ran (or from a table written before per-prompt usages were kept) or when the
+        cluster was not among those evaluated."""
         from latent_atlas.data.tables import read_metadata
         from latent_atlas.steering.evaluation import cluster_steering
+        from latent_atlas.steering.statistics import steering_statistics
 
         path = self.path.parent / "tables" / "steering_eval.parquet"
         if not path.exists():
             return None
         if getattr(self, "_steering", None) is None:
-            self._steering = (pq.read_table(path), read_metadata(path).get("kl_budget"))
-        table, budget = self._steering
-        if budget is None or "direction" not in table.column_names:
+            table, meta = pq.read_table(path), read_metadata(path)
+            self._steering = ()
+            if "kl_budget" in meta and "prompt_usage" in table.column_names:
+                stats, summary = steering_statistics(table, float(meta["kl_budget"]), meta.get("level", 0.95),
+                                                     meta.get("n_bootstrap", 2000), meta.get("seed", 0))
+                self._steering = (table, stats, summary)
+        if not self._steering:
             return None
-        return cluster_steering(table, self._check(cluster_id), float(budget))
+        return cluster_steering(*self._steering, self._check(cluster_id))
 
     def visualize_cluster_context(self, cluster_id: int, example_idx: int = 0, kind: str = "top_k",
                                   color: bool | None = None) -> str:
