@@ -109,9 +109,8 @@ def test_memberships_valid_fails_on_bad_values_off_mask_entries_and_a_lost_token
     assert not lost[0] and lost[1]["attended_tokens_without_membership"] >= 1
 
 
-def test_vectors_finite_and_unit_norm_fails_on_a_dead_clusters_vector_and_a_nan():
-    """Cluster 3 gets no membership anywhere: intervention_vectors still hands it a unit vector, which
-    the check must name rather than pass."""
+def dead_cluster_statistics() -> tuple[ChunkStatistics, np.ndarray]:
+    """Statistics of a planted chunk whose 4th cluster (of 4) gets no membership anywhere, and the centers."""
     rng = np.random.default_rng(5)
     n_seq, seq_len, d, k = 60, 16, 8, 4
     centers = np.linalg.qr(rng.standard_normal((d, k)))[0].T
@@ -122,7 +121,14 @@ def test_vectors_finite_and_unit_norm_fails_on_a_dead_clusters_vector_and_a_nan(
     mem = SparseMemberships(s.astype(np.int32), q.astype(np.int32), c.astype(np.int32), p[s, q, c].astype(np.float32),
                             np.zeros(s.size, np.int32), n_seq, seq_len)
     chunk = DenseChunk(x.astype(np.float16), np.ones((n_seq, seq_len), bool), np.zeros((n_seq, seq_len), np.int32))
-    stats = ChunkStatistics.compute("planted", mem, chunk, k, StatisticsConfig(heldout_fraction=0.3))
+    return ChunkStatistics.compute("planted", mem, chunk, k, StatisticsConfig(heldout_fraction=0.3)), centers
+
+
+def test_vectors_finite_and_unit_norm_fails_on_a_dead_clusters_vector_and_a_nan():
+    """Cluster 3 gets no membership anywhere: intervention_vectors still hands it a unit vector, which
+    the check must name rather than pass."""
+    stats, centers = dead_cluster_statistics()
+    k = len(centers)
     vectors = intervention_vectors(stats.moments, stats.fit_sample, stats.heldout, centers).vectors
     assert np.isclose(np.linalg.norm(vectors[3]), 1.0)  # the dead cluster's vector looks like any other
     weight = stats.moments.cluster_weight
