@@ -111,14 +111,14 @@ def activation_check_results(chunk: DenseChunk, expected_dim: int) -> list[dg.As
 def finite_and_shaped(chunk: DenseChunk, expected_dim: int) -> tuple[bool, dict]:
     """Check: every activation finite, [n_seq, seq_len, expected_dim]. An NPZ chunk was validated on
     load; a model's fp16 output was not (a residual value past 65504 turns inf in the cast)."""
+    shaped = chunk.activations.ndim == 3 and chunk.dim == expected_dim
     non_finite, first = 0, None
-    for start, block in chunk.iter_blocks():
+    for start, block in chunk.iter_blocks() if chunk.activations.ndim == 3 else ():
         bad = ~np.isfinite(block.activations).all(axis=2)  # [block_seq, seq_len]
         if first is None and bad.any():
             s, p = np.argwhere(bad)[0]
             first = f"sequence {start + s}, position {p}"
         non_finite += int(bad.sum())
-    shaped = chunk.activations.ndim == 3 and chunk.dim == expected_dim
     return non_finite == 0 and shaped, {"shape": str(chunk.activations.shape), "expected_dim": expected_dim,
                                         "non_finite_tokens": non_finite, "first_non_finite": first or ""}
 

@@ -42,6 +42,9 @@ def test_finite_and_shaped_fails_on_a_nan_that_slipped_through_and_on_another_di
     passed, metadata = finite_and_shaped(DenseChunk(acts, chunk.attention_mask, chunk.token_ids), 32)
     assert not passed and metadata["non_finite_tokens"] == 1 and metadata["first_non_finite"] == "sequence 3, position 2"
     assert not finite_and_shaped(chunk, 64)[0]
+    flat = DenseChunk(np.array(chunk.activations)[..., 0], chunk.attention_mask, chunk.token_ids)  # [n_seq, seq_len]
+    assert finite_and_shaped(flat, 32) == (False, {"shape": "(6, 16)", "expected_dim": 32, "non_finite_tokens": 0,
+                                                   "first_non_finite": ""})
 
 
 def test_mask_token_alignment_fails_on_a_mask_shifted_onto_padding_and_on_an_empty_mask():
