@@ -107,7 +107,7 @@ def test_memberships_valid_fails_on_bad_values_off_mask_entries_and_a_lost_token
     }
     for what, bad in crafted.items():
         assert not memberships_valid(bad, chunk.attention_mask, model.config.top_m)[0], what
-    passed, metadata = memberships_valid(crafted["an entry on padding"], chunk.attention_mask, model.config.top_m)
+    _, metadata = memberships_valid(crafted["an entry on padding"], chunk.attention_mask, model.config.top_m)
     assert metadata["entries_off_the_mask"] >= 1
     lost = memberships_valid(sparse, chunk.attention_mask | np.eye(*chunk.attention_mask.shape, k=15, dtype=bool),
                              model.config.top_m)  # a token the mask attends that transform never saw
