@@ -238,7 +238,9 @@ def _exemplar_windows(table: pa.Table, usage: np.ndarray, clusters: int = 5, per
 
 
 @dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={**CLUSTERING_IN, "whitened_activations": all_chunks()},
-          check_specs=[dg.AssetCheckSpec("vectors_finite_and_unit_norm", asset="intervention_vectors")],
+          check_specs=[dg.AssetCheckSpec("vectors_finite_and_unit_norm", asset="intervention_vectors",
+                                         description="Every vector finite, unit norm and fitted from some tokens "
+                                                     "(a dead cluster's vector is named, not passed)")],
           kinds={"numpy"})
 def intervention_vectors(merged_statistics: ChunkStatistics, clustering: SequentialSoftClustering,
                          whitened_activations: dict[str, Path]):
@@ -250,7 +252,7 @@ def intervention_vectors(merged_statistics: ChunkStatistics, clustering: Sequent
     direction at all; the page shows the AUROC distribution (0.5 is chance)."""
     stats, centers = merged_statistics, clustering.cluster_centers_
     vectors = stats.fit_intervention_vectors(centers, open_chunk=_whitened_opener(whitened_activations))
-    passed, check_meta = check_vectors(vectors.vectors)
+    passed, check_meta = check_vectors(vectors.vectors, stats.moments.cluster_weight)
     flags = pa.table(cluster_measures(stats, center_cosines(centers), normalised_coactivation(stats)))
     return dg.MaterializeResult(
         value=vectors,

@@ -53,7 +53,8 @@ def _plot_history(history: list[dict]) -> dg.MetadataValue:
     group_name="clustering",
     ins={"whitened_activations": all_chunks()},
     check_specs=[
-        dg.AssetCheckSpec("centroids_unit_norm_and_finite", asset="centroids"),
+        dg.AssetCheckSpec("centroids_unit_norm_and_finite", asset="centroids",
+                          description="Centers finite, unit norm, no two of them the same direction"),
         dg.AssetCheckSpec("few_dead_clusters", asset="centroids",
                           description="Clusters dead at the end or moved in the last epoch: at most max_dead_fraction"),
     ],
@@ -79,7 +80,6 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
         if old != model.checkpoint_dir:
             shutil.rmtree(old, ignore_errors=True)
     centers = model.cluster_centers_
-    norms = np.linalg.norm(centers, axis=1)
     churn = model.churn()
     return versioned(
         model, content_version(model.state()),
@@ -90,13 +90,9 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
             **{f"final_{k}": float(model.history_[-1][k]) for k in CONVERGENCE},
             "convergence": _plot_history(model.history_),
         },
-        check_results=[
-            dg.AssetCheckResult(check_name="centroids_unit_norm_and_finite",
-                                passed=bool(np.isfinite(centers).all() and np.allclose(norms, 1, atol=1e-4)),
-                                metadata={"max_norm_error": float(np.abs(norms - 1).max())}),
-            dg.AssetCheckResult(check_name="few_dead_clusters", passed=churn["share"] <= config.max_dead_fraction,
-                                metadata=churn),
-        ],
+        check_results=[dg.AssetCheckResult(check_name=name, passed=passed, metadata=metadata) for name, (passed, metadata) in (
+            ("centroids_unit_norm_and_finite", centroids_unit_norm_and_finite(centers)),
+            ("few_dead_clusters", few_dead_clusters(churn, config.max_dead_fraction)))],
     )
 
 
@@ -105,20 +101,22 @@ def centroids(config: CentroidsConfig, whitened_activations: dict[str, Path], de
 @dg.asset(partitions_def=chunks, automation_condition=dg.AutomationCondition.eager(),
           io_manager_key="parquet_io_manager", group_name="clustering",
           check_specs=[dg.AssetCheckSpec("memberships_valid", asset="memberships", partitions_def=chunks,
-                                         description="Values in (0, 1], per-token sums <= 1, sorted rows")],
+                                         description="Every attended token of the chunk and no other has 1 to top_m "
+                                                     "memberships, values in (0, 1], sums <= 1, rows sorted")],
           ins=CLUSTERING_IN, kinds={"parquet"})
 def memberships(whitened_activations: DenseChunk, clustering: SequentialSoftClustering):
     """Sparse soft memberships of every attended token of the chunk: (sequence, position, cluster,
     value, token id), the centroids applied to new data. What the statistics, exemplars and labels
     are computed from; the page shows which clusters this chunk uses most."""
     sparse = clustering.transform(whitened_activations)
+    passed, check_meta = memberships_valid(sparse, whitened_activations.attention_mask, clustering.config.top_m)
     return dg.MaterializeResult(
         value=sparse,
         metadata={"nonzero": len(sparse), "tokens": whitened_activations.n_tokens,
                   "mean_clusters_per_token": len(sparse) / max(whitened_activations.n_tokens, 1),
                   "top_clusters": chunk_top_clusters(sparse, clustering.cluster_centers_.shape[0],
                                                      whitened_activations.n_tokens)},
-        check_results=[dg.AssetCheckResult(check_name="memberships_valid", **membership_check(sparse))],
+        check_results=[dg.AssetCheckResult(check_name="memberships_valid", passed=passed, metadata=check_meta)],
     )
 
 
@@ -132,12 +130,48 @@ def chunk_top_clusters(sparse: SparseMemberships, k: int, n_tokens: int, n: int 
                            "mean_membership": usage[c] / max(present[c], 1)} for c in top_clusters(usage, n))
 
 
-def membership_check(sparse: SparseMemberships) -> dict:
-    values = sparse.value
-    token = sparse.sequence.astype(np.int64) * sparse.sequence_length + sparse.position
-    sums = np.bincount(token, weights=values) if len(values) else np.zeros(0)
+def centroids_unit_norm_and_finite(centers: np.ndarray) -> tuple[bool, dict]:
+    """Check: centers [k, d] finite and of norm 1 (the spherical model's cosines assume it), and no two
+    the same direction: a reseed landing twice on one token splits its mass into two copies that each
+    look like a cluster."""
+    finite = np.isfinite(centers).all(axis=1)
+    safe = np.where(finite[:, None], centers, 0.0).astype(np.float64)
+    norms = np.linalg.norm(safe, axis=1)
+    unit = safe / np.maximum(norms, 1e-30)[:, None]
+    cosines = unit @ unit.T
+    np.fill_diagonal(cosines, -1.0)
+    pairs = np.argwhere(np.triu(cosines > 1 - 1e-6))
+    off_norm = np.flatnonzero(~finite | (np.abs(norms - 1) > 1e-4))
+    return bool(off_norm.size == 0 and pairs.size == 0), {
+        "non_finite_centers": int((~finite).sum()), "max_norm_error": float(np.abs(norms - 1).max(initial=0.0)),
+        "off_unit_centers": off_norm[:20].tolist(), "identical_pairs": pairs[:10].tolist(),
+        "max_pair_cosine": float(cosines.max(initial=-1.0))}
+
+
+def few_dead_clusters(churn: dict, max_share: float) -> tuple[bool, dict]:
+    """Check: the share of clusters dead at the end or moved in the last epoch (`SequentialSoftClustering.churn()`)
+    is at most max_share; more and the fit had not settled."""
+    return bool(churn["share"] <= max_share), {**churn, "max_dead_fraction": max_share}
+
+
+def memberships_valid(sparse: SparseMemberships, attention_mask: np.ndarray, top_m: int) -> tuple[bool, dict]:
+    """Check the memberships against their chunk's mask [n_seq, seq_len]: every attended token has 1 to
+    top_m entries (the top cluster is always kept, so a token with none is lost from every statistic)
+    and no unattended one has any; values in (0, 1], per-token sums <= 1 (never renormalized), rows
+    sorted by (sequence, position, cluster)."""
+    mask = np.asarray(attention_mask, bool)
+    values, seq, pos = sparse.value, sparse.sequence.astype(np.int64), sparse.position.astype(np.int64)
+    inside = (seq >= 0) & (seq < mask.shape[0]) & (pos >= 0) & (pos < mask.shape[1])
+    token = np.where(inside, seq * mask.shape[1] + pos, 0)
+    counts = np.bincount(token[inside], minlength=mask.size)
+    sums = np.bincount(token[inside], weights=values[inside].astype(np.float64), minlength=mask.size)
+    outside = int((~inside).sum()) + int(counts[~mask.ravel()].sum())
+    attended = counts[mask.ravel()]
+    missing, crowded = int((attended == 0).sum()), int((attended > top_m).sum())
     order_ok = bool(np.all(np.diff(token * 1_000_000 + sparse.cluster) > 0)) if len(values) > 1 else True
-    in_range = bool(len(values) == 0 or (values.min() > 0 and values.max() <= 1))
-    return {"passed": in_range and bool(np.all(sums <= 1 + 1e-5)) and order_ok,
-            "metadata": {"min_value": float(values.min()) if len(values) else 0.0,
-                         "max_token_sum": float(sums.max()) if len(sums) else 0.0, "sorted": order_ok}}
+    in_range = bool(np.all((values > 0) & (values <= 1)))  # False on a NaN
+    passed = in_range and bool(np.all(sums <= 1 + 1e-5)) and order_ok and not (outside or missing or crowded)
+    return passed, {"min_value": float(np.nanmin(values)) if len(values) else 0.0,
+                    "max_token_sum": float(sums.max(initial=0.0)), "sorted": order_ok,
+                    "attended_tokens_without_membership": missing, "tokens_over_top_m": crowded,
+                    "entries_off_the_mask": outside}

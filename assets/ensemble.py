@@ -62,6 +62,7 @@ def ensemble(config: EnsembleConfig, hierarchy_sample: HierarchySample, clusteri
     ensemble_id = register_ensemble(registry, run, hierarchy_sample.version, atlas_home() / "tensors" / "ensemble.npz")
     result = run.result
     floor = stability_floor(result.atlas.stability, config.stability_floor, config.max_unstable_share)
+    converged, convergence = members_converged(result.final_shift, config.max_final_shift)
     return dg.MaterializeResult(
         value=result,
         metadata={**run.summary(), "ensemble_id": ensemble_id,
@@ -76,12 +77,17 @@ def ensemble(config: EnsembleConfig, hierarchy_sample: HierarchySample, clusteri
             dg.AssetCheckResult(check_name="atlas_stability_floor", passed=floor.passed, metadata={
                 "clusters_below_floor": floor.n_below, "share_below_floor": round(floor.share_below, 4),
                 "median_stability": floor.median, "floor": floor.floor, "max_unstable_share": floor.max_share}),
-            dg.AssetCheckResult(check_name="ensemble_members_converged",
-                                passed=bool(np.all(result.final_shift <= config.max_final_shift)),
-                                metadata={"final_shift": [round(float(s), 6) for s in result.final_shift],
-                                          "max_final_shift": config.max_final_shift}),
+            dg.AssetCheckResult(check_name="ensemble_members_converged", passed=converged, metadata=convergence),
         ],
     )
+
+
+def members_converged(final_shift: np.ndarray, max_shift: float) -> tuple[bool, dict]:
+    """Check: every run's last pass moved no center by more than max_shift (1 - cosine); NaN (a run
+    that made no pass) fails. An unsettled member makes every atlas cluster look unstable."""
+    shift = np.asarray(final_shift, np.float64)
+    return bool(shift.size and np.all(shift <= max_shift)), {
+        "final_shift": [round(float(s), 6) for s in shift], "max_final_shift": max_shift}
 
 
 MergeHierarchyConfig = config_class(MergeConfig, name="MergeHierarchyConfig", extra={

@@ -103,12 +103,37 @@ def activations(
 
 
 def activation_check_results(chunk: DenseChunk, expected_dim: int) -> list[dg.AssetCheckResult]:
-    finite = np.isfinite(chunk.activations).all()
+    return [dg.AssetCheckResult(check_name=name, passed=passed, metadata=metadata)
+            for name, (passed, metadata) in (("finite_and_shaped", finite_and_shaped(chunk, expected_dim)),
+                                             ("mask_token_alignment", mask_token_alignment(chunk)))]
+
+
+def finite_and_shaped(chunk: DenseChunk, expected_dim: int) -> tuple[bool, dict]:
+    """Check: every activation finite, [n_seq, seq_len, expected_dim]. An NPZ chunk was validated on
+    load; a model's fp16 output was not (a residual value past 65504 turns inf in the cast)."""
     shaped = chunk.activations.ndim == 3 and chunk.dim == expected_dim
+    non_finite, first = 0, None
+    for start, block in chunk.iter_blocks() if chunk.activations.ndim == 3 else ():
+        bad = ~np.isfinite(block.activations).all(axis=2)  # [block_seq, seq_len]
+        if first is None and bad.any():
+            s, p = np.argwhere(bad)[0]
+            first = f"sequence {start + s}, position {p}"
+        non_finite += int(bad.sum())
+    return non_finite == 0 and shaped, {"shape": str(chunk.activations.shape), "expected_dim": expected_dim,
+                                        "non_finite_tokens": non_finite, "first_non_finite": first or ""}
+
+
+def mask_token_alignment(chunk: DenseChunk) -> tuple[bool, dict]:
+    """Check: mask and token ids are the activations' [n_seq, seq_len], some tokens are attended, and no
+    attended token has a negative id or an all-zero vector (what a mask shifted onto zero-filled padding
+    attends; a zero vector has no direction to cluster by)."""
     aligned = chunk.attention_mask.shape == chunk.token_ids.shape == chunk.activations.shape[:2]
-    return [
-        dg.AssetCheckResult(check_name="finite_and_shaped", passed=bool(finite and shaped),
-                            metadata={"shape": str(chunk.activations.shape), "expected_dim": expected_dim}),
-        dg.AssetCheckResult(check_name="mask_token_alignment", passed=bool(aligned and chunk.n_tokens > 0),
-                            metadata={"attended_tokens": chunk.n_tokens}),
-    ]
+    zero, negative = 0, 0
+    if aligned:
+        for _, block in chunk.iter_blocks():
+            mask = np.asarray(block.attention_mask, bool)
+            zero += int((~np.asarray(block.activations[mask]).any(axis=-1)).sum())
+            negative += int((np.asarray(block.token_ids)[mask] < 0).sum())
+    passed = aligned and chunk.n_tokens > 0 and zero == 0 and negative == 0
+    return passed, {"attended_tokens": chunk.n_tokens, "aligned_shapes": aligned,
+                    "attended_zero_vectors": zero, "attended_negative_ids": negative}

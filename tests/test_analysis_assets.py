@@ -11,10 +11,10 @@ from latent_atlas.analysis.intervention import InterventionVectors
 from latent_atlas.analysis.statistics import ChunkStatistics
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.data.chunks import read_chunk
-from latent_atlas.hierarchy.ensemble import stability_floor
+from latent_atlas.hierarchy.ensemble import EnsembleResult
 from latent_atlas.reading.clusters import ClusterAnalyzer
 from resources import CorpusResource, ModelResource
-from tests.conftest import check_results, materialized
+from tests.conftest import check_metadata, check_results, materialized
 
 ANALYSIS_CHECKS = {"usage_matches_memberships", "exemplars_match_chunks", "vectors_finite_and_unit_norm"}
 
@@ -24,6 +24,7 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     with materialized(atlas_home, corpus, ["cluster_summaries"]) as (_, instance, keys, report):
         assert report.failed == {}
         checks = {(name, passed) for name, passed in check_results(instance).items()}
+        [floor_check] = check_metadata(instance, "atlas_stability_floor")
     assert {(name, True) for name in ANALYSIS_CHECKS} <= checks
     # 20 documents do not make stable clusters: that check may fail, and must say what the table says
     assert not any(passed is False for name, passed in checks if name != "atlas_stability_floor"), checks
@@ -36,10 +37,16 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     direct = sum(np.bincount(m.cluster, m.value.astype(np.float64), k) for m in mems)
     stats = pq.read_table(tables / "cluster_stats.parquet")
     np.testing.assert_allclose(stats.column("total_usage").to_numpy(), direct, rtol=1e-6)
-    # every atlas cluster carries its stability across the ensemble's re-fits
+    # every atlas cluster carries its stability across the ensemble's re-fits: a one-to-one match can do
+    # no better than each run's nearest center, and the worst run no better than the median one
     stability = stats.column("stability").to_numpy()
-    assert np.all((stability > -1) & (stability <= 1 + 1e-6)) and np.all(stats.column("stability_tokens").to_numpy() >= 0)
-    assert ("atlas_stability_floor", stability_floor(stability).passed) in checks
+    centers = load_artifact(tensors / "centroids.npz").cluster_centers_
+    runs = EnsembleResult.load(tensors / "ensemble.npz").centers
+    unit = lambda c: c / np.linalg.norm(c, axis=-1, keepdims=True)  # noqa: E731
+    nearest = np.median(np.max(unit(centers) @ np.swapaxes(unit(runs), 1, 2), axis=2), axis=0)  # [k]
+    assert np.all(stability <= nearest + 1e-5) and np.all(stats.column("stability_min").to_numpy() <= stability + 1e-6)
+    # the check says what the table says (20 documents do not make stable clusters, so it may fail)
+    assert floor_check["clusters_below_floor"] == int(np.sum(~(stability >= floor_check["floor"])))
     summary = ClusterAnalyzer(atlas_home / "results").get_cluster_summary(0)
     assert summary["stability"]["stability"] == stability[0]
     assert sorted(merged.chunk_ids) == keys
@@ -47,7 +54,6 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
                                   for key in keys)
 
     vectors = InterventionVectors.load(tensors / "intervention_vectors.npz")
-    np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1.0, atol=1e-4)
     # Statistics files keep the reservoirs' token identities, not their [tokens, d] vectors: the
     # asset read those back from the whitened chunks, exactly the rows the chunk files hold.
     d = vectors.vectors.shape[1]
@@ -59,7 +65,6 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     held = read_back.heldout
     chunk = read_chunk(tensors / "whitened_activations" / held.chunk_id[0])
     np.testing.assert_array_equal(held.vectors[0], chunk.activations[held.sequence[0], held.position[0]])
-    centers = load_artifact(tensors / "centroids.npz").cluster_centers_
     np.testing.assert_array_equal(read_back.fit_intervention_vectors(centers).auroc, vectors.auroc)
 
     results = atlas_home / "results"

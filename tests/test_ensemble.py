@@ -141,7 +141,7 @@ def test_a_cluster_the_data_lacks_is_unstable_and_fails_the_floor():
     assert stability_floor(a.stability, floor=0.8, max_share=0.2).passed  # 1 of 9 is within a 20% allowance
 
 
-def test_stability_floor_fails_for_a_random_centers_atlas():
+def test_atlas_stability_floor_fails_for_a_random_centers_atlas():
     x, _, _ = _planted()
     random_centers = np.random.default_rng(3).normal(size=(8, 32))
     atlas_labels = np.argmax(x @ random_centers.T, axis=1)

@@ -123,9 +123,9 @@ def test_fill_context_reads_each_chunk_once(chunks):
     assert not check_exemplars(doubled)[0]
 
 
-def test_check_exemplars_catches_stale_chunks_and_heldout_leaks(chunks):
+def test_exemplars_match_chunks_fails_on_stale_chunks_tokens_not_in_the_chunk_and_heldout_leaks(chunks):
     """The check fails when the chunk files no longer hold an exemplar's membership (memberships
-    rewritten after the statistics) or when an exemplar sits in a held-out sequence."""
+    rewritten after the statistics) or its token, or when an exemplar sits in a held-out sequence."""
     sel = select_exemplars(merged(chunks, ["c0", "c1", "c2"]))
     decode = lambda ids: [f"<{i}>" for i in ids]  # noqa: E731
 
@@ -137,6 +137,10 @@ def test_check_exemplars_catches_stale_chunks_and_heldout_leaks(chunks):
     stale = fill_context(sel, lambda cid: open_chunk(cid, 0.5), decode, window=3)
     ok, details = check_exemplars(stale)
     assert not ok and details["context_mismatches"] == stale.num_rows
+    # the chunk re-registered shorter: every exemplar's position now lies outside the text (id -1)
+    gone = fill_context(sel, lambda cid: (np.full_like(chunks[cid][1], -1), chunks[cid][0]), decode, window=3)
+    ok, details = check_exemplars(gone)
+    assert not ok and details["context_mismatches"] == gone.num_rows
     fresh = fill_context(sel, open_chunk, decode, window=3)
     assert check_exemplars(fresh, heldout_sequences={("c0", 10**6)})[0]
     first = fresh.slice(0, 1).to_pylist()[0]

@@ -14,7 +14,7 @@ from latent_atlas.hierarchy.sample_trees import tree_structure
 from latent_atlas.hierarchy.tree import ClusterTree, TreeNode
 from latent_atlas.hierarchy.tree_config import TreeConfig
 from resources import CorpusResource
-from tests.conftest import check_results, materialized
+from tests.conftest import check_metadata, check_results, materialized
 from tests.test_asset_metadata import assert_readable_pages
 
 HIERARCHY = ["hierarchy_sample", "cluster_tree", "document_tree", "ensemble", "merge_hierarchy", "document_paths", "outcome_association"]
@@ -55,7 +55,6 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
         ens = EnsembleResult.load(atlas_home / "tensors" / "ensemble.npz")
         assert ens.stability.shape == (3, 16) and ens.atlas.stability.shape == (16,)
         assert ens.labels.shape[1] > 600  # the ensemble's own, larger sample (up to 100 tokens per cluster)
-        assert np.all(ens.stability >= -1 - 1e-6) and np.all(ens.stability <= 1 + 1e-6)
         # seeds 0 and 0: the same run, so the same partition and the same centers
         assert ens.distances["ari"][0, 1] == 1.0 and ens.distances["perm_invariant_hamming"][0, 1] == 0
         np.testing.assert_allclose(ens.centers[0], ens.centers[1], atol=1e-6)
@@ -77,8 +76,12 @@ def test_hierarchy_assets_on_minilm(atlas_home, tmp_path):
 
         checks = check_results(instance)
         assert checks["tree_has_structure"] and "association_testable" in checks
-        assert checks["atlas_stability_floor"] == stability_floor(ens.atlas.stability).passed  # the asset's defaults
-        assert checks["ensemble_members_converged"] == bool(ens.final_shift.max() <= 1e-3)
+        # the checks say what the stored ensemble says (their verdicts are tested on planted input in
+        # test_ensemble and test_checks)
+        [floor_check] = check_metadata(instance, "atlas_stability_floor")
+        assert floor_check["clusters_below_floor"] == int(np.sum(~(ens.atlas.stability >= floor_check["floor"])))
+        [converged] = check_metadata(instance, "ensemble_members_converged")
+        np.testing.assert_allclose(converged["final_shift"], ens.final_shift, atol=1e-6)
         # every asset materialized here shows a table or plot on its Dagster UI page
         assert set(HIERARCHY) <= set(assert_readable_pages(defs, instance))
 
@@ -108,7 +111,7 @@ def _node(node_id, parent, size, children=(), noise=0):
                     noise=np.arange(noise), children=list(children))
 
 
-def test_tree_structure_check_fails_on_a_tree_without_structure():
+def test_tree_has_structure_fails_on_a_tree_without_structure():
     config = TreeConfig(min_split_size=50)
     split = ClusterTree({"root": _node("root", None, 500, ["0", "1"], noise=100),
                          "0": _node("0", "root", 250), "1": _node("1", "root", 150)}, config)

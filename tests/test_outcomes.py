@@ -175,7 +175,7 @@ def test_a_depth_without_categories_says_why_instead_of_v_zero(clusters, outcome
     assert not passed and reason in problems[1]
 
 
-def test_testable_check_passes_only_with_enough_documents_at_every_depth():
+def test_association_testable_passes_only_with_enough_documents_at_every_depth():
     paths = [["0", "0.0"]] * 30 + [["0", "0.1"]] * 30 + [["1"]] * 30
     outcomes = ["a"] * 30 + ["b"] * 30 + ["a"] * 30
     assert association_is_testable(association_by_depth(paths, outcomes)) == (True, {})

@@ -139,12 +139,14 @@ def test_cluster_stats_table(data):
         assert c not in row["coactivating_clusters"]
 
 
-def test_check_usage(data):
+def test_usage_matches_memberships_fails_on_a_memberships_file_rewritten_after_the_statistics(data):
     ok, details = check_usage(data["sa"], [data["ma"]])
     assert ok and details["max_abs_error"] < 1e-9
-    broken = data["ma"]
-    ok, _ = check_usage(data["sa"], [broken, broken])
-    assert not ok
+    # chunk a's memberships remade by a refit (other centers) after its statistics were merged
+    _, refit = make_chunk(40, 1, data["centers"] + 0.3 * np.random.default_rng(8).standard_normal((K, D)))
+    ok, details = check_usage(data["sa"], [refit])
+    assert not ok and details["max_abs_error"] > 1e-3
+    assert not check_usage(data["sa"], [data["ma"], data["ma"]])[0]  # a chunk counted twice
 
 
 def test_second_moment_round_trips_exactly(data, tmp_path):

@@ -135,7 +135,7 @@ def test_held_out_check_passes_on_a_sound_fit():
     assert abs(result["mean_diag"] - result["expected_mean_diag"]) < 0.05
 
 
-def test_held_out_check_fails_on_defects_an_in_sample_check_misses():
+def test_whitened_covariance_is_identity_fails_on_defects_an_in_sample_check_misses():
     d = 16
     x, other = _correlated(5000, d, 8), _correlated(5000, d, 9)
     # whitening fitted on other data: perfect on its own vectors, wrong on these

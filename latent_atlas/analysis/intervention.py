@@ -409,10 +409,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
 
 
-def check_vectors(vectors: np.ndarray, tol: float = 1e-4) -> tuple[bool, dict]:
-    """Asset check: every intervention vector is finite and unit-norm."""
+def check_vectors(vectors: np.ndarray, cluster_weight: np.ndarray, tol: float = 1e-4) -> tuple[bool, dict]:
+    """Asset check: every intervention vector [k, d] is finite and unit-norm, and fitted from some
+    tokens. A dead cluster (no fitting membership mass in `cluster_weight` [k]) still gets a unit
+    vector (its mean taken as 0, the direction is minus everybody's mean, normalized), which says nothing
+    about the cluster: the check names those clusters and fails rather than pass them as directions."""
     finite = np.isfinite(vectors).all(axis=1)
     norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
     bad = np.flatnonzero(~finite | (np.abs(norms - 1.0) > tol))
-    return bad.size == 0, {"n_vectors": int(vectors.shape[0]), "bad_clusters": bad[:20].tolist(),
-                           "n_bad": int(bad.size), "max_norm_error": float(np.max(np.abs(norms - 1.0), initial=0.0))}
+    dead = np.flatnonzero(~(np.asarray(cluster_weight, np.float64) > 0))  # NaN weight counts as dead
+    return bad.size == 0 and dead.size == 0, {
+        "n_vectors": int(vectors.shape[0]), "bad_clusters": bad[:20].tolist(), "n_bad": int(bad.size),
+        "max_norm_error": float(np.max(np.abs(norms - 1.0), initial=0.0)),
+        "dead_clusters": dead[:20].tolist(), "n_dead": int(dead.size)}
