@@ -256,28 +256,54 @@ class InterventionVectors:
     hard_negative_weight: np.ndarray  # [k] the same for hard negatives
     positive_tokens: np.ndarray  # [k] int64 held-out tokens kept whose hard cluster is this one
     hard_negative_tokens: np.ndarray  # [k] int64 held-out tokens kept among the hard negatives
+    auroc_null: np.ndarray  # [n_null] `auroc` of every cluster of the pipeline refit on Gaussian data (analysis/null.py); empty: no null
+    auroc_hard_null: np.ndarray  # [n_null] the same for `auroc_hard`
     shrinkage: float  # Ledoit-Wolf intensity used
+    null_level: float = 0.95  # margins are taken over this quantile of the null
 
     def save(self, path: str | Path) -> Path:
         """One .npz (no pickles), written to a temp file and renamed."""
-        return write_npz(path, {name: getattr(self, name) for name in self._arrays()}, {"shrinkage": self.shrinkage})
+        return write_npz(path, {name: getattr(self, name) for name in self._arrays()},
+                         {"shrinkage": self.shrinkage, "null_level": self.null_level})
 
     @classmethod
     def load(cls, path: str | Path) -> "InterventionVectors":
         arrays, meta = read_npz(path)
-        return cls(**{name: arrays[name] for name in cls._arrays()}, shrinkage=float(meta["shrinkage"]))
+        # files saved before the null was drawn have none: their margins read NaN, not a pass
+        arrays = {"auroc_null": np.zeros(0), "auroc_hard_null": np.zeros(0), **arrays}
+        return cls(**{name: arrays[name] for name in cls._arrays()}, shrinkage=float(meta["shrinkage"]),
+                   null_level=float(meta.get("null_level", 0.95)))
 
     @classmethod
     def _arrays(cls) -> list[str]:
-        return [name for name in cls.__dataclass_fields__ if name != "shrinkage"]
+        return [name for name in cls.__dataclass_fields__ if name not in ("shrinkage", "null_level")]
+
+    def with_null(self, auroc: np.ndarray, auroc_hard: np.ndarray, level: float) -> "InterventionVectors":
+        """These scores with their null distributions (`analysis.null.separation_null`)."""
+        return dataclasses.replace(self, auroc_null=np.asarray(auroc, np.float64),
+                                   auroc_hard_null=np.asarray(auroc_hard, np.float64), null_level=level)
+
+    def null_columns(self) -> dict[str, np.ndarray]:
+        """Per cluster, for `auroc` and `auroc_hard`: the null's median (`_null`) and `null_level`
+        quantile (`_null_high`), the margin of the score over that quantile (`_margin`; > 0: above
+        what structureless data reach) and its empirical p within the null (`_p`). NaN without a null."""
+        columns = {}
+        for name in ("auroc", "auroc_hard"):
+            score, null = getattr(self, name), getattr(self, f"{name}_null")
+            median, high = (np.quantile(null, [0.5, self.null_level]) if null.size else (np.nan, np.nan))
+            columns.update({f"{name}_null": np.full(score.shape, median), f"{name}_null_high": np.full(score.shape, high),
+                            f"{name}_margin": score - high, f"{name}_p": empirical_p(score, null)})
+        return columns
 
     def per_cluster_columns(self) -> dict[str, np.ndarray | list]:
         """Table columns, one value per cluster: each score with its interval (`_low`, `_high`),
-        d', within-cluster variance, the counts behind the scores and the hard-negative clusters."""
+        the null columns (`null_columns`), d', within-cluster variance, the counts behind the
+        scores and the hard-negative clusters."""
         columns: dict = {}
         for name in SCORES:
             ci = getattr(self, f"{name}_ci")
             columns.update({name: getattr(self, name), f"{name}_low": ci[:, 0], f"{name}_high": ci[:, 1]})
+        columns.update(self.null_columns())
         for name in ("d_prime", "within_variance", "positive_weight", "negative_weight", "hard_negative_weight",
                      "positive_tokens", "hard_negative_tokens"):
             columns[name] = getattr(self, name)
@@ -316,7 +342,7 @@ def intervention_vectors(moments: LdaMoments, fit_sample: VectorSample, heldout:
         within_variance=mean_var[:, 1], cross_correlation=lda @ lda.T, hard_negatives=near,
         positive_weight=weights[:, 0], negative_weight=weights[:, 1], hard_negative_weight=weights[:, 2],
         positive_tokens=kept[:k].astype(np.int64), hard_negative_tokens=is_near.astype(np.int64) @ kept,
-        shrinkage=shrinkage,
+        auroc_null=np.zeros(0), auroc_hard_null=np.zeros(0), shrinkage=shrinkage,
     )
 
 
@@ -396,6 +422,16 @@ def _auroc_interval(ranks: tuple[np.ndarray, int], pos_weight: np.ndarray, neg_w
     g = int(used.sum())
     half = z * float(np.sqrt(g / (g - 1) * np.sum(influence**2))) if g > 1 else float("nan")
     return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Per score, (1 + null values >= it) / (1 + null size): the share of the null that reaches
+    it, counting the score itself (never 0). NaN for a NaN score or an empty null.  # [k]"""
+    scores, null = np.asarray(scores, np.float64), np.sort(np.asarray(null, np.float64))
+    if null.size == 0:
+        return np.full(scores.shape, np.nan)
+    reached = null.size - np.searchsorted(null, scores, side="left")
+    return np.where(np.isnan(scores), np.nan, (1.0 + reached) / (1.0 + null.size))
 
 
 def _weighted_mean_var(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
