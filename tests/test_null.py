@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf
 
-from latent_atlas.analysis.intervention import LdaMoments, empirical_p
+from latent_atlas.analysis.auroc import empirical_p
+from latent_atlas.analysis.intervention import LdaMoments
 from latent_atlas.analysis.null import (NullConfig, null_mean_covariance, pipeline_separation, separation_null,
                                         shrunk_for_gaussian)
 from latent_atlas.analysis.statistics import StatisticsConfig

@@ -145,3 +145,10 @@ def separation_null(mean: np.ndarray, covariance: np.ndarray, clustering: Cluste
 def _finite(parts: list[np.ndarray]) -> np.ndarray:
     values = np.concatenate(parts).astype(np.float64)
     return values[np.isfinite(values)]
+
+
+def with_separation_null(vectors: InterventionVectors, moments: LdaMoments, clustering: ClusteringConfig,
+                         statistics: StatisticsConfig, config: NullConfig = NullConfig()) -> InterventionVectors:
+    """`vectors` with the null of their held-out AUROCs drawn from these fitting moments."""
+    null = separation_null(*null_mean_covariance(moments), clustering, statistics, config)
+    return vectors.with_null(null.auroc, null.auroc_hard, config.level)
