@@ -33,6 +33,7 @@ from latent_atlas.analysis.cluster_stats import (center_cosines, cluster_measure
                                                  normalised_coactivation)
 from latent_atlas.analysis.exemplars import check_exemplars, fill_context, select_exemplars
 from latent_atlas.analysis.intervention import InterventionVectors, check_vectors
+from latent_atlas.analysis.null import NullConfig, with_separation_null
 from latent_atlas.analysis.statistics import (ChunkStatistics, StatisticsConfig, check_usage, document_keys_for,
                                               heldout_documents, merge_statistics)
 from latent_atlas.clustering.memberships import SparseMemberships
@@ -237,21 +238,31 @@ def _exemplar_windows(table: pa.Table, usage: np.ndarray, clusters: int = 5, per
     return markdown_table(out)
 
 
+def _finite_or(value: float, default: float) -> float:
+    return value if np.isfinite(value) else default
+
+
+# The null's size, repeats, held-out share, level and seed (NullConfig is the one source).
+InterventionVectorsConfig = config_class(NullConfig, name="InterventionVectorsConfig")
+
+
 @dg.asset(io_manager_key="tensor_io_manager", group_name="analysis", ins={**CLUSTERING_IN, "whitened_activations": all_chunks()},
           check_specs=[dg.AssetCheckSpec("vectors_finite_and_unit_norm", asset="intervention_vectors",
                                          description="Every vector finite, unit norm and fitted from some tokens "
                                                      "(a dead cluster's vector is named, not passed)")],
           kinds={"numpy"})
-def intervention_vectors(merged_statistics: ChunkStatistics, clustering: SequentialSoftClustering,
-                         whitened_activations: dict[str, Path]):
+def intervention_vectors(config: InterventionVectorsConfig, merged_statistics: ChunkStatistics,
+                         clustering: SequentialSoftClustering, whitened_activations: dict[str, Path]):
     """Per-cluster LDA steering directions (Ledoit-Wolf shrunk pooled covariance), sign-aligned
     with the centroids, with held-out AUROC (and interval) against random and hard negatives and
-    d', beside difference-of-means directions. The reservoirs' vectors are read back from the
-    whitened chunk files (memory-mapped, only the sampled rows, one chunk at a time). The directions
-    steering_vectors maps into the model and the held-out scores that say whether a cluster is a
-    direction at all; the page shows the AUROC distribution (0.5 is chance)."""
+    d', beside difference-of-means directions, and the null of those AUROCs: the same steps refit
+    on Gaussian data of the fitting tokens' mean and covariance (a direction fit on a cluster's
+    members separates them even in noise). The reservoirs' vectors are read back from the whitened
+    chunk files (memory-mapped, only the sampled rows, one chunk at a time). The page shows the
+    AUROC distributions beside the null's; the evidence is auroc_hard's margin over it."""
     stats, centers = merged_statistics, clustering.cluster_centers_
     vectors = stats.fit_intervention_vectors(centers, open_chunk=_whitened_opener(whitened_activations))
+    vectors = with_separation_null(vectors, stats.moments, clustering.config, stats.config, library_config(config))
     passed, check_meta = check_vectors(vectors.vectors, stats.moments.cluster_weight)
     flags = pa.table(cluster_measures(stats, center_cosines(centers), normalised_coactivation(stats)))
     return dg.MaterializeResult(
@@ -259,8 +270,10 @@ def intervention_vectors(merged_statistics: ChunkStatistics, clustering: Sequent
         metadata={"clusters": int(vectors.vectors.shape[0]), "shrinkage": float(vectors.shrinkage),
                   **score_summary(vectors, flags), "median_d_prime": float(np.nanmedian(vectors.d_prime)),
                   "median_positive_tokens": float(np.median(vectors.positive_tokens)),
-                  "heldout_auroc": histogram_markdown({"random negatives": vectors.auroc, "hard negatives": vectors.auroc_hard},
-                                                      "held-out AUROC of the LDA directions", "AUROC", bins=20, reference=0.5)},
+                  "heldout_auroc": histogram_markdown({"hard negatives": vectors.auroc_hard,
+                                                       "null (hard negatives)": vectors.auroc_hard_null},
+                                                      "held-out AUROC of the LDA directions beside the null's", "AUROC",
+                                                      bins=20, reference=_finite_or(score_summary(vectors, flags)["auroc_hard_null_high"], 0.5))},
         check_results=[dg.AssetCheckResult(check_name="vectors_finite_and_unit_norm", passed=passed, metadata=check_meta)],
     )
 
@@ -269,8 +282,8 @@ def intervention_vectors(merged_statistics: ChunkStatistics, clustering: Sequent
 INDEX_COLUMNS = ("cluster", "usage_fraction", "density", "first_positions_share", "position_entropy",
                  "position_artifact", "token_entropy", "top_token_share", "near_duplicate", "near_duplicate_partners",
                  "stability", "stability_min", "assignment_agreement", "top_tokens")
-INDEX_SCORES = ("auroc", "auroc_low", "auroc_high", "auroc_hard", "auroc_hard_low", "auroc_hard_high",
-                "diff_means_auroc", "diff_means_auroc_hard", "positive_tokens", "hard_negative_tokens")
+INDEX_SCORES = ("auroc", "auroc_low", "auroc_high", "auroc_null", "auroc_hard", "auroc_hard_low", "auroc_hard_high",
+                "auroc_hard_null", "auroc_hard_null_high", "auroc_hard_margin", "auroc_hard_p", "diff_means_auroc", "diff_means_auroc_hard", "positive_tokens", "hard_negative_tokens")
 
 
 @dg.asset(io_manager_key="parquet_io_manager", group_name="analysis", ins=CLUSTERING_IN, kinds={"parquet"})
@@ -292,5 +305,5 @@ def cluster_summaries(cluster_stats: pa.Table, exemplars: pa.Table, intervention
     })
     return dg.MaterializeResult(value=index, metadata={
         "results_path": dg.MetadataValue.path(str(path)), "clusters": stats.n_clusters,
-        "top_clusters": top_rows(index, ("cluster", "usage_fraction", "density", "auroc", "auroc_hard",
+        "top_clusters": top_rows(index, ("cluster", "usage_fraction", "density", "auroc_hard", "auroc_hard_margin",
                                               "stability", "exemplars", "top_tokens"))})

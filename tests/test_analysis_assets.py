@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from assets.analysis import heldout_sequences
 from io_managers.tensors import load_artifact
 from latent_atlas.analysis.intervention import InterventionVectors
+from latent_atlas.analysis.null import with_separation_null
 from latent_atlas.analysis.statistics import ChunkStatistics
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.data.chunks import read_chunk
@@ -66,6 +67,11 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     chunk = read_chunk(tensors / "whitened_activations" / held.chunk_id[0])
     np.testing.assert_array_equal(held.vectors[0], chunk.activations[held.sequence[0], held.position[0]])
     np.testing.assert_array_equal(read_back.fit_intervention_vectors(centers).auroc, vectors.auroc)
+    # the null: the same steps on Gaussian data of the fitting moments, seeded, so a rerun draws it again
+    clustering = load_artifact(tensors / "centroids.npz")
+    assert vectors.auroc_hard_null.size >= k // 2 and np.all((vectors.auroc_hard_null > 0) & (vectors.auroc_hard_null <= 1))
+    again = with_separation_null(vectors, merged.moments, clustering.config, merged.config)
+    np.testing.assert_array_equal(again.auroc_hard_null, vectors.auroc_hard_null)
 
     results = atlas_home / "results"
     analyzer = ClusterAnalyzer(results)
@@ -92,6 +98,9 @@ def test_analysis_graph_end_to_end_with_minilm(atlas_home):
     assert index.num_rows == k and index.column("exemplars").to_numpy().sum() == analyzer.exemplars_.num_rows
     assert {"auroc_hard", "auroc_low", "auroc_high", "position_artifact", "near_duplicate", "token_entropy",
             "first_positions_share"} <= set(index.column_names)
+    margin, high = index.column("auroc_hard_margin").to_numpy(), index.column("auroc_hard_null_high").to_numpy()
+    np.testing.assert_allclose(margin, index.column("auroc_hard").to_numpy() - high)
+    np.testing.assert_allclose(high, np.quantile(vectors.auroc_hard_null, 0.95))
 
     # Documents are held out whole: no held-out document has a sequence among the fitted ones.
     docs = {key: pq.read_table(tables / "token_chunks" / f"{key}.parquet").column("doc_id").to_pylist() for key in keys}

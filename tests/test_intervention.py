@@ -6,9 +6,9 @@ from scipy.stats import norm
 from sklearn.covariance import ledoit_wolf
 from sklearn.metrics import roc_auc_score
 
-from latent_atlas.analysis.intervention import (LdaMoments, VectorSample, auroc_interval, check_vectors,
-                                                intervention_vectors, shrunk_pooled_covariance, vector_norms,
-                                                weighted_auroc)
+from latent_atlas.analysis.auroc import auroc_interval, weighted_auroc
+from latent_atlas.analysis.intervention import (LdaMoments, VectorSample, check_vectors, intervention_vectors,
+                                                shrunk_pooled_covariance, vector_norms)
 from latent_atlas.analysis.statistics import ChunkStatistics, StatisticsConfig
 from latent_atlas.clustering.memberships import SparseMemberships
 from latent_atlas.data.chunks import DenseChunk

@@ -11,7 +11,7 @@ from scipy.stats import false_discovery_control
 from scipy.stats.contingency import association
 from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score, roc_auc_score
 
-from latent_atlas.analysis.intervention import auroc_interval, weighted_auroc
+from latent_atlas.analysis.auroc import auroc_interval, weighted_auroc
 from latent_atlas.hierarchy.ensemble import adjusted_rand, contingency
 from latent_atlas.hierarchy.outcomes import cluster_outcome_association
 from latent_atlas.labels.measures import resampled_separations

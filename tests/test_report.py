@@ -98,12 +98,18 @@ def test_cluster_pages_carry_their_data(home):
     index = (site / "index.html").read_text()
     assert index.count('class="cluster-row"') == atlas.n_clusters
     assert index.count('class="map-point"') == atlas.n_clusters
+    # the evidence shown is auroc_hard's margin over the null, and the filter knows who clears it
+    margins = [atlas.intervention_[c]["auroc_hard_margin"] for c in range(atlas.n_clusters)]
+    assert np.isfinite(margins).all() and ">margin</th>" in index
+    assert index.count('data-above-null="1"') == sum(m > 0 for m in margins)
     for c in range(atlas.n_clusters):
         page = parse(site / "clusters" / f"{c}.html")
         # the downloadable vector is the cluster's intervention vector
         np.testing.assert_array_equal(np.load(site / "vectors" / f"cluster_{c}.npy"), atlas.vector(c).astype(np.float32))
         summary = json.loads(page.scripts[-1])
         assert summary["cluster_id"] == c and summary["statistics"]["cluster"] == c
+        assert summary["intervention_stats"]["null"]["auroc_hard_margin"] == margins[c]
+        assert "margin over the null" in (site / "clusters" / f"{c}.html").read_text()
         # every exemplar token shaded by its membership; the exemplar itself marked
         exemplars = sum(len(atlas.exemplars(c, kind)) for kind in ("top_k", "random_k", "quantile"))
         centres = [a for t, a in page.tags if t == "span" and a.get("class") == "c"]

@@ -22,8 +22,8 @@ import numpy as np
 import scipy.linalg
 import scipy.stats
 import scipy.sparse as sp
-from sklearn.metrics import roc_auc_score
 
+from latent_atlas.analysis.auroc import ranked_auroc_interval, score_ranks, empirical_p
 from latent_atlas.data.chunks import DenseChunk
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.tables import read_npz, write_npz
@@ -256,28 +256,54 @@ class InterventionVectors:
     hard_negative_weight: np.ndarray  # [k] the same for hard negatives
     positive_tokens: np.ndarray  # [k] int64 held-out tokens kept whose hard cluster is this one
     hard_negative_tokens: np.ndarray  # [k] int64 held-out tokens kept among the hard negatives
+    auroc_null: np.ndarray  # [n_null] `auroc` of every cluster of the pipeline refit on Gaussian data (analysis/null.py); empty: no null
+    auroc_hard_null: np.ndarray  # [n_null] the same for `auroc_hard`
     shrinkage: float  # Ledoit-Wolf intensity used
+    null_level: float = 0.95  # margins are taken over this quantile of the null
 
     def save(self, path: str | Path) -> Path:
         """One .npz (no pickles), written to a temp file and renamed."""
-        return write_npz(path, {name: getattr(self, name) for name in self._arrays()}, {"shrinkage": self.shrinkage})
+        return write_npz(path, {name: getattr(self, name) for name in self._arrays()},
+                         {"shrinkage": self.shrinkage, "null_level": self.null_level})
 
     @classmethod
     def load(cls, path: str | Path) -> "InterventionVectors":
         arrays, meta = read_npz(path)
-        return cls(**{name: arrays[name] for name in cls._arrays()}, shrinkage=float(meta["shrinkage"]))
+        # files saved before the null was drawn have none: their margins read NaN, not a pass
+        arrays = {"auroc_null": np.zeros(0), "auroc_hard_null": np.zeros(0), **arrays}
+        return cls(**{name: arrays[name] for name in cls._arrays()}, shrinkage=float(meta["shrinkage"]),
+                   null_level=float(meta.get("null_level", 0.95)))
 
     @classmethod
     def _arrays(cls) -> list[str]:
-        return [name for name in cls.__dataclass_fields__ if name != "shrinkage"]
+        return [name for name in cls.__dataclass_fields__ if name not in ("shrinkage", "null_level")]
+
+    def with_null(self, auroc: np.ndarray, auroc_hard: np.ndarray, level: float) -> "InterventionVectors":
+        """These scores with their null distributions (`analysis.null.separation_null`)."""
+        return dataclasses.replace(self, auroc_null=np.asarray(auroc, np.float64),
+                                   auroc_hard_null=np.asarray(auroc_hard, np.float64), null_level=level)
+
+    def null_columns(self) -> dict[str, np.ndarray]:
+        """Per cluster, for `auroc` and `auroc_hard`: the null's median (`_null`) and `null_level`
+        quantile (`_null_high`), the margin of the score over that quantile (`_margin`; > 0: above
+        what structureless data reach) and its empirical p within the null (`_p`). NaN without a null."""
+        columns = {}
+        for name in ("auroc", "auroc_hard"):
+            score, null = getattr(self, name), getattr(self, f"{name}_null")
+            median, high = (np.quantile(null, [0.5, self.null_level]) if null.size else (np.nan, np.nan))
+            columns.update({f"{name}_null": np.full(score.shape, median), f"{name}_null_high": np.full(score.shape, high),
+                            f"{name}_margin": score - high, f"{name}_p": empirical_p(score, null)})
+        return columns
 
     def per_cluster_columns(self) -> dict[str, np.ndarray | list]:
         """Table columns, one value per cluster: each score with its interval (`_low`, `_high`),
-        d', within-cluster variance, the counts behind the scores and the hard-negative clusters."""
+        the null columns (`null_columns`), d', within-cluster variance, the counts behind the
+        scores and the hard-negative clusters."""
         columns: dict = {}
         for name in SCORES:
             ci = getattr(self, f"{name}_ci")
             columns.update({name: getattr(self, name), f"{name}_low": ci[:, 0], f"{name}_high": ci[:, 1]})
+        columns.update(self.null_columns())
         for name in ("d_prime", "within_variance", "positive_weight", "negative_weight", "hard_negative_weight",
                      "positive_tokens", "hard_negative_tokens"):
             columns[name] = getattr(self, name)
@@ -316,7 +342,7 @@ def intervention_vectors(moments: LdaMoments, fit_sample: VectorSample, heldout:
         within_variance=mean_var[:, 1], cross_correlation=lda @ lda.T, hard_negatives=near,
         positive_weight=weights[:, 0], negative_weight=weights[:, 1], hard_negative_weight=weights[:, 2],
         positive_tokens=kept[:k].astype(np.int64), hard_negative_tokens=is_near.astype(np.int64) @ kept,
-        shrinkage=shrinkage,
+        auroc_null=np.zeros(0), auroc_hard_null=np.zeros(0), shrinkage=shrinkage,
     )
 
 
@@ -334,9 +360,9 @@ def _separation(directions: np.ndarray, heldout: VectorSample, weight: np.ndarra
         m = heldout.memberships[:, c].astype(np.float64)
         pos, neg = weight * m, weight * (1.0 - m)
         hard = neg * is_near[c, heldout.stratum]
-        ranks = _ranks(proj[:, c])
-        out["random"][c] = _auroc_interval(ranks, pos, neg, groups, z)
-        out["hard"][c] = _auroc_interval(ranks, pos, hard, groups, z)
+        ranks = score_ranks(proj[:, c])
+        out["random"][c] = ranked_auroc_interval(ranks, pos, neg, groups, z)
+        out["hard"][c] = ranked_auroc_interval(ranks, pos, hard, groups, z)
         out["mean_var"][c] = (*_weighted_mean_var(proj[:, c], pos), *_weighted_mean_var(proj[:, c], neg))
         out["weights"][c] = pos.sum(), neg.sum(), hard.sum()
     return out
@@ -348,54 +374,6 @@ def nearest_clusters(centers: np.ndarray, n: int) -> np.ndarray:
     similar = unit @ unit.T
     np.fill_diagonal(similar, -np.inf)
     return np.argsort(-similar, axis=1, kind="stable")[:, : max(0, min(n, unit.shape[0] - 1))].astype(np.int64)
-
-
-def weighted_auroc(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), each token counted as a positive with
-    weight pos_weight and as a negative with neg_weight; ties count one half (Mann-Whitney).
-    NaN when the positives or the negatives carry no weight."""
-    scores = np.asarray(scores, np.float64)
-    pos_weight, neg_weight = np.asarray(pos_weight, np.float64), np.asarray(neg_weight, np.float64)
-    if pos_weight.sum() <= 0 or neg_weight.sum() <= 0:
-        return float("nan")
-    # every token twice: once labelled positive with its positive weight, once negative with its negative weight
-    labels = np.r_[np.ones(scores.size), np.zeros(scores.size)]
-    return float(roc_auc_score(labels, np.r_[scores, scores], sample_weight=np.r_[pos_weight, neg_weight]))
-
-
-def auroc_interval(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray,
-                   groups: np.ndarray | None = None, level: float = 0.95) -> tuple[float, float, float]:
-    """(weighted AUROC, low, high): a normal interval whose variance sums the influence of each
-    group (document) on the AUROC, i.e. DeLong's structural components added up per group, so
-    the tokens of one document count as one piece of evidence (each token its own group if None).
-    The AUROC equals `weighted_auroc` (tests/test_intervention.py); no library offers the grouped interval."""
-    groups = np.arange(np.size(scores)) if groups is None else np.unique(groups, return_inverse=True)[1]
-    return _auroc_interval(_ranks(scores), pos_weight, neg_weight, groups, float(scipy.stats.norm.ppf(0.5 + level / 2)))
-
-
-def _ranks(scores: np.ndarray) -> tuple[np.ndarray, int]:
-    uniq, inverse = np.unique(scores, return_inverse=True)
-    return inverse, uniq.size
-
-
-def _auroc_interval(ranks: tuple[np.ndarray, int], pos_weight: np.ndarray, neg_weight: np.ndarray,
-                    groups: np.ndarray, z: float) -> tuple[float, float, float]:
-    # the point estimate falls out of the per-score win shares the influences need anyway
-    inverse, n_unique = ranks
-    p = np.bincount(inverse, weights=pos_weight, minlength=n_unique)
-    n = np.bincount(inverse, weights=neg_weight, minlength=n_unique)
-    total_p, total_n = p.sum(), n.sum()
-    if total_p <= 0 or total_n <= 0:
-        return float("nan"), float("nan"), float("nan")
-    beaten = (np.cumsum(n) - n + 0.5 * n) / total_n  # per score: share of negatives a positive there beats
-    beating = (total_p - np.cumsum(p) + 0.5 * p) / total_p  # share of positives above a negative there
-    auc = float(np.sum(p * beaten) / total_p)
-    influence = (np.bincount(groups, pos_weight * (beaten[inverse] - auc)) / total_p
-                 + np.bincount(groups, neg_weight * (beating[inverse] - auc)) / total_n)
-    used = np.bincount(groups, pos_weight + neg_weight) > 0
-    g = int(used.sum())
-    half = z * float(np.sqrt(g / (g - 1) * np.sum(influence**2))) if g > 1 else float("nan")
-    return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
 def _weighted_mean_var(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:

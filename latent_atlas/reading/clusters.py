@@ -7,7 +7,8 @@ Layout of a results directory (written to a temp directory, then renamed):
     exemplars.parquet             one row per exemplar with context (`exemplars.fill_context`)
     intervention_vectors.parquet  one row per cluster (`InterventionVectors.per_cluster_columns`):
                                   auroc / auroc_hard / diff_means_auroc / diff_means_auroc_hard with
-                                  their intervals, the weights and counts behind them, d_prime,
+                                  their intervals, the null of auroc and auroc_hard with auroc_hard's
+                                  margin over it and p (`null_columns`), the counts behind them, d_prime,
                                   within_variance, hard-negative and most correlated clusters
     intervention_vectors.npz      vectors [k, d], diff_means [k, d], centers [k, d] (if given),
                                   cross_correlation [k, k], coactivation [k, k]
@@ -112,10 +113,15 @@ def cluster_flags(stats: dict, record: CentroidExplanation | None, tree_path: st
 
 
 def score_summary(vectors: InterventionVectors, stats_table: pa.Table) -> dict:
-    """Medians of the held-out scores and how many clusters are flagged (summary.json, asset metadata)."""
+    """Medians of the held-out scores, the null of auroc_hard (median, high quantile), the median
+    margin over it and how many clusters clear it, and how many are flagged (summary.json, asset metadata)."""
     flags = {name: int(np.sum(stats_table.column(name).to_numpy(zero_copy_only=False)))
              for name in ("position_artifact", "near_duplicate") if name in stats_table.column_names}
+    null = vectors.null_columns()
     return {**{f"median_{name}": _median(getattr(vectors, name)) for name in SCORES},
+            **{name: _median(null[name]) for name in ("auroc_null", "auroc_hard_null", "auroc_hard_null_high")},
+            "median_auroc_hard_margin": _median(null["auroc_hard_margin"]),
+            "clusters_above_null": int(np.sum(null["auroc_hard_margin"] > 0)),
             **{f"{name}_clusters": n for name, n in flags.items()}}
 
 
@@ -223,6 +229,10 @@ class ClusterAnalyzer:
             "stability": {key: stats.get(key) for key in STABILITY},
             "intervention_stats": {"separation_strength": iv["auroc"], "d_prime": iv["d_prime"],
                                    **{name: score(name) for name in SCORES},
+                                   # the evidence: auroc_hard over what the pipeline reaches on noise
+                                   "null": {key: iv.get(key) for key in ("auroc_null", "auroc_hard_null",
+                                                                          "auroc_hard_null_high", "auroc_hard_margin",
+                                                                          "auroc_hard_p")},
                                    "hard_negative_clusters": iv["hard_negative_clusters"],
                                    "rests_on": {key: iv[key] for key in ("positive_weight", "positive_tokens",
                                                                          "negative_weight", "hard_negative_weight",
@@ -291,6 +301,7 @@ class ClusterAnalyzer:
         s, k = self.summary_, self.n_clusters
         col = lambda name: np.array([row.get(name, np.nan) for row in self.intervention_], dtype=float)  # noqa: E731
         auroc, hard, low, high = col("auroc"), col("auroc_hard"), col("auroc_hard_low"), col("auroc_hard_high")
+        margin, null_high = col("auroc_hard_margin"), col("auroc_hard_null_high")
         flagged = {name: sum(bool(row.get(name)) for row in self.stats_) for name in ("position_artifact", "near_duplicate")}
         stability = np.array([row.get("stability", np.nan) for row in self.stats_], dtype=float)
         lines = [f"ClusterAnalyzer({self.path})",
@@ -298,11 +309,14 @@ class ClusterAnalyzer:
                  f"Ledoit-Wolf shrinkage {s.get('shrinkage', float('nan')):.3f}",
                  f"held-out AUROC median {_median(auroc):.3f} (min {_min(auroc):.3f}) against random negatives, "
                  f"{_median(hard):.3f} (min {_min(hard):.3f}) against hard negatives (members of the most similar clusters)",
+                 f"null (the same steps on structureless data): auroc {_median(col('auroc_null')):.3f}, auroc_hard "
+                 f"{_median(col('auroc_hard_null')):.3f}, 95th percentile {_median(null_high):.3f}; "
+                 f"{int(np.sum(margin > 0))} of {k} clusters above it (median margin {_median(margin):+.3f})",
                  f"flagged: {flagged['position_artifact']} position artifacts (weight in the first positions of the "
                  f"window), {flagged['near_duplicate']} near-duplicates",
                  f"stability across ensemble re-fits: median {_median(stability):.3f}, "
                  f"{int(np.sum(~(stability >= 0.8)))} of {k} clusters below 0.8",
-                 "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'auroc':>6} {'hard':>6} "
+                 "", f"{'cluster':>7} {'usage%':>7} {'density':>8} {'max':>6} {'hard':>6} {'margin':>6} "
                      f"{'hard 95% CI':>13} {'tok.H':>5} {'stab.':>5} flags  top tokens"
                      + ("  | label (scorer: confidence, specificity)" if self.labels() else "")]
         for row in sorted(self.stats_, key=lambda r: -r["total_usage"])[:15]:
@@ -310,13 +324,14 @@ class ClusterAnalyzer:
             tokens = " ".join(repr(t) for t in row["top_tokens"][:6])
             flags = ("P" if row.get("position_artifact") else "-") + ("D" if row.get("near_duplicate") else "-")
             lines.append(f"{c:>7} {100 * row['usage_fraction']:>7.2f} {row['density']:>8.4f} "
-                         f"{row['max_membership']:>6.3f} {auroc[c]:>6.3f} {hard[c]:>6.3f} "
+                         f"{row['max_membership']:>6.3f} {hard[c]:>6.3f} {margin[c]:>+6.3f} "
                          f"{f'[{low[c]:.2f}, {high[c]:.2f}]':>13} {row.get('token_entropy', np.nan):>5.2f} "
                          f"{stability[c]:>5.2f} "
                          f"{flags:>5}  {tokens}" + self._label_cell(c))
         if k > 15:
             lines.append(f"... {k - 15} more clusters (sorted by usage)")
-        lines.append("flags: P position artifact, D near-duplicate; tok.H normalised token entropy; stab. median "
+        lines.append("flags: P position artifact, D near-duplicate; hard: held-out AUROC against hard negatives; margin: "
+                     "hard minus the null's 95th percentile; tok.H normalised token entropy; stab. median "
                      "matched cosine across ensemble re-fits")
         return "\n".join(lines)
 

@@ -37,6 +37,8 @@ def cluster_rows(contents: AtlasContents, tree_paths: list[str]) -> list[dict]:
             "specificity": finite(record.specificity) if record else None, "scorer": record.scorer if record else "",
             "usage": finite(stats.get("usage_fraction")), "density": finite(stats.get("density")),
             "auroc": finite(iv.get("auroc")), "auroc_hard": finite(iv.get("auroc_hard")),
+            "auroc_hard_null_high": finite(iv.get("auroc_hard_null_high")),
+            "auroc_hard_margin": finite(iv.get("auroc_hard_margin")),
             "stability": finite(stats.get("stability")), "tree_path": tree_paths[c], "branch": branch_of(tree_paths[c]),
             "top_tokens": [t.replace("\n", "\u23ce") for t in list(stats.get("top_tokens") or [])[:5]],
             "flags": cluster_flags(stats, record, tree_paths[c]),
@@ -93,6 +95,8 @@ def vector_stats(contents: AtlasContents, c: int) -> dict:
         scores[name] = {"value": finite(iv.get(name)), "low": finite(iv.get(f"{name}_low")),
                         "high": finite(iv.get(f"{name}_high"))}
     out["scores"] = scores
+    out["null"] = {key: finite(iv.get(key)) for key in ("auroc_null", "auroc_hard_null", "auroc_hard_null_high",
+                                                         "auroc_hard_margin", "auroc_hard_p")}
     for key in ("d_prime", "within_variance", "positive_weight", "positive_tokens", "negative_weight",
                 "hard_negative_weight", "hard_negative_tokens"):
         out[key] = finite(iv.get(key))

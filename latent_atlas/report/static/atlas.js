@@ -28,10 +28,11 @@
       });
     });
     var search = document.getElementById("cluster-search");
-    var minimums = ["auroc", "stability", "confidence"].map(function (name) {
+    var minimums = ["stability", "confidence"].map(function (name) {
       return [name, document.getElementById("min-" + name)];
     });
     var hideFlagged = document.getElementById("hide-flagged");
+    var aboveNull = document.getElementById("above-null");
     var count = document.getElementById("shown-count");
     var atLeast = function (row, name, input) {
       var limit = parseFloat(input.value);
@@ -46,13 +47,14 @@
         var text = row.textContent.toLowerCase();
         var ok = words.every(function (w) { return text.indexOf(w) >= 0; }) &&
           minimums.every(function (m) { return atLeast(row, m[0], m[1]); }) &&
-          !(hideFlagged.checked && row.getAttribute("data-flagged") === "1");
+          !(hideFlagged.checked && row.getAttribute("data-flagged") === "1") &&
+          !(aboveNull.checked && row.getAttribute("data-above-null") !== "1");
         row.style.display = ok ? "" : "none";
         if (ok) shown += 1;
       });
       count.textContent = shown + " of " + rows.length + " clusters shown";
     };
-    [search, hideFlagged].concat(minimums.map(function (m) { return m[1]; })).forEach(function (input) {
+    [search, hideFlagged, aboveNull].concat(minimums.map(function (m) { return m[1]; })).forEach(function (input) {
       input.addEventListener("input", filter);
       input.addEventListener("change", filter);
     });
