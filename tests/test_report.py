@@ -53,9 +53,12 @@ def test_every_page_escapes_an_injected_script_token_and_stays_offline_and_small
     site_home = tmp_path / "atlas"
     shutil.copytree(home, site_home, ignore=shutil.ignore_patterns("report", "dagster"))
     cluster = inject_script_token(site_home)
-    summary = build_site(site_home, config=ReportConfig(map_method="pca"))
+    failed = [f"tree_has_structure (cluster_tree): root split {SCRIPT}"]  # a check's text reaches the index escaped
+    summary = build_site(site_home, config=ReportConfig(map_method="pca"), failed_checks=failed)
     site = site_home / "report"
     pages = sorted(site.rglob("*.html"))
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert 'id="failed-checks"' in index and f"tree_has_structure (cluster_tree): root split {html.escape(SCRIPT)}" in index
     k = summary.clusters
     assert summary.pages == len(pages) == k + 4  # index, a page per cluster, two trees, outcome
     assert summary.missing == []
