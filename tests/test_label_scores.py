@@ -65,6 +65,9 @@ def test_claims_are_the_quoted_tokens():
     assert claimed_tokens("'.'", "Fires on '.', ',' (c-TF-IDF).") == {".", ","}
     assert claimed_tokens("Sentence ends", "Full stops (\".\") after names; it's not a claim.") == {"."}
     assert claimed_tokens("Sports news", "Words about matches and goals.") == frozenset()
+    assert claimed_tokens("'s", "Fires on ''s', 'its' (c-TF-IDF).") == {"'s", "its"}  # quotes inside quotes
+    assert claimed_tokens("'\"'", "Fires on '\"' (c-TF-IDF).") == {'"'}
+    assert claimed_tokens("\\n after «.»", "Fires on '\\n' (c-TF-IDF).") == {"\\n"}  # context is no claim
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -71,6 +71,20 @@ def test_keyword_labeler_names_planted_clusters():
     assert "60%" in drafts[0].explanation  # 3 of the 5 weekdays, equally often
 
 
+def test_keyword_label_names_the_token_the_cluster_fires_on_over_a_context_word():
+    """A full-stop cluster whose windows all hold the same context word ('example' with a trace of
+    membership) is named by the full stop its members are, not by the word (c-TF-IDF alone would
+    pick the word, as punctuation gives way to words)."""
+    stops = []
+    for i in range(10):
+        e = window(".", 0, i, sequence=0)
+        stops.append(Example(e.tokens[:3] + [" example"] + e.tokens[4:], [0.0, 0.0, 0.0, 0.3, 0.9, 0, 0, 0, 0], 4, 0,
+                             "c0", 0, i))
+    drafts = KeywordLabeler().label([LabelRequest(0, stops), *planted_requests()[:2]])
+    assert drafts[0].label.startswith("'.'") and claimed_tokens(drafts[0].label, drafts[0].explanation) == {"."}
+    assert "100%" in drafts[0].explanation
+
+
 def test_keyword_labels_that_collide_are_told_apart_by_what_precedes():
     """Three clusters of the same token in other contexts get three labels, each naming what comes
     before it, and each label still claims only the token itself."""

@@ -15,10 +15,10 @@ import re
 from latent_atlas.labels.keywords import term_of
 from latent_atlas.labels.records import Example
 
-# A quoted token: after the start, a space or an opening bracket/comma; a short text with no quote
-# or line break in it; the closing quote followed by punctuation, a space or the end. "don't" and
-# "it's" do not open a quote, since a letter precedes the apostrophe.
-_QUOTED = re.compile(r"(?:^|(?<=[\s(\[,:;/]))['\"“‘]([^'\"“”‘’\n]{1,24}?)['\"”’](?=[\s,.;:)\]/!?]|$)")
+# A quoted token: after the start, a space or an opening bracket/comma; a short text on one line;
+# the same quote closing it, followed by punctuation, a space or the end. The text may hold the
+# other quote or an apostrophe ('"', ''s', 'don't'); "it's" opens no quote, since a letter precedes it.
+_QUOTED = re.compile(r"""(?:^|(?<=[\s(\[,:;/]))(?:'(.{1,24}?)'|"(.{1,24}?)"|“(.{1,24}?)”|‘(.{1,24}?)’)(?=[\s,.;:)\]/!?]|$)""")
 _NONE_CLAIMED = "no active tokens"
 
 
@@ -27,7 +27,8 @@ def claimed_tokens(label: str, explanation: str) -> frozenset[str]:
     explanation; empty when it quotes none."""
     if label == _NONE_CLAIMED:
         return frozenset()
-    return frozenset(text.strip() or text for text in _QUOTED.findall(f"{label}\n{explanation}"))
+    found = ("".join(groups) for groups in _QUOTED.findall(f"{label}\n{explanation}"))
+    return frozenset(text.strip() or text for text in found)
 
 
 def claim_holds(claims: frozenset[str], example: Example) -> bool:

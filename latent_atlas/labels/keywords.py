@@ -91,7 +91,7 @@ class KeywordLabeler:
 
     name = "keywords"
     model = ""
-    prompt_version = "ctfidf-3"  # -3: explanations say what their share rests on; equal labels told apart
+    prompt_version = "ctfidf-4"  # -4: the token most marked windows are about names its cluster; equal labels told apart
     sees_all_requests = True  # the IDF is over every class: label all requests in one call
 
     def __init__(self, top_terms: int = 3, window: int | None = None, min_relative_weight: float = 0.2):
@@ -113,9 +113,16 @@ class KeywordLabeler:
     def _draft(self, request: LabelRequest, terms: list[str], weights: np.ndarray) -> Draft:
         order = np.argsort(-weights, kind="stable")
         order = [t for t in order if weights[t] > 0 and weights[t] >= self.min_relative_weight * weights[order[0]]]
-        # Punctuation names a cluster only when no word weighs enough to.
+        # Punctuation names a cluster only when no word weighs enough to ...
         words = [t for t in order if not is_punctuation(terms[t])] or order
         top = [terms[t] for t in words[: self.top_terms]]
+        # ... unless it is the token the cluster fires on: a token carrying most of the marked
+        # tokens' membership names the cluster, with other marked tokens c-TF-IDF ranks high.
+        marked = _marked_shares(request.examples) if request.unit == "token" else {}
+        dominant = max(marked, key=marked.get, default=None)
+        if dominant is not None and marked[dominant] >= 0.5:
+            top = [dominant] + [terms[t] for t in order if terms[t] != dominant
+                                and marked.get(terms[t], 0.0) >= 0.1][: self.top_terms - 1]
         if not top:
             return Draft("no active tokens", "The shown windows carry no membership of this cluster.",
                          {"requests": 0})
@@ -128,6 +135,16 @@ class KeywordLabeler:
                        "beyond them).")
         shown = [f"'{t}'" if is_punctuation(t) else t for t in top]
         return Draft(" / ".join(shown), explanation, {"requests": 0})
+
+
+def _marked_shares(examples: Sequence[Example]) -> dict[str, float]:
+    """Each term's share of the example tokens' membership (the tokens the windows are about)."""
+    total = sum(e.membership for e in examples)
+    shares: dict[str, float] = {}
+    for e in examples:
+        term = term_of(e.tokens[e.position])
+        shares[term] = shares.get(term, 0.0) + (e.membership / total if total > 0 else 0.0)
+    return shares
 
 
 def _activating_share(examples: Sequence[Example], terms: set[str]) -> float:
