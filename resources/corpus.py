@@ -65,7 +65,9 @@ class CorpusResource(dg.ConfigurableResource):
     def chunk_dimension(self) -> int | None:
         """The d every chunk of this source must have: `expected_dim`, else the NPZ corpus's recorded d;
         None for a text source (every chunk is its model's, checked where the activations are made)."""
-        record = corpus_dimension(self.corpus_name()) if self.source == "npz" else None
+        if self.source != "npz":
+            return None
+        record = corpus_dimension(self.corpus_name())
         return self.expected_dim or (record[0] if record else None)
 
     def register(self, tokenizer, model_name: str) -> list[str]:
