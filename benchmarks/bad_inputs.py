@@ -4,9 +4,11 @@ finished, and whether the home works again once the bad file is deleted and its 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bad_inputs.py [--only CASE ...]
 
 NPZ cases run the chunk stage and the global whitening fit (the fan-in a bad chunk used to kill);
-"other chunks finished" means the bad file's chunk failed and no other did, every good chunk's activations
-were stored and the whitening was fitted on exactly the good chunks ("deleted without remove-chunk": on the two files left, at the second run;
-"no majority dimension": refused at registration, then run with expected_dim=32); text cases register the folder and tokenize every chunk (MiniLM-L6's tokenizer).
+"other chunks finished" means the bad file's chunk failed and no other did, every good chunk's
+activations were stored and the whitening was fitted on exactly the good chunks ("deleted without
+remove-chunk": on the two files left, at the second run; "no majority dimension": refused at
+registration, then run with expected_dim=32); text cases register the folder and tokenize every
+chunk (MiniLM-L6's tokenizer).
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ def _npz_case(root: Path, case: str) -> dict:
         make(folder / name)
     # the files that must fail, and no other: a good file refused by the bad one's d is not "finished"
     must_fail = {"wrong dimension, sorts first": ["a_wrong_dim"], "no majority dimension": ["a_dim24", "good2"],
-                 "deleted without remove-chunk": ["good1"]}.get(case, [NPZ_CASES[case][0][:-4]] if case in NPZ_CASES else [])
+                 "deleted without remove-chunk": ["good1"]}.get(case)
+    if must_fail is None:
+        must_fail = [NPZ_CASES[case][0][:-4]] if case in NPZ_CASES else []
     corpus = CorpusResource(source="npz", path=str(folder))
     shown = []
     if case == "no majority dimension":  # refused at registration; then run with the d the user gives
@@ -82,8 +86,9 @@ def _npz_case(root: Path, case: str) -> dict:
             report, fitted = None, 0
             shown.append(str(exc))
         good = [k for k in registration.keys if k not in {f"lab-{stem}" for stem in must_fail}]
+        stored = all((root / "home" / "tensors" / "activations" / k).exists() for k in good)
         finished = (report is not None and sorted(report.failed) == sorted(f"lab-{stem}" for stem in must_fail)
-                    and fitted == len(good) and all((root / "home" / "tensors" / "activations" / k).exists() for k in good))
+                    and fitted == len(good) and stored)
         bad = list(report.failed) if report else []
         for key in bad:
             Path(read_manifest(key).path).unlink(missing_ok=True)

@@ -97,7 +97,7 @@ def test_a_file_deleted_without_remove_chunk_is_left_out_and_the_fits_recomputed
         assert list(again.failed) == ["lab-part1"]
         assert "the file is gone" in again.failed["lab-part1"] and "remove-chunk lab-part1" in again.failed["lab-part1"]
         assert not any(stage in ("whitening", "centroids") for stage, _ in again.skipped)  # refit, not "up to date"
-        assert latest_metadata(instance, "whitening")["chunks"] == 2 and latest_metadata(instance, "centroids")["chunks"] == 2
+        assert [latest_metadata(instance, a)["chunks"] for a in ("whitening", "centroids")] == [2, 2]
         followed = np.load(atlas_home / "tensors" / "centroids.npz")["cluster_centers"]
 
         third = run_stages(defs, instance, keys, stages_of(defs, TARGETS), log=lambda _: None, asset_config=CONFIG)

@@ -102,9 +102,10 @@ def source_identity(key: str) -> str:
     except FileNotFoundError:
         return "unregistered"
     if isinstance(plan, NpzPlan):
-        path = Path(plan.path)
-        dim = corpus_dimension(plan.corpus)
-        return f"{file_stamp(path)}:{quick_fingerprint(path)}:d={dim[0] if dim else '?'}" if path.is_file() else "missing"
+        path, dim = Path(plan.path), corpus_dimension(plan.corpus)
+        if not path.is_file():
+            return "missing"
+        return f"{file_stamp(path)}:{quick_fingerprint(path)}:d={dim[0] if dim else '?'}"
     files = {d.path: file_stamp(d.path) if Path(d.path).is_file() else "missing" for d in plan.documents}
     return hashlib.blake2b(json.dumps([plan.to_json(), sorted(files.items())]).encode(), digest_size=16).hexdigest()
 
