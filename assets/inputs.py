@@ -1,6 +1,7 @@
 """Per-chunk inputs: token sequences and the model's activations (or validated NPZ contents)."""
 
 import dataclasses
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -10,9 +11,10 @@ from assets.partitions import chunks
 from assets.versions import versioned
 from latent_atlas.data.chunks import DenseChunk
 from latent_atlas.data.content import chunk_version, content_version
-from latent_atlas.data.corpus import ChunkPlan, TokenChunk, tokenize_documents
+from latent_atlas.data.corpus import ChunkPlan, NpzPlan, TokenChunk, tokenize_documents
+from latent_atlas.data.dimensions import EXPECTED, corpus_dimension, dimension_problem, npz_array_shape
 from latent_atlas.data.errors import ChunkError
-from latent_atlas.data.manifests import claim_dimension, corpus_dimension, read_manifest, stored_token_ids
+from latent_atlas.data.manifests import read_manifest, stored_token_ids
 from latent_atlas.data.seed_chunks import load_npz_chunk
 from latent_atlas.data.token_activations import sequence_activations
 from resources import CorpusResource, ModelResource, TorchDeviceResource
@@ -26,10 +28,22 @@ ACTIVATION_CHECKS = [
 ]
 
 
-def _npz_chunk(plan, corpus: CorpusResource) -> DenseChunk:
-    """The validated NPZ file; its d must be the corpus's (set, or fixed by the corpus's first good chunk)."""
-    record = None if corpus.expected_dim else corpus_dimension(plan.corpus)
-    return load_npz_chunk(plan.path, corpus.npz_keys(), corpus.expected_dim or (record[0] if record else None))
+def _npz_chunk(plan: NpzPlan, corpus: CorpusResource) -> tuple[DenseChunk, int]:
+    """The validated NPZ file and the corpus's d, which registration decided from all of the corpus's
+    files (latent_atlas.data.dimensions); a file of another d is refused by name, before it is read."""
+    if not Path(plan.path).exists():
+        raise ChunkError(plan.path, f"the file is gone (deleted or moved since chunk {plan.key} was registered), so the "
+                                    f"global fits leave the chunk out; put the file back, or drop the chunk with "
+                                    f"`latent-atlas remove-chunk {plan.key}`")
+    # a chunk the sensor registered has no decision yet: made here, from the same files, whatever runs first
+    record = ((corpus.expected_dim, EXPECTED) if corpus.expected_dim
+              else corpus_dimension(plan.corpus) or corpus.npz_dimension(plan.corpus))
+    shape = npz_array_shape(plan.path, corpus.npz_activations_key)
+    problem = dimension_problem(shape[2], record) if record and shape and len(shape) == 3 else None
+    if problem:
+        raise ChunkError(plan.path, problem)
+    chunk = load_npz_chunk(plan.path, corpus.npz_keys(), record[0] if record else None)
+    return chunk, record[0] if record else chunk.dim
 
 
 @dg.asset(partitions_def=chunks, io_manager_key="parquet_io_manager", group_name="inputs",
@@ -45,7 +59,7 @@ def token_chunks(context: dg.AssetExecutionContext, corpus: CorpusResource, mode
                                     stored_token_ids(plan, model.name, tokenizer))
         source = f"{len(plan.documents)} documents"
     else:
-        npz = _npz_chunk(plan, corpus)
+        npz, _ = _npz_chunk(plan, corpus)
         n_seq = npz.n_sequences
         stem = plan.key
         tokens = TokenChunk(
@@ -86,14 +100,9 @@ def activations(
                            meta={"model": loaded.name, "layer": layer, "key": plan.key})
         expected_dim = loaded.hidden_size
     else:
-        chunk = _npz_chunk(plan, corpus)
+        chunk, expected_dim = _npz_chunk(plan, corpus)
         # keeps the NPZ reference: the partition then stores no second copy of the activations
         chunk = dataclasses.replace(chunk, meta={"source": plan.path, "key": plan.key})
-        # the first good chunk fixes the corpus's d: a later file of another d fails here, alone
-        expected_dim = corpus.expected_dim or claim_dimension(plan.corpus, chunk.dim, plan.key)[0]
-        if chunk.dim != expected_dim:
-            raise ChunkError(plan.path, f"activations have dimension {chunk.dim}, expected {expected_dim} "
-                                        f"(fixed by chunk {corpus_dimension(plan.corpus)[1]})")
     return versioned(
         chunk, chunk_version(chunk),
         {"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta,

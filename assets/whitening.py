@@ -54,7 +54,7 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
     directions); the page plots the covariance spectrum it divides out."""
     if not activations:
         raise ValueError("no materialized activations partitions to fit whitening on")
-    healthy, refused, dim = screen_chunks(activations, corpus.expected_dim or None)
+    healthy, refused, dim = screen_chunks(activations, corpus.chunk_dimension())
     if not healthy:
         raise ValueError(f"every activations partition was refused: {refused}")
     paths = list(healthy.values())

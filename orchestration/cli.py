@@ -102,13 +102,19 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _recover_from_kills(instance, home)
     print(f"latent-atlas run: {source['source']} {source['path']} as corpus {corpus.corpus_name()!r}, ATLAS_HOME={home}")
+    from latent_atlas.data.errors import DimensionError
+
     try:
         registration = corpus.registration(None if args.npz else model.tokenizer(), model.name)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DimensionError) as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 2
     for line in registration.warnings():
         print(f"warning: {line}")
+    if registration.dimension:
+        dim, basis = registration.dimension
+        print(f"activations' dimension d={dim} ({'--expected-dim' if args.expected_dim else basis}); "
+              f"files of another d are refused")
     if not registration.keys:
         print("latent-atlas run: nothing to run (no usable files)", file=sys.stderr)
         return 1
@@ -269,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--layer", type=int, default=0, help="text only: residual stream layer (0 = middle)")
     run.add_argument("--sequences-per-chunk", type=int, default=256, help="text only: sequences per chunk")
     run.add_argument("--expected-dim", type=int, default=0,
-                     help="NPZ only: the activations' d (default: fixed by the first good chunk)")
+                     help="NPZ only: the activations' d; files of another d are refused (default: the d more "
+                          "than half of the files share, read from their headers)")
     run.add_argument("--already-whitened", action="store_true", help="NPZ only: whitening is the identity")
     run.add_argument("--until", nargs="+", default=None, metavar="ASSET",
                      help="materialize only these assets and their upstreams (e.g. --until memberships)")

@@ -8,7 +8,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from latent_atlas.data.manifests import Registration, corpus_source, register_npz, register_text, safe_key
+from latent_atlas.data.dimensions import corpus_dimension, decide_dimension
+from latent_atlas.data.manifests import (Registration, corpus_files, corpus_source, register_npz, register_text,
+                                         safe_key)
 from latent_atlas.data.seed_chunks import NpzKeys
 
 
@@ -26,7 +28,9 @@ class CorpusResource(dg.ConfigurableResource):
     npz_activations_key: str = Field(default="activations", description="NPZ array holding activations")
     npz_attention_mask_key: str = Field(default="attention_mask", description="NPZ array holding the mask")
     npz_token_ids_key: str = Field(default="token_ids", description="NPZ array holding token ids")
-    expected_dim: int = Field(default=0, description="NPZ only: reject files of another dimension (0 = any)")
+    expected_dim: int = Field(default=0, description="NPZ only: the activations' d; files of another d are refused by "
+                              "name. 0: the d a strict majority of the files share (read from their headers at "
+                              "registration; no majority is an error naming the files of each d)")
     already_whitened: bool = Field(default=False, description="Inputs are whitened already: whitening is the identity")
     shuffle_documents: bool = Field(default=True, description="Text sources: shuffle documents into chunks (seeded), so "
                                     "no chunk is one topic of a sorted corpus")
@@ -53,6 +57,19 @@ class CorpusResource(dg.ConfigurableResource):
         path = Path(self.path).resolve()
         return safe_key(path.name if path.is_dir() else path.stem)
 
+    def npz_dimension(self, corpus: str) -> tuple[int, str] | None:
+        """(d, basis) of NPZ corpus `corpus`, decided from all of its registered files (DimensionError when
+        they disagree with no majority); None when no file has a readable activations header."""
+        return decide_dimension(corpus, corpus_files(corpus), self.npz_activations_key, self.expected_dim)
+
+    def chunk_dimension(self) -> int | None:
+        """The d every chunk of this source must have: `expected_dim`, else the NPZ corpus's recorded d;
+        None for a text source (every chunk is its model's, checked where the activations are made)."""
+        if self.source != "npz":
+            return None
+        record = corpus_dimension(self.corpus_name())
+        return self.expected_dim or (record[0] if record else None)
+
     def register(self, tokenizer, model_name: str) -> list[str]:
         """Write chunk manifests for this source; returns the partition keys."""
         return self.registration(tokenizer, model_name).keys
@@ -65,6 +82,7 @@ class CorpusResource(dg.ConfigurableResource):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: not a directory of .npz chunks")
             register_npz(sorted(folder.glob("*.npz")), self.npz_keys().__dict__, self.corpus_name(), report)
+            report.dimension = self.npz_dimension(self.corpus_name())
             return report
         docs = corpus_source(self.source, self.path, self.documents_per_category or None)
         register_text(docs, tokenizer, self.corpus_name(), self.sequence_length, self.sequences_per_chunk, model_name,

@@ -12,3 +12,8 @@ class ChunkError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class DimensionError(ValueError):
+    """The files of a corpus disagree on the activations' dimension and no dimension has a strict
+    majority: which d is the corpus's is the user's choice, not a guess."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_atlas.data.atomic import write_atomically
+from latent_atlas.data.dimensions import corpus_dimension, forget_dimension
 from latent_atlas.data.corpus import (ChunkPlan, DocumentMeasure, MeasuredDocument, NpzPlan, plan_measured,
                                       tokenizer_fingerprint)
 from latent_atlas.data.documents import Document, TextSource, bbc_documents, file_stamp, text_files
@@ -51,6 +52,7 @@ class Registration:
     refused: dict[str, str] = field(default_factory=dict)  # file -> problem
     duplicates: dict[str, str] = field(default_factory=dict)  # skipped file -> the registered file it duplicates
     renamed: dict[str, str] = field(default_factory=dict)  # file -> key given to avoid a collision
+    dimension: tuple[int, str] | None = None  # an NPZ corpus's (d, basis) as registration decided it
 
     def warnings(self) -> list[str]:
         return ([f"refused {path}: {problem}" for path, problem in self.refused.items()]
@@ -83,10 +85,16 @@ def all_manifests() -> dict[str, ChunkPlan | NpzPlan]:
     return {p.stem: _plan_of(json.loads(p.read_text())) for p in paths}
 
 
+def corpus_files(corpus: str) -> list[str]:
+    """The files of every registered NPZ chunk of `corpus`."""
+    return [plan.path for plan in all_manifests().values() if isinstance(plan, NpzPlan) and plan.corpus == corpus]
+
+
 def source_identity(key: str) -> str:
     """What chunk `key` is made of, as it stands on disk now: for an NPZ chunk its file's size,
     modification time and quick fingerprint ('missing' once the file is gone), so a file rewritten in
-    place, even to the same size, is a new source; for a text chunk its manifest (which documents)
+    place, even to the same size, is a new source, and the corpus's recorded d (a file the corpus's d
+    refused is judged again when the corpus's files decide another d); for a text chunk its manifest (which documents)
     and the size and modification time of each file they are read from (the manifest holds references,
     the text is read at materialization); 'unregistered' without a manifest."""
     try:
@@ -94,8 +102,10 @@ def source_identity(key: str) -> str:
     except FileNotFoundError:
         return "unregistered"
     if isinstance(plan, NpzPlan):
-        path = Path(plan.path)
-        return f"{file_stamp(path)}:{quick_fingerprint(path)}" if path.is_file() else "missing"
+        path, dim = Path(plan.path), corpus_dimension(plan.corpus)
+        if not path.is_file():
+            return "missing"
+        return f"{file_stamp(path)}:{quick_fingerprint(path)}:d={dim[0] if dim else '?'}"
     files = {d.path: file_stamp(d.path) if Path(d.path).is_file() else "missing" for d in plan.documents}
     return hashlib.blake2b(json.dumps([plan.to_json(), sorted(files.items())]).encode(), digest_size=16).hexdigest()
 
@@ -303,41 +313,10 @@ def corpus_source(source: str, path: str = "", per_category: int | None = None) 
     raise ValueError(f"text source must be 'bbc' or 'files', got {source!r}")
 
 
-def _dimension_path(corpus: str) -> Path:
-    return manifests_dir() / "dimensions" / f"{safe_key(corpus or 'chunks')}.json"
-
-
-def corpus_dimension(corpus: str) -> tuple[int, str] | None:
-    """(d, key of the chunk that fixed it) for a corpus whose first good chunk has been stored."""
-    path = _dimension_path(corpus)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    return int(data["dim"]), str(data["key"])
-
-
-def claim_dimension(corpus: str, dim: int, key: str) -> tuple[int, str]:
-    """Record `dim` as the corpus's dimension unless a chunk fixed it already; returns the record.
-
-    Written to a temp file and hard-linked into place: the link fails if another chunk got there
-    first, so concurrent runs agree on one d and nobody reads a half-written record.
-    """
-    path = _dimension_path(corpus)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{key}")
-    tmp.write_text(json.dumps({"dim": int(dim), "key": key}))
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return corpus_dimension(corpus)
-
-
 def remove_chunk(key: str) -> list[Path]:
     """Delete a chunk's manifest and every per-chunk output (tensors/*/<key>, tables/*/<key>.parquet, ...);
-    returns what was removed. The corpus's dimension record goes too if this chunk fixed it."""
+    returns what was removed. An NPZ corpus's dimension record goes too: the next registration decides
+    d again from the files left."""
     home = atlas_home()
     removed = []
     for top in sorted(p for p in home.iterdir() if p.is_dir() and p.name not in _NOT_OUTPUTS):
@@ -351,9 +330,8 @@ def remove_chunk(key: str) -> list[Path]:
     manifest = manifests_dir() / f"{key}.json"
     if manifest.exists():
         plan = read_manifest(key)
-        record = corpus_dimension(plan.corpus) if isinstance(plan, NpzPlan) else None
-        if record and record[1] == key:
-            _dimension_path(plan.corpus).unlink()
+        if isinstance(plan, NpzPlan):
+            forget_dimension(plan.corpus)
         manifest.unlink()
         removed.append(manifest)
     token_ids = _token_ids_path(key)
