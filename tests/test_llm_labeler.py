@@ -273,3 +273,27 @@ def test_local_smollm2_labels_a_demo_like_cluster(tmp_path_factory):
         label, explanation = parse_explanation(completion.text)
         assert 2 <= len(label.split()) <= 5, completion
         assert completion.prompt_tokens > 100 and 0 < completion.completion_tokens <= 40
+
+
+def test_the_judge_scores_confidence_specificity_and_fuzzing_through_the_endpoint(server):
+    """The server's judge accepts a window when its marked token is capitalized. Members (months) vs
+    lower-case random tokens: confidence 1; vs a neighbour of capitalized weekdays: specificity 0
+    (the label cannot tell them apart); the members' windows marked at a wrong (lower-case) token:
+    fuzzing 1 -- the judge picks the right token out of its context."""
+    from latent_atlas.labels.examples import HeldoutExamples
+    from latent_atlas.labels.records import Draft
+    from latent_atlas.labels.scorers import ScorerConfig, judge_scores
+
+    months = [window(w, 0, offset=i) for i, w in enumerate(["March", "June", "May", "July", "April", "August"])]
+    others = [window(w, 1, offset=i) for i, w in enumerate(["bank", "rate", "cup", "goal", "film", "vote"])]
+    weekdays = [window(w, 2, offset=i) for i, w in enumerate(["Monday", "Friday", "Sunday", "Tuesday"])]
+    scores, usage = judge_scores(client_for(server), Draft("Capitalized words", "Names of months."),
+                                 HeldoutExamples(months, others, weekdays), ScorerConfig(n_bootstrap=200))
+    detection, fuzzing = scores["detection"], scores["fuzzing"]
+    assert detection["confidence"]["value"] == 1.0 and detection["confidence"]["n_pos"] == 6
+    assert detection["specificity"]["value"] == 0.0 and detection["specificity"]["n_neg"] == 4
+    assert fuzzing["confidence"]["value"] == 1.0 and fuzzing["confidence"]["n_neg"] == 6
+    assert detection["unreadable"] == 0 and usage["requests"] == server.state.count >= 3
+    # the wrong marks fall on tokens outside the cluster (membership under the marking threshold)
+    prompts = "\n".join(r.body["messages"][-1]["content"] for r in server.state.requests)
+    assert "<<said>>" not in prompts and ("<<the>>" in prompts or "<<report>>" in prompts or "<<prices>>" in prompts)
