@@ -1,6 +1,6 @@
 """The whitening stage's moments against their compute bound, on one fp16 chunk at d=2304.
 
-    python benchmarks/whitening_moments.py [--sequences 128] [--rounds 3]
+    python benchmarks/whitening_moments.py [--sequences 128] [--rounds 5]
 
 Writes one chunk (sequences x 128 positions x 2304 dims fp16, mean ~50, position 0 and a random
 tail of a quarter of the sequences masked, as the synthetic corpora are) to a temporary folder, then
@@ -61,7 +61,7 @@ def best_seconds(runs: dict, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sequences", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(describe())
     rng = np.random.default_rng(0)
