@@ -205,6 +205,8 @@ class _BlockSums:
 
     def add(self, x: np.ndarray) -> None:
         self.count += len(x)
+        if len(x) == 0:
+            return
         if not self.shifted:
             self.total += x.sum(0)
             self.outer += x.T @ x
