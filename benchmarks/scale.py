@@ -7,7 +7,9 @@ Writes DIR/chunk_*.npz once (27 x 1024 sequences x 128 positions x 2304 dims fp1
 planted mixture of 512 directions; reused when present), then materializes the graph with the same
 run_stages the CLI uses, one stage at a time (global stages one asset at a time), and prints per stage:
 wall time, attended vectors per second, the process's peak RSS during the stage (VmHWM, reset before
-each stage through /proc/self/clear_refs), and bytes the home grew by; then the bytes stored per
+each stage through /proc/self/clear_refs), and bytes the home grew by; for every stage that reads all
+vectors, its GEMM bound (its minimal GEMM work, `stage_gemms`, at the bare fp32 GEMM rate of numpy and
+of torch measured first in this process) and the share of the faster bound reached; then the bytes stored per
 asset, and a projection of every stage to the user's corpus (38.4M vectors, 177 GB): stages that read
 every vector scale linearly, the sample-bound ones (hierarchy sample, trees) do not.
 """
@@ -26,6 +28,47 @@ sys.path.insert(0, str(REPO))
 USER_VECTORS = 300_000 * 128  # the user's corpus: 300k sequences x 128 tokens
 TARGETS = ["intervention_vectors", "cluster_tree", "document_tree"]
 SAMPLE_BOUND = {"hierarchy_sample", "cluster_tree", "document_tree"}  # read a fixed-size sample
+GEMM_ROWS, GEMM_ROUNDS = 4096, 3
+
+
+def stage_gemms(dim: int, clusters: int) -> dict[str, list[tuple[str, int, int]]]:
+    """The minimal GEMM work per vector of each stage that reads every vector, as (kind, d, columns)
+    products of one row: whitening one symmetric X.T@X, whitened_activations one X @ W [d, d],
+    memberships one E-step X @ Cᵀ [d, k], centroids one E-step per epoch (every vector sampled)."""
+    from latent_atlas.clustering.config import ClusteringConfig
+
+    return {"whitening": [("X.T@X", dim, dim)], "whitened_activations": [("X@W", dim, dim)],
+            "memberships": [("X@W", dim, clusters)],
+            "centroids": [("X@W", dim, clusters)] * ClusteringConfig().n_epochs}
+
+
+def gemm_rates(shapes: set[tuple[str, int, int]]) -> dict[str, dict[tuple, float]]:
+    """{library: {shape: vectors/s}} of the bare fp32 GEMM of GEMM_ROWS rows, best of GEMM_ROUNDS."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    rates = {"numpy": {}, "torch": {}}
+    for kind, d, k in sorted(shapes):
+        x, w = rng.standard_normal((GEMM_ROWS, d), dtype=np.float32), rng.standard_normal((d, k), dtype=np.float32)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        runs = {"numpy": (lambda: x.T @ x) if kind == "X.T@X" else (lambda: x @ w),
+                "torch": (lambda: xt.T @ xt) if kind == "X.T@X" else (lambda: xt @ wt)}
+        for library, run in runs.items():
+            run()
+            best = float("inf")
+            for _ in range(GEMM_ROUNDS):
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
+            rates[library][(kind, d, k)] = GEMM_ROWS / best
+    return rates
+
+
+def stage_bounds(stage: str, gemms: dict, rates: dict) -> dict[str, float]:
+    """{library: vectors/s} the stage's minimal GEMM work allows at that library's bare rates."""
+    work = [shape for name in stage.split("+") for shape in gemms.get(name, [])]
+    return {library: 1 / sum(1 / by_shape[shape] for shape in work) for library, by_shape in rates.items()} if work else {}
 
 
 def write_data(folder: Path, chunks: int, sequences: int, clusters: int) -> list[Path]:
@@ -100,6 +143,11 @@ def main() -> None:
     from resources import CorpusResource
 
     print(describe())
+    gemms = stage_gemms(2304, args.clusters)
+    rates = gemm_rates({shape for work in gemms.values() for shape in work})
+    for library, by_shape in rates.items():
+        print(f"bare fp32 GEMM, {library}: " + ", ".join(f"{kind} d={d} k={k} {rate:,.0f} vectors/s"
+                                                        for (kind, d, k), rate in by_shape.items()))
     paths = write_data(Path(args.data), args.chunks, args.sequences, args.clusters)
     input_bytes = sum(p.stat().st_size for p in paths)
     n_vectors = 0
@@ -126,8 +174,9 @@ def main() -> None:
         rows.append(("+".join(names), per_chunk, seconds, peak_rss_gb(), tree_bytes(home) - before,
                      bool(report.skipped)))
 
-    print(f"\n| stage | kind | wall s | vectors/s | peak RSS GB | home grew GB | projected to {USER_VECTORS / 1e6:.1f}M vectors |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| stage | kind | wall s | vectors/s | GEMM bound vectors/s (numpy / torch) | share of the faster "
+          f"| peak RSS GB | home grew GB | projected to {USER_VECTORS / 1e6:.1f}M vectors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     scale = USER_VECTORS / n_vectors
     total, projected = 0.0, 0.0
     for stage, per_chunk, seconds, rss, grew, skipped in rows:
@@ -136,9 +185,12 @@ def main() -> None:
         total, projected = total + seconds, projected + proj
         kind = ("per chunk" if per_chunk else "global") + (", fixed sample" if bound else "")
         note = " (up to date: skipped)" if skipped else ""
-        print(f"| {stage}{note} | {kind} | {seconds:.1f} | {n_vectors / seconds:,.0f} | {rss:.2f} | {grew / 1e9:.2f} | "
-              f"{proj / 3600:.2f} h |")
-    print(f"| total | | {total:.0f} | {n_vectors / total:,.0f} | | {tree_bytes(home) / 1e9:.2f} | {projected / 3600:.1f} h |")
+        bounds = stage_bounds(stage, gemms, rates)
+        bound = " / ".join(f"{rate:,.0f}" for rate in bounds.values()) if bounds else "-"
+        share = f"{n_vectors / seconds / max(bounds.values()):.2f}" if bounds and seconds and not skipped else "-"
+        print(f"| {stage}{note} | {kind} | {seconds:.1f} | {n_vectors / seconds:,.0f} | {bound} | {share} | {rss:.2f} | "
+              f"{grew / 1e9:.2f} | {proj / 3600:.2f} h |")
+    print(f"| total | | {total:.0f} | {n_vectors / total:,.0f} | | | | {tree_bytes(home) / 1e9:.2f} | {projected / 3600:.1f} h |")
 
     print(f"\nstored per asset under {home / 'tensors'} and {home / 'tables'} (GB on disk; input {input_bytes / 1e9:.2f} GB):")
     for folder in sorted(p for base in ("tensors", "tables") if (home / base).exists() for p in (home / base).iterdir()):
