@@ -203,3 +203,22 @@ def test_whitened_covariance_is_identity_fails_on_defects_an_in_sample_check_mis
     # input declared already whitened that is not
     assert not covariance_check(Whitening.identity(d), x[:1000])["passed"]
     assert covariance_check(Whitening.identity(d), np.random.default_rng(1).standard_normal((4000, d)))["passed"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transform_chunk_whitens_attended_rows_only_across_blocks(seed):
+    """The stage's transform equals the row-wise transform cast to fp16 where the mask attends and is zero
+    elsewhere, over several 64-sequence blocks, one of them without an attended position; an identity
+    whitening (already whitened inputs) returns the attended activations as they are."""
+    rng = np.random.default_rng(seed)
+    d = 24
+    acts = (rng.standard_normal((150, 9, d)) * rng.uniform(0.2, 3, d) + 40).astype(np.float16)
+    mask = rng.random((150, 9)) < 0.7
+    mask[64:128] = False
+    chunk = DenseChunk(acts, mask, np.zeros(mask.shape, np.int32))
+    w = Whitening.fit(Moments.of_chunk(chunk))
+    out = w.transform_chunk(chunk)
+    assert out.dtype == np.float16 and out.shape == acts.shape
+    np.testing.assert_array_equal(out[mask], w.transform(acts[mask]).astype(np.float16))
+    assert not out[~mask].any()
+    np.testing.assert_array_equal(Whitening.identity(d).transform_chunk(chunk), np.where(mask[..., None], acts, 0))

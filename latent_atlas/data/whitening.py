@@ -31,6 +31,8 @@ from latent_atlas.data.tables import save_npz
 _BLOCK_ROWS = 4096
 # Sequences whitened per block of transform_chunk: bounds its fp32 temporaries (~75 MB at d=2304).
 _TRANSFORM_SEQUENCES = 64
+# The least magnitude float16 rounds to inf (the largest finite float16 is 65504).
+_FLOAT16_OVERFLOW = 65520.0
 # Eigenvalues at or below this fraction of the largest are not directions the data span: a variance
 # that small is float64 cancellation in E[xxᵀ] − μμᵀ, fp16 rounding of the stored activations
 # (relative 2^-11 per value), or exactly zero because there are fewer vectors than dimensions.
@@ -168,14 +170,35 @@ class Whitening:
 
         Raises ChunkError naming the chunk if a whitened value would overflow fp16 (a vector far
         outside the fitted distribution, or a whitening fitted on other data).
+
+        Only attended rows are touched, through two reused fp32 buffers; torch casts fp16 <-> fp32
+        (~8x numpy's rate here) and numpy's sgemm multiplies (OpenBLAS, the faster fp32 GEMM on the
+        CPUs measured): benchmarks/whitened_transform.py.
         """
         out = np.zeros(chunk.activations.shape, np.float16)
-        source = chunk.path or "chunk being whitened"
+        rows = _TRANSFORM_SEQUENCES * chunk.activations.shape[1]
+        centred = torch.empty((rows, self.dim), dtype=torch.float32)
+        product = np.empty((rows, self.dim), np.float32)
+        mean = torch.from_numpy(np.asarray(self.mean_, np.float32))
+        matrix = np.asarray(self.matrix_, np.float32)
         for start, block in chunk.iter_blocks(_TRANSFORM_SEQUENCES):
             mask = block.attention_mask
-            whitened = np.zeros(block.activations.shape, np.float32)
-            whitened[mask] = self.transform(block.activations[mask])
-            out[start : start + block.n_sequences] = to_float16(whitened, source, "whitened activations", start)
+            attended = block.activations[mask]
+            if not len(attended):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: only read here
+                x = centred[: len(attended)].copy_(torch.from_numpy(attended))
+            if self.method == "identity":  # already whitened: only the checked cast
+                whitened = x.numpy()
+            else:
+                whitened = np.matmul(x.sub_(mean).numpy(), matrix, out=product[: len(attended)])
+            # NaN fails the test too; one fp32 max and min cost ~1/10 of an fp16 isfinite
+            if not max(float(whitened.max()), -float(whitened.min())) < _FLOAT16_OVERFLOW:
+                full = np.zeros(block.activations.shape, np.float32)
+                full[mask] = whitened  # the checked cast names the place as the stage stores it
+                to_float16(full, chunk.path or "chunk being whitened", "whitened activations", start)
+            out[start : start + block.n_sequences][mask] = torch.from_numpy(whitened).to(torch.float16).numpy()
         return out
 
     def state(self) -> dict[str, np.ndarray]:
