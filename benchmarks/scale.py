@@ -34,11 +34,12 @@ GEMM_ROWS, GEMM_ROUNDS = 4096, 3
 def stage_gemms(dim: int, clusters: int) -> dict[str, list[tuple[str, int, int]]]:
     """The minimal GEMM work per vector of each stage that reads every vector, as (kind, d, columns)
     products of one row: whitening one symmetric X.T@X, whitened_activations one X @ W [d, d],
-    memberships one E-step X @ Cᵀ [d, k], centroids one E-step per epoch (every vector sampled)."""
+    memberships one E-step X @ Cᵀ [d, k], chunk_stats the LDA second moment (one symmetric X.T@X of
+    rows scaled by the root of their membership sum), centroids one E-step per epoch (every vector sampled)."""
     from latent_atlas.clustering.config import ClusteringConfig
 
     return {"whitening": [("X.T@X", dim, dim)], "whitened_activations": [("X@W", dim, dim)],
-            "memberships": [("X@W", dim, clusters)],
+            "memberships": [("X@W", dim, clusters)], "chunk_stats": [("X.T@X", dim, dim)],
             "centroids": [("X@W", dim, clusters)] * ClusteringConfig().n_epochs}
 
 

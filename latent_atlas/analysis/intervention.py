@@ -50,7 +50,10 @@ class LdaMoments:
         s = np.asarray(m.sum(axis=1)).ravel()
         self.n_tokens += x.shape[0]
         self.sum_x += x.sum(axis=0, dtype=np.float64)
-        gram = (x * s[:, None]).T @ x
+        # Σ s_i x_i x_iᵀ as one symmetric product of rows scaled by √s_i (s_i >= 0): a syrk does half
+        # the multiply-adds of (x·s)ᵀx, the stage's largest GEMM (benchmarks/scale.py, chunk_stats)
+        rows = x * np.sqrt(s)[:, None]
+        gram = rows.T @ rows
         self.second_moment += (gram + gram.T) / 2  # exactly symmetric, so the stored triangle is lossless
         self.cluster_weight += np.asarray(m.sum(axis=0), np.float64).ravel()
         self.cluster_sum += np.asarray(m.T @ x, np.float64)
