@@ -74,7 +74,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"latent-atlas demo: {args.model} on BBC News "
           f"({'all articles' if args.full else f'{per_category} articles per category'}), ATLAS_HOME={home}")
     _recover_from_kills(instance, home)
-    keys = corpus.register(model.tokenizer(), model.name)
+    from latent_atlas.data.errors import CorpusMismatchError
+
+    try:
+        keys = corpus.register(model.tokenizer(), model.name)
+    except CorpusMismatchError as exc:
+        print(f"latent-atlas demo: {exc}", file=sys.stderr)
+        return 2
     register_partitions(instance, keys)
     print(f"registered {len(keys)} chunk partitions ({keys[0]} .. {keys[-1]})")
     report = run_stages(defs, instance, keys, _stages(defs, args.steering), asset_config=_asset_config(args))
@@ -102,11 +108,11 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _recover_from_kills(instance, home)
     print(f"latent-atlas run: {source['source']} {source['path']} as corpus {corpus.corpus_name()!r}, ATLAS_HOME={home}")
-    from latent_atlas.data.errors import DimensionError
+    from latent_atlas.data.errors import CorpusMismatchError, DimensionError
 
-    try:
+    try:  # the registration the incoming sensor uses too (orchestration.sensors)
         registration = corpus.registration(None if args.npz else model.tokenizer(), model.name)
-    except (FileNotFoundError, DimensionError) as exc:
+    except (FileNotFoundError, DimensionError, CorpusMismatchError) as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 2
     for line in registration.warnings():

@@ -9,6 +9,8 @@ import dagster as dg
 from pydantic import Field
 
 from latent_atlas.data.dimensions import corpus_dimension, decide_dimension
+from latent_atlas.data.documents import TextSource
+from latent_atlas.data.home_corpus import CorpusIdentity, check_home_corpus
 from latent_atlas.data.manifests import (Registration, corpus_files, corpus_source, register_npz, register_text,
                                          safe_key)
 from latent_atlas.data.seed_chunks import NpzKeys
@@ -74,17 +76,26 @@ class CorpusResource(dg.ConfigurableResource):
         """Write chunk manifests for this source; returns the partition keys."""
         return self.registration(tokenizer, model_name).keys
 
-    def registration(self, tokenizer, model_name: str) -> Registration:
-        """Write chunk manifests for this source; says which keys, and which files were refused or skipped."""
+    def registration(self, tokenizer, model_name: str, files: list[Path] | None = None) -> Registration:
+        """Write chunk manifests for this source; says which keys, and which files were refused or skipped.
+        What `latent-atlas run`, the demo and the incoming sensor all register through.
+
+        files: register only these files of the source (the sensor's new ones), not all of it.
+        CorpusMismatchError, registering nothing, when the home holds another corpus (home_corpus).
+        """
+        kind = "npz" if self.source == "npz" else "text"
+        check_home_corpus(CorpusIdentity(self.corpus_name(), kind, model_name if kind == "text" else ""))
         report = Registration()
         if self.source == "npz":
             folder = Path(self.path)
-            if not folder.is_dir():
+            if files is None and not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: not a directory of .npz chunks")
-            register_npz(sorted(folder.glob("*.npz")), self.npz_keys().__dict__, self.corpus_name(), report)
+            paths = sorted(folder.glob("*.npz")) if files is None else files
+            register_npz(paths, self.npz_keys().__dict__, self.corpus_name(), report)
             report.dimension = self.npz_dimension(self.corpus_name())
             return report
-        docs = corpus_source(self.source, self.path, self.documents_per_category or None)
+        docs = (corpus_source(self.source, self.path, self.documents_per_category or None) if files is None
+                else TextSource(files=list(files)))
         register_text(docs, tokenizer, self.corpus_name(), self.sequence_length, self.sequences_per_chunk, model_name,
                       self.shuffle_seed if self.shuffle_documents else None, report, deduplicate=self.source == "files")
         return report

@@ -99,3 +99,14 @@ def dimension_problem(dim: int, record: tuple[int, str]) -> str | None:
         return None
     why = "set by expected_dim" if basis == EXPECTED else f"the corpus's d, shared by {basis}"
     return f"activations have dimension {dim}, expected {expected} ({why})"
+
+
+def npz_header_problem(path: str | Path, key: str, record: tuple[int, str] | None) -> str | None:
+    """Why NPZ file `path` cannot be a chunk of a corpus of `record`, judged from its header alone (the
+    incoming sensor's check before it requests a run; the chunk stage reads and validates the whole file)."""
+    shape = npz_array_shape(path, key)
+    if shape is None:
+        return f"not a readable NPZ file with an array {key!r} (truncated, corrupt or another format)"
+    if len(shape) != 3:
+        return f"array {key!r} has shape {shape}, expected [n_seq, seq_len, d]"
+    return dimension_problem(shape[2], record) if record else None

@@ -17,3 +17,8 @@ class ChunkError(ValueError):
 class DimensionError(ValueError):
     """The files of a corpus disagree on the activations' dimension and no dimension has a strict
     majority: which d is the corpus's is the user's choice, not a guess."""
+
+
+class CorpusMismatchError(ValueError):
+    """A source belongs to another corpus than the one its ATLAS_HOME holds (one corpus per home):
+    the message names both."""

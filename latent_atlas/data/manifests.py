@@ -49,6 +49,7 @@ class Registration:
     """What registering a source did, for the run summary and the sensor's log."""
 
     keys: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # keys whose manifest this registration wrote (new or changed)
     refused: dict[str, str] = field(default_factory=dict)  # file -> problem
     duplicates: dict[str, str] = field(default_factory=dict)  # skipped file -> the registered file it duplicates
     renamed: dict[str, str] = field(default_factory=dict)  # file -> key given to avoid a collision
@@ -181,6 +182,7 @@ def register_npz(paths: list[Path], keys: dict | None = None, corpus: str = "npz
         write_manifest(key, NpzPlan(key, resolved, keys=keys or {}, corpus=corpus, fingerprint=fingerprint).to_json())
         out.append(key)
     report.keys += out
+    report.written += out
     return out
 
 
@@ -260,6 +262,7 @@ def register_text(
         write_manifest(plan.key, plan.to_json())
     keys = sorted(existing) + [plan.key for plan, _ in plans]
     report.keys += keys
+    report.written += [plan.key for plan, _ in plans]
     return keys
 
 
