@@ -10,9 +10,11 @@ from pydantic import Field
 
 from latent_atlas.data.dimensions import corpus_dimension, decide_dimension
 from latent_atlas.data.documents import TextSource
+from latent_atlas.data.errors import DimensionError
 from latent_atlas.data.home_corpus import CorpusIdentity, check_home_corpus
 from latent_atlas.data.manifests import (Registration, corpus_files, corpus_source, register_npz, register_text,
                                          safe_key)
+from latent_atlas.data.paths import manifests_dir
 from latent_atlas.data.seed_chunks import NpzKeys
 
 
@@ -92,7 +94,12 @@ class CorpusResource(dg.ConfigurableResource):
                 raise FileNotFoundError(f"{folder}: not a directory of .npz chunks")
             paths = sorted(folder.glob("*.npz")) if files is None else files
             register_npz(paths, self.npz_keys().__dict__, self.corpus_name(), report)
-            report.dimension = self.npz_dimension(self.corpus_name())
+            try:
+                report.dimension = self.npz_dimension(self.corpus_name())
+            except DimensionError:  # refused as a whole: leave no manifest of it behind
+                for key in report.written:
+                    (manifests_dir() / f"{key}.json").unlink(missing_ok=True)
+                raise
             return report
         docs = (corpus_source(self.source, self.path, self.documents_per_category or None) if files is None
                 else TextSource(files=list(files)))

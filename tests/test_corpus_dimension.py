@@ -11,6 +11,7 @@ import pytest
 
 from latent_atlas.data.dimensions import decide_dimension, npz_array_shape
 from latent_atlas.data.errors import DimensionError
+from latent_atlas.data.paths import manifests_dir
 from orchestration.cli import main
 from orchestration.jobs import stages_of
 from orchestration.pipeline import run_stages
@@ -69,6 +70,7 @@ def test_files_that_disagree_with_no_majority_are_refused_unless_the_dimension_i
         write_seed_npz(folder / f"{name}.npz", dim=dim, seed=i)
     with pytest.raises(DimensionError, match=r"d=24: a.npz, c.npz; d=32: b.npz, d.npz"):
         CorpusResource(source="npz", path=str(folder)).registration(None, "")
+    assert not list(manifests_dir().glob("*.json"))  # refused as a whole: no manifest left behind
 
     assert main(["run", "--npz", str(folder), "--until", "activations"]) == 2  # refused before anything runs
     err = capsys.readouterr().err
