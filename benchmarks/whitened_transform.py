@@ -25,13 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.whitening_moments import best_seconds  # noqa: E402
+from benchmarks.whitening_moments import DIM, SEQ_LEN, bench_activations, best_seconds, print_shares  # noqa: E402
 from latent_atlas.compute.cpu import describe  # noqa: E402
 from latent_atlas.data.chunks import read_chunk, to_float16, write_chunk  # noqa: E402
 from latent_atlas.data.whitening import Moments, Whitening  # noqa: E402
-
-DIM, SEQ_LEN = 2304, 128
-
 
 def old_transform_chunk(whitening: Whitening, chunk) -> np.ndarray:
     """Whitening.transform_chunk as it was before (the baseline): fp32 zeros per 64-sequence block,
@@ -51,12 +48,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(describe())
-    rng = np.random.default_rng(0)
-    scale = rng.uniform(0.2, 2.0, DIM).astype(np.float32)
-    acts = (rng.standard_normal((args.sequences, SEQ_LEN, DIM), dtype=np.float32) * scale + 50).astype(np.float16)
-    lengths = np.where(rng.random(args.sequences) < 0.25, rng.integers(2, SEQ_LEN, args.sequences), SEQ_LEN)
-    mask = np.arange(SEQ_LEN) < lengths[:, None]
-    mask[:, 0] = False
+    acts, mask = bench_activations(args.sequences, np.linspace(0.2, 2.0, DIM, dtype=np.float32))
     with tempfile.TemporaryDirectory() as folder:
         write_chunk(Path(folder) / "chunk", acts, mask, np.zeros(mask.shape, np.int32))
         chunk = read_chunk(Path(folder) / "chunk")
@@ -76,10 +68,7 @@ def main() -> None:
             "bound: numpy fp32 X @ W": lambda: x @ w,
             "bound: torch fp32 X @ W": lambda: xt @ wt,
         }, args.rounds)
-    bound = min(s for name, s in seconds.items() if name.startswith("bound"))
-    print("\n| code | vectors/s | share of the fastest bound |\n|---|---|---|")
-    for name, s in seconds.items():
-        print(f"| {name} | {n / s:,.0f} | {bound / s:.2f} |")
+    print_shares(seconds, n)
 
 
 if __name__ == "__main__":
