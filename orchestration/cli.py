@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"registered {len(registration.keys)} chunk partitions ({registration.keys[0]} .. {registration.keys[-1]})")
     try:
         report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering, args.until),
-                            asset_config=_asset_config(args))
+                            asset_config=_asset_config(args), workers=args.workers)
     except RuntimeError as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 1
@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--already-whitened", action="store_true", help="NPZ only: whitening is the identity")
     run.add_argument("--until", nargs="+", default=None, metavar="ASSET",
                      help="materialize only these assets and their upstreams (e.g. --until memberships)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="per-chunk runs at once, each in a worker process (default 1: one at a time, in this "
+                          "process); with several GPUs, worker i uses GPU i")
     run.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas); one atlas per home")
     run.set_defaults(func=_run)
     remove = sub.add_parser("remove-chunk", help="delete a (bad) chunk partition and its outputs")
