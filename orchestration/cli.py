@@ -61,6 +61,7 @@ def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orchestration.definitions import build_definitions
+    from orchestration.home_resources import record_home_resources
     from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
 
@@ -69,6 +70,7 @@ def _demo(args: argparse.Namespace) -> int:
     corpus = CorpusResource(documents_per_category=per_category, sequences_per_chunk=args.sequences_per_chunk, **skip)
     model = ModelResource(name=args.model, layer=args.layer)
     defs = build_definitions(corpus=corpus, model=model)
+    record_home_resources(defs, home)  # the code location of the UI and the daemon builds the same
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     print(f"latent-atlas demo: {args.model} on BBC News "
@@ -90,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orchestration.definitions import build_definitions
+    from orchestration.home_resources import record_home_resources
     from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
 
@@ -98,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
                             expected_dim=args.expected_dim, already_whitened=args.already_whitened)
     model = ModelResource(name=args.model, layer=args.layer)
     defs = build_definitions(corpus=corpus, model=model)
+    record_home_resources(defs, home)  # the code location of the UI and the daemon builds the same
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     _recover_from_kills(instance, home)

@@ -2,8 +2,10 @@
 
 A home's dagster.yaml (orchestration.instance) sets the QueuedRunCoordinator's max_concurrent_runs to 2;
 the run launcher is Dagster's default (DefaultRunLauncher: one `dagster api execute_run` process per
-run). Its stages up to whitened_activations are submitted to the instance the way the UI does: a
-backfill of the per-chunk stage job over all chunk partitions (`dagster job backfill --all`), the
+run). The project's workspace.yaml is the code location; it builds its definitions with the resources
+`latent-atlas run` recorded for the home (orchestration.home_resources). The stages up to
+whitened_activations are submitted to the instance the way the UI does: a backfill of the per-chunk
+stage job over all chunk partitions (`dagster job backfill --all`), the
 global whitening stage as one launched run (`dagster job launch`), then the second per-chunk stage's
 backfill. The runs are queued, and a `dagster-daemon run` process dequeues and launches them. Checked:
 every run succeeds, at most 2 ran at once (from the run records' start and end times), each recorded its
@@ -32,14 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 N_CHUNKS, MAX_RUNS = 3, 2
 UNTIL = "whitened_activations"  # its stages: token_chunks + activations per chunk, whitening, whitened per chunk
-# The code location's resources are those `latent-atlas run --npz DIR` builds, so that its runs'
-# fingerprints are the CLI's (the CLI's run afterwards must find them up to date).
-CODE = """\
-from orchestration.definitions import build_definitions
-from resources import CorpusResource, ModelResource
-
-defs = build_definitions(corpus=CorpusResource(source="npz", path={corpus!r}), model=ModelResource())
-"""
+WORKSPACE = REPO / "workspace.yaml"  # the project's code location (orchestration.definitions), as `latent-atlas ui`
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -88,9 +83,11 @@ def outputs(home: Path) -> dict[str, bytes]:
 
 
 def test_a_daemon_backfill_matches_latent_atlas_run_and_is_up_to_date_for_it(atlas_home, tmp_path):
+    from orchestration.definitions import build_definitions
+    from orchestration.home_resources import record_home_resources
     from orchestration.instance import use_atlas_home
     from orchestration.pipeline import register_partitions
-    from resources import CorpusResource
+    from resources import CorpusResource, ModelResource
 
     timings: dict[str, float] = {}
     began = time.perf_counter()
@@ -102,11 +99,13 @@ def test_a_daemon_backfill_matches_latent_atlas_run_and_is_up_to_date_for_it(atl
 
     home = use_atlas_home(atlas_home)  # the dagster.yaml every home gets: the run queue's limit is set there
     assert f"max_concurrent_runs: {MAX_RUNS}" in (home / "dagster" / "dagster.yaml").read_text()
-    (tmp_path / "code.py").write_text(CODE.format(corpus=str(corpus)))
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {tmp_path / 'code.py'}\n"
-                         f"      working_directory: {REPO}\n")
-    keys = CorpusResource(source="npz", path=str(corpus)).register(None, "")
+    # The home's corpus and model, recorded as `latent-atlas run --npz DIR` records them: the code location
+    # builds its definitions with them, so its runs' fingerprints are the CLI's.
+    cli_resources = {"corpus": CorpusResource(source="npz", path=str(corpus)), "model": ModelResource()}
+    record_home_resources(build_definitions(**cli_resources), home)
+    assert (home / "dagster" / "resources.json").read_text() == (reference / "dagster" / "resources.json").read_text()
+    workspace = WORKSPACE
+    keys = cli_resources["corpus"].register(None, "")
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         # what the daemon's run queue reads (`concurrency: runs:` overrides the coordinator's own default)
