@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from io_managers.storage import input_paths, output_path, wants_single_partition
+from io_managers.storage import input_paths, output_path, record_inputs_fingerprint, wants_single_partition
 from latent_atlas.data.paths import atlas_home
 from latent_atlas.data.tables import write_table
 
@@ -26,6 +26,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return Path(self.base_dir) if self.base_dir else atlas_home() / "tables"
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        record_inputs_fingerprint(context)
         if obj is None:
             return
         table = obj if isinstance(obj, pa.Table) else obj.to_table()

@@ -63,6 +63,18 @@ def failed_since(instance: dg.DagsterInstance, written: dict[str, float], made_f
     return failed
 
 
+def record_inputs_fingerprint(context: dg.OutputContext) -> None:
+    """Tag the run with its stage's inputs fingerprint if its launcher did not (orchestration.run_fingerprint),
+    before its first output's materialization is written. A failure here only costs a rerun of the stage
+    later, so it is logged rather than failing a run whose outputs are fine."""
+    from orchestration.run_fingerprint import record_fingerprint  # lazily: orchestration imports this module
+
+    try:
+        record_fingerprint(context)
+    except Exception as exc:  # noqa: BLE001 - see above
+        context.log.warning(f"no inputs fingerprint recorded: {type(exc).__name__}: {exc}")
+
+
 def wants_single_partition(context: dg.InputContext) -> bool:
     """True when a partitioned run reads one partition of its upstream (identity mapping)."""
     return context.has_partition_key and len(context.asset_partition_keys) == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from io_managers.storage import input_paths, output_path, wants_single_partition
+from io_managers.storage import input_paths, output_path, record_inputs_fingerprint, wants_single_partition
 from latent_atlas.data.atomic import write_atomically
 from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
 from latent_atlas.data.paths import atlas_home
@@ -61,6 +61,7 @@ class TensorIOManager(dg.ConfigurableIOManager):
         return Path(self.base_dir) if self.base_dir else atlas_home() / "tensors"
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        record_inputs_fingerprint(context)
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
             self._handle_range(context, obj)
             return

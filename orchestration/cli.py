@@ -61,6 +61,7 @@ def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orchestration.definitions import build_definitions
+    from orchestration.home_resources import record_home_resources
     from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
 
@@ -69,6 +70,7 @@ def _demo(args: argparse.Namespace) -> int:
     corpus = CorpusResource(documents_per_category=per_category, sequences_per_chunk=args.sequences_per_chunk, **skip)
     model = ModelResource(name=args.model, layer=args.layer)
     defs = build_definitions(corpus=corpus, model=model)
+    record_home_resources(defs, home)  # the code location of the UI and the daemon builds the same
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     print(f"latent-atlas demo: {args.model} on BBC News "
@@ -96,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orchestration.definitions import build_definitions
+    from orchestration.home_resources import record_home_resources
     from orchestration.pipeline import register_partitions, run_stages
     from resources import CorpusResource, ModelResource
 
@@ -104,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
                             expected_dim=args.expected_dim, already_whitened=args.already_whitened)
     model = ModelResource(name=args.model, layer=args.layer)
     defs = build_definitions(corpus=corpus, model=model)
+    record_home_resources(defs, home)  # the code location of the UI and the daemon builds the same
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     _recover_from_kills(instance, home)
@@ -132,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"registered {len(registration.keys)} chunk partitions ({registration.keys[0]} .. {registration.keys[-1]})")
     try:
         report = run_stages(defs, instance, registration.keys, _stages(defs, args.steering, args.until),
-                            asset_config=_asset_config(args))
+                            asset_config=_asset_config(args), workers=args.workers)
     except RuntimeError as exc:
         print(f"latent-atlas run: {exc}", file=sys.stderr)
         return 1
@@ -286,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--already-whitened", action="store_true", help="NPZ only: whitening is the identity")
     run.add_argument("--until", nargs="+", default=None, metavar="ASSET",
                      help="materialize only these assets and their upstreams (e.g. --until memberships)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="per-chunk runs at once, each in a worker process (default 1: one at a time, in this "
+                          "process); with several GPUs, worker i uses GPU i")
     run.add_argument("--home", default="", help="ATLAS_HOME (default $ATLAS_HOME or ./.atlas); one atlas per home")
     run.set_defaults(func=_run)
     remove = sub.add_parser("remove-chunk", help="delete a (bad) chunk partition and its outputs")

@@ -5,6 +5,7 @@ import dagster as dg
 import assets
 from io_managers import ParquetIOManager, TensorIOManager
 from orchestration.freshness import code_fingerprint
+from orchestration.home_resources import home_resources
 from orchestration.jobs import chunk_job, refit_job, stage_jobs
 from orchestration.schedules import nightly_refit
 from orchestration.sensors import incoming_chunks
@@ -41,4 +42,6 @@ def build_definitions(
         schedules=[nightly_refit],
     ))
 
-defs = build_definitions()
+# The home's own corpus and model where `latent-atlas run` recorded them (orchestration.home_resources),
+# so the UI's and the daemon's runs are the CLI's runs; else the embedded demo's.
+defs = build_definitions(**home_resources())

@@ -13,6 +13,8 @@ assets.versions) or else its storage id. Conservative by construction: any upstr
 re-materialization of an unversioned asset, code edit, config change, added or removed chunk gives a
 new fingerprint and the stage runs again; a refit that reproduced the same bytes changes nothing.
 (Dagster's own staleness does not see run config and stops tracking fan-ins over 100 partitions.)
+`latent-atlas run` tags its runs with the fingerprint; a run launched otherwise (the daemon, the UI)
+records it from inside (orchestration.run_fingerprint).
 """
 
 from __future__ import annotations
@@ -45,8 +47,14 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+class ChangedDuringRun(Exception):
+    """An upstream materialization newer than the run's start: what the run read is not known."""
+
+
 def stage_fingerprint(defs: dg.Definitions, instance: dg.DagsterInstance, names: tuple[str, ...],
-                      partition: str | None, run_config: dict) -> str:
+                      partition: str | None, run_config: dict, started_at: float | None = None) -> str:
+    """The stage's inputs fingerprint now; with `started_at` (a run's start time) as that run read them:
+    ChangedDuringRun when an upstream was materialized again since."""
     graph = defs.resolve_asset_graph()
     stage = {dg.AssetKey(n) for n in names}
     upstream = sorted({p for k in stage for p in graph.get(k).parent_keys} - stage, key=lambda k: k.to_user_string())
@@ -54,7 +62,7 @@ def stage_fingerprint(defs: dg.Definitions, instance: dg.DagsterInstance, names:
         "code": code_fingerprint(),
         "resources": {name: _resource_config(r) for name, r in sorted((defs.resources or {}).items())},
         "config": run_config.get("ops", {}),
-        "upstream": [[k.to_user_string(), _identity(instance, graph, k, partition)] for k in upstream],
+        "upstream": [[k.to_user_string(), _identity(instance, graph, k, partition, started_at)] for k in upstream],
     }
     if partition is not None and any(not graph.get(k).parent_keys for k in stage):  # it reads the source
         parts["source"] = source_identity(partition)
@@ -82,20 +90,29 @@ def up_to_date(instance: dg.DagsterInstance, names: tuple[str, ...], partition: 
     return True
 
 
-def _identity(instance, graph, key: dg.AssetKey, partition: str | None) -> list:
-    if graph.get(key).partitions_def is None:
-        return [_record_identity(_latest(instance, key, None))]
-    if partition is not None:  # a per-chunk stage reads the same chunk of a per-chunk upstream
-        return [_record_identity(_latest(instance, key, [partition]))]
+def _identity(instance, graph, key: dg.AssetKey, partition: str | None, started_at: float | None = None) -> list:
+    is_global = graph.get(key).partitions_def is None
+    if is_global or partition is not None:
+        # a global upstream, or the same chunk of a per-chunk upstream of a per-chunk stage
+        record = _latest(instance, key, None if is_global else [partition])
+        _check_before(record and record.timestamp, started_at)
+        return [_record_identity(record)]
     # a fan-in reads every chunk partition: the identity of each one's latest materialization
     keys = sorted(instance.get_dynamic_partitions(chunks.name))
     # every partition's latest, filtered here (a filter of thousands of keys is too long an SQL IN list)
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION)
     records = {r.partition_key: r for r in _fetch(instance, key, sorted(latest[k] for k in keys if k in latest))}
+    _check_before(max((r.timestamp for r in records.values()), default=None), started_at)
     # a chunk whose run failed after that materialization is left out of the fan-in (io_managers.storage)
     failed = failed_since(instance, {k: r.timestamp for k, r in records.items()}, made_from(graph, key))
     pairs = [[k, f"failed:{failed[k]}" if k in failed else _record_identity(records.get(k))] for k in keys]
     return [hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]]
+
+
+def _check_before(timestamp: float | None, started_at: float | None) -> None:
+    # timestamps, not storage ids: SQLite storage numbers a run's events in that run's own shard
+    if started_at is not None and timestamp is not None and timestamp > started_at:
+        raise ChangedDuringRun(f"an upstream was materialized {timestamp - started_at:.1f} s after the run started")
 
 
 def _fetch(instance, key: dg.AssetKey, storage_ids: list[int]) -> list:
