@@ -1,6 +1,7 @@
 """Global whitening from streaming moments, and per-chunk whitened activations."""
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -59,11 +60,11 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
         raise ValueError(f"every activations partition was refused: {refused}")
     paths = list(healthy.values())
     if corpus.already_whitened:
-        fitted, moments = Whitening.identity(dim), None
+        fitted, moments, moments_seconds = Whitening.identity(dim), None, 0.0
         check = covariance_check(fitted, sample_vectors(paths, config.check_sample_size, seed=0))
     else:
         backend = compute.backend()
-        moments = Moments.zeros(dim)
+        moments, started = Moments.zeros(dim), time.perf_counter()
         # Map a few chunks at a time: every partial is d x d float64, so never all at once.
         for start in range(0, len(paths), config.chunks_per_reduce):
             batch = list(healthy)[start : start + config.chunks_per_reduce]
@@ -72,6 +73,7 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
                     refused[key] = partial
                 else:
                     moments.merge_(partial)
+        moments_seconds = time.perf_counter() - started  # the part that grows with the corpus; the fit does not
         paths = [path for key, path in healthy.items() if key not in refused]
         if not paths:
             raise ValueError(f"every activations partition was refused: {refused}")
@@ -86,6 +88,7 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
             "method": fitted.method, "dim": dim, "chunks": len(paths),
             "refused_chunks": dg.MetadataValue.json(refused),
             "vectors": moments.count if moments else 0,
+            "moments_seconds": round(moments_seconds, 2) if moments else 0.0,
             "top_eigenvalues": [round(float(v), 4) for v in fitted.eigenvalues_[:5]],
             "rank": fitted.rank_,
             **{f"check_{k}": round(check[k], 4) for k in ("relative_frobenius", "mean_diag") if k in check},
