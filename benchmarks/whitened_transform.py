@@ -1,6 +1,6 @@
 """The whitened_activations stage's transform against its compute bound, on one fp16 chunk at d=2304.
 
-    python benchmarks/whitened_transform.py [--sequences 128] [--rounds 5]
+    python benchmarks/whitened_transform.py [--sequences 128] [--rounds 5] [--home HOME]
 
 Writes one chunk (sequences x 128 positions x 2304 dims fp16, mean ~50, position 0 and a random
 tail of a quarter of the sequences masked, as the synthetic corpora are), fits a ZCA whitening on it,
@@ -9,7 +9,8 @@ then prints attended vectors per second of:
   - Whitening.transform_chunk (what the stage runs: gather, centre, X @ W, checked fp16 cast, scatter);
   - the bare fp32 GEMM bounds, X @ W of the same attended vectors already in fp32 memory, one call:
     numpy (OpenBLAS sgemm) and torch;
-best of `rounds` interleaved rounds, and the share of the fastest bound each reaches.
+best of `rounds` interleaved rounds, and the share of the fastest bound each reaches. With --home, the
+chunk is a finished home's first activations chunk and its whitening (e.g. benchmarks/scale.py's home).
 Run it plainly and under the AVX2 variables (Makefile test-avx2) to see both CPU paths.
 """
 
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.whitening_moments import DIM, SEQ_LEN, bench_activations, best_seconds, print_shares  # noqa: E402
+from benchmarks.whitening_moments import DIM, bench_activations, best_seconds, print_shares  # noqa: E402
 from latent_atlas.compute.cpu import describe  # noqa: E402
 from latent_atlas.data.chunks import read_chunk, to_float16, write_chunk  # noqa: E402
 from latent_atlas.data.whitening import Moments, Whitening  # noqa: E402
@@ -46,19 +47,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sequences", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--home", help="time a home's first whitened chunk instead (its whitening, its activations)")
     args = parser.parse_args()
     print(describe())
-    acts, mask = bench_activations(args.sequences, np.linspace(0.2, 2.0, DIM, dtype=np.float32))
     with tempfile.TemporaryDirectory() as folder:
-        write_chunk(Path(folder) / "chunk", acts, mask, np.zeros(mask.shape, np.int32))
-        chunk = read_chunk(Path(folder) / "chunk")
-        whitening = Whitening.fit(Moments.of_chunk(chunk))
+        if args.home:
+            home = Path(args.home)
+            whitening = Whitening.load(home / "tensors" / "whitening.npz")
+            chunk = read_chunk(sorted((home / "tensors" / "activations").iterdir())[0])
+        else:
+            acts, mask = bench_activations(args.sequences, np.linspace(0.2, 2.0, DIM, dtype=np.float32))
+            write_chunk(Path(folder) / "chunk", acts, mask, np.zeros(mask.shape, np.int32))
+            chunk = read_chunk(Path(folder) / "chunk")
+            whitening = Whitening.fit(Moments.of_chunk(chunk))
         n = chunk.n_tokens
-        x = np.ascontiguousarray(acts[mask], dtype=np.float32)
+        x = np.ascontiguousarray(chunk.activations[chunk.attention_mask], dtype=np.float32)
         w = np.ascontiguousarray(whitening.matrix_, dtype=np.float32)
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         new, old = whitening.transform_chunk(chunk), old_transform_chunk(whitening, chunk)
-        print(f"{args.sequences} x {SEQ_LEN} x {DIM} fp16 chunk, {n:,} attended vectors; "
+        print(f"{chunk.activations.shape} fp16 chunk, {n:,} attended vectors; "
               f"torch threads {torch.get_num_threads()}; best of {args.rounds}; "
               f"largest difference new vs old {np.abs(new.astype(np.float32) - old).max():.2e} "
               f"(fp16 spacing at |x|<=4: {np.spacing(np.float16(4)):.1e})")
@@ -69,7 +76,6 @@ def main() -> None:
             "bound: torch fp32 X @ W": lambda: xt @ wt,
         }, args.rounds)
     print_shares(seconds, n)
-
 
 if __name__ == "__main__":
     main()
