@@ -5,10 +5,12 @@ two planted chunks (N_SEQ sequences of 128 tokens, d=576 as SmolLM2's, float16) 
 with the CLI's resources, then runs of whitened_activations_stage for chunk 0:
 
 - in process: the stage job's execute_in_process in this warm process, as `latent-atlas run` does;
-- fresh process, in-process executor: a new Python doing what a run worker does before and around the
-  run (start, imports, loading the code location, opening the instance), then the run;
-- fresh process, multiprocess executor: the same with Dagster's default executor, which a run the daemon
-  launches gets: the step executes in one more process that starts, imports and loads the code again.
+- fresh process, execute_in_process: a new Python doing what a run worker does before and around the
+  run (start, imports, loading the code location, opening the instance), then the run in it;
+- fresh process, the definitions' executor: the same run through `execute_job`, as a run the daemon or
+  the webserver launches executes, with the executor `build_definitions` sets (in process);
+- fresh process, multiprocess executor: the same with Dagster's default executor (what those runs got
+  before): the step executes in one more process that starts, imports and loads the code again.
 
 Parts: python start (until the script's first line), imports (dagster, then our assets, resources, IO
 managers and library), code location load (orchestration.definitions, build_definitions and the job),
@@ -40,12 +42,15 @@ def _job():
     from orchestration.definitions import build_definitions
     from resources import CorpusResource, ModelResource
 
+    import dagster as dg
+
+    executor = {"multiprocess": dg.multiprocess_executor}.get(os.environ.get("RUN_OVERHEAD_EXECUTOR", ""))
     defs = build_definitions(corpus=CorpusResource(source="npz", path=os.environ["RUN_OVERHEAD_CORPUS"]),
-                             model=ModelResource())
+                             model=ModelResource(), **({"executor": executor} if executor else {}))
     return defs.resolve_job_def(STAGE)
 
 
-def worker(key: str, multiprocess: bool) -> None:
+def worker(key: str, launched: bool) -> None:
     """A fresh process's run of the stage for `key`; prints its phases' wall clock times as JSON."""
     times = {"main": T0}
     import dagster as dg
@@ -60,7 +65,7 @@ def worker(key: str, multiprocess: bool) -> None:
     times["code location load"] = time.time()
     instance = dg.DagsterInstance.get()
     times["instance open"] = time.time()
-    if multiprocess:
+    if launched:
         result = dg.execute_job(dg.reconstructable(_job), instance, tags={"dagster/partition": key})
     else:
         result = job.execute_in_process(instance=instance, partition_key=key)
@@ -123,11 +128,14 @@ def measure(n_seq: int) -> None:
             wall = time.perf_counter() - began
         step, events = step_and_events(instance, result.run_id)
         rows["in process"] = {"run": wall, "step": step, "events": events}
-        fresh = (("fresh process, in-process executor", []), ("fresh process, multiprocess executor", ["--mp"]))
-        for name, flag in fresh:
+        fresh = (("fresh process, execute_in_process", [], ""),
+                 ("fresh process, the definitions' executor (in process; a launched run's path)", ["--launched"], ""),
+                 ("fresh process, multiprocess executor (a launched run's path before)", ["--launched"], "multiprocess"))
+        for name, flag, executor in fresh:
             popen = time.time()
+            env = {**os.environ, "PYTHONPATH": str(REPO), "RUN_OVERHEAD_EXECUTOR": executor}
             out = subprocess.run([sys.executable, __file__, "--worker", keys[0], *flag], capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600, check=True).stdout
+                                 env=env, timeout=600, check=True).stdout
             done = json.loads(out.strip().splitlines()[-1])
             t = done["times"]
             step, events = step_and_events(instance, done["run_id"])
@@ -149,7 +157,7 @@ def measure(n_seq: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        worker(sys.argv[2], "--mp" in sys.argv)
+        worker(sys.argv[2], "--launched" in sys.argv)
     else:
         for size in [int(a) for a in sys.argv[1:]] or [32, 512]:
             measure(size)

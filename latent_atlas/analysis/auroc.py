@@ -8,15 +8,16 @@ members separates them even in noise, so a score is read against a null (`analys
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
-import scipy.stats
-from sklearn.metrics import roc_auc_score
 
 
 def weighted_auroc(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray) -> float:
     """P(score of a positive > score of a negative), each token counted as a positive with
     weight pos_weight and as a negative with neg_weight; ties count one half (Mann-Whitney).
     NaN when the positives or the negatives carry no weight."""
+    from sklearn.metrics import roc_auc_score  # where used: scipy.stats/sklearn cost every run process ~1 s to import
     scores = np.asarray(scores, np.float64)
     pos_weight, neg_weight = np.asarray(pos_weight, np.float64), np.asarray(neg_weight, np.float64)
     if pos_weight.sum() <= 0 or neg_weight.sum() <= 0:
@@ -33,7 +34,7 @@ def auroc_interval(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.nd
     the tokens of one document count as one piece of evidence (each token its own group if None).
     The AUROC equals `weighted_auroc` (tests/test_intervention.py); no library offers the grouped interval."""
     groups = np.arange(np.size(scores)) if groups is None else np.unique(groups, return_inverse=True)[1]
-    return ranked_auroc_interval(score_ranks(scores), pos_weight, neg_weight, groups, float(scipy.stats.norm.ppf(0.5 + level / 2)))
+    return ranked_auroc_interval(score_ranks(scores), pos_weight, neg_weight, groups, float(NormalDist().inv_cdf(0.5 + level / 2)))
 
 
 def score_ranks(scores: np.ndarray) -> tuple[np.ndarray, int]:

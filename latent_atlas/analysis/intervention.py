@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
 import scipy.linalg
-import scipy.stats
 import scipy.sparse as sp
 
 from latent_atlas.analysis.auroc import ranked_auroc_interval, score_ranks, empirical_p
@@ -332,7 +332,7 @@ def intervention_vectors(moments: LdaMoments, fit_sample: VectorSample, heldout:
     near = nearest_clusters(moments.cluster_means() if centers is None else centers, hard_negatives)
     is_near = np.zeros((k, k + 1), bool)  # [k, strata]; stratum k: tokens with no membership
     is_near[np.arange(k)[:, None], near] = True
-    z = float(scipy.stats.norm.ppf(0.5 + level / 2))
+    z = float(NormalDist().inv_cdf(0.5 + level / 2))
     scored = {name: _separation(direction, heldout, heldout.expansion_weights(heldout_count), is_near, z)
               for name, direction in (("auroc", lda), ("diff_means_auroc", diff))}
     mean_var, weights = scored["auroc"]["mean_var"], scored["auroc"]["weights"]

@@ -22,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
-from sklearn.metrics import adjusted_rand_score
-from sklearn.metrics.cluster import contingency_matrix
 
 from latent_atlas.data.tables import save_npz
 
@@ -47,11 +44,13 @@ def _partitions(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Counts of items per (label in a, label in b) -> [ka, kb] int64, rows and columns in sorted
     label order; labels need not be 0..k-1."""
+    from sklearn.metrics.cluster import contingency_matrix  # where used: scipy.stats/sklearn cost every run process ~1 s to import
     return contingency_matrix(*_partitions(a, b))
 
 
 def perm_invariant_hamming(a: np.ndarray, b: np.ndarray) -> int:
     """Items that disagree under the best one-to-one relabelling of b onto a (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
     table = contingency(a, b)
     rows, cols = linear_sum_assignment(table, maximize=True)
     return int(len(a) - table[rows, cols].sum())
@@ -75,6 +74,7 @@ def matching_distance(a: np.ndarray, b: np.ndarray) -> int:
 def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     """Adjusted Rand index (1 = same partition up to relabelling, ~0 = chance); two identical trivial
     partitions (all-one-cluster or all-singletons) agree perfectly."""
+    from sklearn.metrics import adjusted_rand_score
     return float(adjusted_rand_score(*_partitions(a, b)))
 
 
@@ -103,6 +103,7 @@ def pairwise_partition_distances(labels: np.ndarray, method: str) -> np.ndarray:
 def match_centers(reference: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one match of each reference center [ka, d] to a center [kb, d] maximizing the summed cosine
     (Hungarian) -> (index into centers [ka], -1 if unmatched; cosine [ka], NaN if unmatched)."""
+    from scipy.optimize import linear_sum_assignment
     cos = _unit(reference) @ _unit(centers).T  # [ka, kb]
     rows, cols = linear_sum_assignment(cos, maximize=True)
     match, cosine = np.full(len(reference), -1, np.int64), np.full(len(reference), np.nan)

@@ -19,9 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import chi2_contingency, false_discovery_control, fisher_exact, permutation_test
-from scipy.stats.contingency import association
-from sklearn.metrics.cluster import contingency_matrix
 
 MIN_EXPECTED = 5.0  # the usual validity rule of thumb for the chi-squared approximation
 PERMUTATION_RESAMPLES = 9_999  # Monte Carlo resamples: the p-value's standard error is at most 0.005
@@ -109,6 +106,9 @@ def cluster_outcome_association(clusters: Sequence[str], outcomes: Sequence[str]
     `resamples` and `seed` drive the permutation test (tables larger than 2x2 with an expected
     count below 5); the stream is seeded per depth, so results are reproducible.
     """
+    from scipy.stats import chi2_contingency, fisher_exact  # where used: scipy.stats/sklearn cost every run process ~1 s to import
+    from scipy.stats.contingency import association
+    from sklearn.metrics.cluster import contingency_matrix
     if len(clusters) != len(outcomes):
         raise ValueError(f"clusters and outcomes must have the same length, got {len(clusters)} and {len(outcomes)}")
     cluster_ids, ci = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
@@ -137,6 +137,8 @@ def permutation_chi2_p(cluster_index: np.ndarray, outcome_index: np.ndarray, res
     the observed one, counting the observed (p >= 1 / (resamples + 1)). Exact when n! <= resamples.
     Indices are 0 .. r - 1 and 0 .. k - 1 with every value present (np.unique's inverse).
     """
+    from scipy.stats import permutation_test
+    from sklearn.metrics.cluster import contingency_matrix
     table = contingency_matrix(cluster_index, outcome_index)  # [r, k]
     r, k = table.shape
     expected = np.outer(table.sum(1), table.sum(0)) / table.sum()
@@ -160,6 +162,7 @@ def bias_corrected_cramers_v(table: np.ndarray) -> float:
     Plain V² = φ² / min(r − 1, k − 1) has expectation ~(r − 1)(k − 1) / (n − 1) / min(...) under
     independence; the correction subtracts that from φ² and shrinks r and k accordingly.
     """
+    from scipy.stats import chi2_contingency
     n = table.sum()
     r, k = table.shape
     phi2 = chi2_contingency(table, correction=False)[0] / n
@@ -222,6 +225,7 @@ def _untestable_reason(cluster_ids: np.ndarray, outcome_ids: np.ndarray, table: 
 
 
 def _cells(table: np.ndarray, expected: np.ndarray, clusters, outcomes) -> list[CellResult]:
+    from scipy.stats import chi2_contingency, false_discovery_control, fisher_exact
     n = table.sum()
     row, col = table.sum(1), table.sum(0)
     cells = []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from scipy.stats import wilcoxon
 
 DIRECTIONS = ("lda", "mean", "random")
 
@@ -52,6 +51,7 @@ def percentile_interval(resampled: np.ndarray, level: float) -> tuple[np.ndarray
 def paired_test(treated: np.ndarray, baseline: np.ndarray) -> dict:
     """{"statistic", "p_value", "clusters"}: one-sided Wilcoxon signed-rank test that treated [n] exceeds
     baseline [n], pair by pair; equal pairs are dropped (`clusters` counts the pairs used)."""
+    from scipy.stats import wilcoxon  # where used: scipy.stats/sklearn cost every run process ~1 s to import
     diff = np.asarray(treated, np.float64) - np.asarray(baseline, np.float64)
     used = int(np.count_nonzero(diff))
     if used == 0:
