@@ -88,7 +88,7 @@ def whitening(context: dg.AssetExecutionContext, config: WhiteningConfig, activa
             "method": fitted.method, "dim": dim, "chunks": len(paths),
             "refused_chunks": dg.MetadataValue.json(refused),
             "vectors": moments.count if moments else 0,
-            "moments_seconds": round(moments_seconds, 2) if moments else 0.0,
+            "moments_seconds": round(moments_seconds, 2),
             "top_eigenvalues": [round(float(v), 4) for v in fitted.eigenvalues_[:5]],
             "rank": fitted.rank_,
             **{f"check_{k}": round(check[k], 4) for k in ("relative_frobenius", "mean_diag") if k in check},

@@ -1,7 +1,7 @@
 """Where a per-chunk stage run's fixed cost goes (issue 28, item 4).
 
-`python benchmarks/run_overhead.py [N_SEQ ...]` (default 32 512): for each chunk size, a fresh home of
-two planted chunks (N_SEQ sequences of 128 tokens, d=576 as SmolLM2's, float16) materialized up to whitening
+`python benchmarks/run_overhead.py [--dim D] [N_SEQ ...]` (default 32 512): for each chunk size, a fresh home
+of two planted chunks (N_SEQ sequences of 128 tokens, d=D, default 576 as SmolLM2's, float16) materialized up to whitening
 with the CLI's resources, then runs of whitened_activations_stage for chunk 0:
 
 - in process: the stage job's execute_in_process in this warm process, as `latent-atlas run` does;
@@ -34,7 +34,7 @@ T0 = time.time()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 STAGE = "whitened_activations_stage"
-SEQ_LEN, DIM = 128, 576
+SEQ_LEN = 128
 
 
 def _job():
@@ -93,7 +93,7 @@ def event_write_seconds(instance, run_id: str, n: int = 50) -> float:
     return (time.perf_counter() - began) / n
 
 
-def measure(n_seq: int) -> None:
+def measure(n_seq: int, dim: int) -> None:
     import dagster as dg
     import numpy as np
 
@@ -103,7 +103,7 @@ def measure(n_seq: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(2):
         mask = np.ones((n_seq, SEQ_LEN), dtype=bool)
-        np.savez(corpus / f"part{i}.npz", activations=rng.standard_normal((n_seq, SEQ_LEN, DIM)).astype(np.float16),
+        np.savez(corpus / f"part{i}.npz", activations=rng.standard_normal((n_seq, SEQ_LEN, dim)).astype(np.float16),
                  attention_mask=mask, token_ids=rng.integers(0, 1000, (n_seq, SEQ_LEN)).astype(np.int32))
     from orchestration.instance import use_atlas_home
 
@@ -145,7 +145,7 @@ def measure(n_seq: int) -> None:
                           "instance open": t["instance open"] - t["code location load"],
                           "run": t["run"] - t["instance open"], "step": step, "events": events}
         per_event = event_write_seconds(instance, result.run_id)
-    print(f"\nchunk of {n_seq} x {SEQ_LEN} tokens, d={DIM} ({n_seq * SEQ_LEN * DIM * 2 / 2**20:.0f} MiB float16); "
+    print(f"\nchunk of {n_seq} x {SEQ_LEN} tokens, d={dim} ({n_seq * SEQ_LEN * dim * 2 / 2**20:.0f} MiB float16); "
           f"one event write {per_event * 1000:.1f} ms")
     for name, row in rows.items():
         fixed = sum(v for k, v in row.items() if k not in ("run", "step", "events")) + row["run"] - row["step"]
@@ -159,5 +159,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(sys.argv[2], "--launched" in sys.argv)
     else:
-        for size in [int(a) for a in sys.argv[1:]] or [32, 512]:
-            measure(size)
+        args = sys.argv[1:]
+        dim = int(args.pop(args.index("--dim") + 1)) if "--dim" in args else 576
+        args = [a for a in args if a != "--dim"]
+        for size in [int(a) for a in args] or [32, 512]:
+            measure(size, dim)

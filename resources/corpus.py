@@ -13,8 +13,7 @@ from latent_atlas.data.documents import TextSource
 from latent_atlas.data.errors import DimensionError
 from latent_atlas.data.home_corpus import CorpusIdentity, check_home_corpus
 from latent_atlas.data.manifests import (Registration, corpus_files, corpus_source, register_npz, register_text,
-                                         safe_key)
-from latent_atlas.data.paths import manifests_dir
+                                         remove_manifest, safe_key)
 from latent_atlas.data.seed_chunks import NpzKeys
 
 
@@ -98,7 +97,7 @@ class CorpusResource(dg.ConfigurableResource):
                 report.dimension = self.npz_dimension(self.corpus_name())
             except DimensionError:  # refused as a whole: leave no manifest of it behind
                 for key in report.written:
-                    (manifests_dir() / f"{key}.json").unlink(missing_ok=True)
+                    remove_manifest(key)
                 raise
             return report
         docs = (corpus_source(self.source, self.path, self.documents_per_category or None) if files is None

@@ -66,6 +66,10 @@ def write_manifest(key: str, text: str) -> Path:
     return write_atomically(manifests_dir() / f"{key}.json", lambda f: f.write(text.encode("utf-8")))
 
 
+def remove_manifest(key: str) -> None:
+    (manifests_dir() / f"{key}.json").unlink(missing_ok=True)
+
+
 def _plan_of(data: dict) -> ChunkPlan | NpzPlan:
     if data["kind"] == "npz":
         return NpzPlan(**data)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latent_atlas.data.chunks import DenseChunk, to_float16
+from latent_atlas.data.chunks import FLOAT16_MAX, DenseChunk, to_float16
 from latent_atlas.data.tables import save_npz
 
 # Rows multiplied per block when accumulating moments: a float32 block is ~38 MB at d=2304, and
@@ -31,8 +31,6 @@ from latent_atlas.data.tables import save_npz
 _BLOCK_ROWS = 4096
 # Sequences whitened per block of transform_chunk: bounds its fp32 temporaries (~75 MB at d=2304).
 _TRANSFORM_SEQUENCES = 64
-# The least magnitude float16 rounds to inf (the largest finite float16 is 65504).
-_FLOAT16_OVERFLOW = 65520.0
 # Eigenvalues at or below this fraction of the largest are not directions the data span: a variance
 # that small is float64 cancellation in E[xxᵀ] − μμᵀ, fp16 rounding of the stored activations
 # (relative 2^-11 per value), or exactly zero because there are fewer vectors than dimensions.
@@ -194,7 +192,7 @@ class Whitening:
             else:
                 whitened = np.matmul(x.sub_(mean).numpy(), matrix, out=product[: len(attended)])
             # NaN fails the test too; one fp32 max and min cost ~1/10 of an fp16 isfinite
-            if not max(float(whitened.max()), -float(whitened.min())) < _FLOAT16_OVERFLOW:
+            if not max(float(whitened.max()), -float(whitened.min())) <= FLOAT16_MAX:  # to_float16's own bound
                 full = np.zeros(block.activations.shape, np.float32)
                 full[mask] = whitened  # the checked cast names the place as the stage stores it
                 to_float16(full, chunk.path or "chunk being whitened", "whitened activations", start)
