@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from assets.metadata import markdown_table, token_norms_table
+from assets.metadata import attended_norms, markdown_table, token_norms_table
 from assets.partitions import chunks
 from assets.versions import versioned
 from latent_atlas.data.chunks import DenseChunk
@@ -103,46 +103,50 @@ def activations(
         chunk, expected_dim = _npz_chunk(plan, corpus)
         # keeps the NPZ reference: the partition then stores no second copy of the activations
         chunk = dataclasses.replace(chunk, meta={"source": plan.path, "key": plan.key})
+    norms = _norms(chunk, None)
     return versioned(
         chunk, chunk_version(chunk),
         {"shape": str(chunk.activations.shape), "attended_tokens": chunk.n_tokens, **chunk.meta,
-         "token_norms": token_norms_table(chunk.activations, chunk.attention_mask)},
-        check_results=activation_check_results(chunk, expected_dim),
+         "token_norms": token_norms_table(norms, chunk.dim)},
+        check_results=activation_check_results(chunk, expected_dim, norms),
     )
 
 
-def activation_check_results(chunk: DenseChunk, expected_dim: int) -> list[dg.AssetCheckResult]:
+def activation_check_results(chunk: DenseChunk, expected_dim: int, norms: np.ndarray) -> list[dg.AssetCheckResult]:
     return [dg.AssetCheckResult(check_name=name, passed=passed, metadata=metadata)
-            for name, (passed, metadata) in (("finite_and_shaped", finite_and_shaped(chunk, expected_dim)),
-                                             ("mask_token_alignment", mask_token_alignment(chunk)))]
+            for name, (passed, metadata) in (("finite_and_shaped", finite_and_shaped(chunk, expected_dim, norms)),
+                                             ("mask_token_alignment", mask_token_alignment(chunk, norms)))]
 
 
-def finite_and_shaped(chunk: DenseChunk, expected_dim: int) -> tuple[bool, dict]:
-    """Check: every activation finite, [n_seq, seq_len, expected_dim]. An NPZ chunk was validated on
-    load; a model's fp16 output was not (a residual value past 65504 turns inf in the cast)."""
+def _norms(chunk: DenseChunk, norms: np.ndarray | None) -> np.ndarray:
+    shaped = chunk.activations.ndim == 3 and chunk.attention_mask.shape == chunk.activations.shape[:2]
+    return norms if norms is not None else (attended_norms(chunk.activations, chunk.attention_mask) if shaped
+                                            else np.zeros(0, np.float32))
+
+
+def finite_and_shaped(chunk: DenseChunk, expected_dim: int, norms: np.ndarray | None = None) -> tuple[bool, dict]:
+    """Check: every attended activation finite, [n_seq, seq_len, expected_dim]. An NPZ chunk was validated
+    on load; a model's fp16 output was not (a residual value past 65504 turns inf in the cast). `norms`:
+    the attended tokens' norms (`attended_norms`), non-finite exactly where a vector is."""
     shaped = chunk.activations.ndim == 3 and chunk.dim == expected_dim
-    non_finite, first = 0, None
-    for start, block in chunk.iter_blocks() if chunk.activations.ndim == 3 else ():
-        bad = ~np.isfinite(block.activations).all(axis=2)  # [block_seq, seq_len]
-        if first is None and bad.any():
-            s, p = np.argwhere(bad)[0]
-            first = f"sequence {start + s}, position {p}"
-        non_finite += int(bad.sum())
-    return non_finite == 0 and shaped, {"shape": str(chunk.activations.shape), "expected_dim": expected_dim,
-                                        "non_finite_tokens": non_finite, "first_non_finite": first or ""}
+    bad = ~np.isfinite(_norms(chunk, norms))
+    first = ""
+    if bad.any():
+        s, p = np.argwhere(chunk.attention_mask)[np.argmax(bad)]
+        first = f"sequence {s}, position {p}"
+    return not bad.any() and shaped, {"shape": str(chunk.activations.shape), "expected_dim": expected_dim,
+                                      "non_finite_tokens": int(bad.sum()), "first_non_finite": first}
 
 
-def mask_token_alignment(chunk: DenseChunk) -> tuple[bool, dict]:
+def mask_token_alignment(chunk: DenseChunk, norms: np.ndarray | None = None) -> tuple[bool, dict]:
     """Check: mask and token ids are the activations' [n_seq, seq_len], some tokens are attended, and no
     attended token has a negative id or an all-zero vector (what a mask shifted onto zero-filled padding
-    attends; a zero vector has no direction to cluster by)."""
+    attends; a zero vector has no direction to cluster by: a zero norm)."""
     aligned = chunk.attention_mask.shape == chunk.token_ids.shape == chunk.activations.shape[:2]
     zero, negative = 0, 0
     if aligned:
-        for _, block in chunk.iter_blocks():
-            mask = np.asarray(block.attention_mask, bool)
-            zero += int((~np.asarray(block.activations[mask]).any(axis=-1)).sum())
-            negative += int((np.asarray(block.token_ids)[mask] < 0).sum())
+        zero = int((_norms(chunk, norms) == 0).sum())
+        negative = int((np.asarray(chunk.token_ids)[np.asarray(chunk.attention_mask, bool)] < 0).sum())
     passed = aligned and chunk.n_tokens > 0 and zero == 0 and negative == 0
     return passed, {"attended_tokens": chunk.n_tokens, "aligned_shapes": aligned,
                     "attended_zero_vectors": zero, "attended_negative_ids": negative}

@@ -138,22 +138,27 @@ def usage_curve_markdown(usage: np.ndarray) -> dg.MetadataValue:
     return figure_markdown(fig, "usage by rank")
 
 
-def token_norms_table(values: np.ndarray, mask: np.ndarray, block_sequences: int = 64) -> dg.MetadataValue:
-    """Quantiles of the attended tokens' vector norms (values [n_seq, seq_len, d], mask [n_seq, seq_len]),
-    read a block of sequences at a time: a few tokens far above the median (massive activations, a
-    broken chunk) or a median far from sqrt(d) after whitening show here."""
+def attended_norms(values: np.ndarray, mask: np.ndarray, block_sequences: int = 64) -> np.ndarray:
+    """float32 norms of the attended tokens (values [n_seq, seq_len, d], mask [n_seq, seq_len]) in the mask's
+    order, a block of sequences at a time: one pass that also tells a NaN/Inf (a non-finite norm) and an
+    all-zero vector (a zero norm), so the activations' page and both of their checks share it."""
     # attended rows first, then torch's norm in float32 of the float16 rows (numpy's float16 cast of whole
     # blocks took ~2 s of a 117k-token chunk)
-    norms = np.concatenate([torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(
+    mask = np.asarray(mask, bool)
+    return np.concatenate([torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(
         values[s:s + block_sequences][mask[s:s + block_sequences]])).float(), dim=-1).numpy()
         for s in range(0, values.shape[0], block_sequences)] + [np.zeros(0, np.float32)])
+
+
+def token_norms_table(norms: np.ndarray, dim: int) -> dg.MetadataValue:
+    """Quantiles of the attended tokens' vector norms (`attended_norms`): a few tokens far above the
+    median (massive activations, a broken chunk) or a median far from sqrt(d) after whitening show here."""
     if not norms.size:
         return markdown_table([])
     p50 = float(np.median(norms))
     return markdown_table([{"tokens": int(norms.size), "min": float(norms.min()), "median": p50,
                             "p99": float(np.quantile(norms, 0.99)), "max": float(norms.max()),
-                            "sqrt_d": math.sqrt(values.shape[-1]),
-                            "share_over_10x_median": float(np.mean(norms > 10 * p50))}])
+                            "sqrt_d": math.sqrt(dim), "share_over_10x_median": float(np.mean(norms > 10 * p50))}])
 
 
 def spectrum_markdown(eigenvalues: np.ndarray, rank: int, title: str = "covariance spectrum") -> dg.MetadataValue:

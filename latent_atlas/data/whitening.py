@@ -164,7 +164,14 @@ class Whitening:
         return (np.asarray(x, dtype=np.float32) - self.mean_) @ self.matrix_
 
     def transform_chunk(self, chunk: DenseChunk) -> np.ndarray:
-        """Whitened activations of a chunk, fp16 [n_seq, seq_len, d]; masked positions are zero.
+        """Whitened activations of a chunk, fp16 [n_seq, seq_len, d]; masked positions are zero (see
+        `transform_chunk_with_norms`)."""
+        return self.transform_chunk_with_norms(chunk)[0]
+
+    def transform_chunk_with_norms(self, chunk: DenseChunk) -> tuple[np.ndarray, np.ndarray]:
+        """(whitened activations fp16 [n_seq, seq_len, d], masked positions zero; the attended tokens'
+        whitened norms float32 [n_tokens], in the mask's order, taken from the fp32 rows before the cast:
+        a second pass over the output to take them cost ~5% of the stage).
 
         Raises ChunkError naming the chunk if a whitened value would overflow fp16 (a vector far
         outside the fitted distribution, or a whitening fitted on other data).
@@ -174,6 +181,7 @@ class Whitening:
         CPUs measured): benchmarks/whitened_transform.py.
         """
         out = np.zeros(chunk.activations.shape, np.float16)
+        norms = []
         rows = _TRANSFORM_SEQUENCES * chunk.activations.shape[1]
         centred = torch.empty((rows, self.dim), dtype=torch.float32)
         product = np.empty((rows, self.dim), np.float32)
@@ -196,8 +204,10 @@ class Whitening:
                 full = np.zeros(block.activations.shape, np.float32)
                 full[mask] = whitened  # the checked cast names the place as the stage stores it
                 to_float16(full, chunk.path or "chunk being whitened", "whitened activations", start)
-            out[start : start + block.n_sequences][mask] = torch.from_numpy(whitened).to(torch.float16).numpy()
-        return out
+            rows_fp32 = torch.from_numpy(whitened)
+            norms.append(torch.linalg.vector_norm(rows_fp32, dim=1).numpy().copy())  # the buffer is reused
+            out[start : start + block.n_sequences][mask] = rows_fp32.to(torch.float16).numpy()
+        return out, np.concatenate([*norms, np.zeros(0, np.float32)])
 
     def state(self) -> dict[str, np.ndarray]:
         """The arrays `save` writes: everything the fitted transform is."""
