@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def measure(n_seq: int, dim: int) -> None:
                           "instance open": t["instance open"] - t["code location load"],
                           "run": t["run"] - t["instance open"], "step": step, "events": events}
         per_event = event_write_seconds(instance, result.run_id)
+    shutil.rmtree(home)  # GBs at the larger sizes
     print(f"\nchunk of {n_seq} x {SEQ_LEN} tokens, d={dim} ({n_seq * SEQ_LEN * dim * 2 / 2**20:.0f} MiB float16); "
           f"one event write {per_event * 1000:.1f} ms")
     for name, row in rows.items():
@@ -152,7 +154,7 @@ def measure(n_seq: int, dim: int) -> None:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("step", "events", "run"))
         print(f"  {name}: {parts + ', ' if parts else ''}run {row['run']:.2f} (step {row['step']:.2f}, rest "
               f"{row['run'] - row['step']:.2f}, {row['events']} events ~ {row['events'] * per_event:.2f} s of writes); "
-              f"overhead {fixed:.2f} s, overhead/step {fixed / row['step']:.1f}")
+              f"overhead {fixed:.2f} s, overhead/step {fixed / row['step']:.2f}")
 
 
 if __name__ == "__main__":
