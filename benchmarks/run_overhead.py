@@ -104,7 +104,7 @@ def measure(n_seq: int, dim: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(2):
         mask = np.ones((n_seq, SEQ_LEN), dtype=bool)
-        np.savez(corpus / f"part{i}.npz", activations=rng.standard_normal((n_seq, SEQ_LEN, dim)).astype(np.float16),
+        np.savez(corpus / f"part{i}.npz", activations=rng.standard_normal((n_seq, SEQ_LEN, dim), dtype=np.float32).astype(np.float16),
                  attention_mask=mask, token_ids=rng.integers(0, 1000, (n_seq, SEQ_LEN)).astype(np.int32))
     from orchestration.instance import use_atlas_home
 
