@@ -197,11 +197,12 @@ def _chat_client(name: str, home: Path):
         return None
     try:
         from latent_atlas.labels.llm import LocalChatClient  # lazily: it loads a second model
+        from latent_atlas.data.paths import model_cache_dir
     except ImportError as exc:
         print(f"latent-atlas analyze: no local LLM client ({exc}); showing the deterministic summary", file=sys.stderr)
         return None
     # a few sentences need more room than the labeler's default cap on new tokens
-    return LocalChatClient(cache_dir=home / "models", max_new_tokens=META_MAX_TOKENS)
+    return LocalChatClient(cache_dir=model_cache_dir(home), max_new_tokens=META_MAX_TOKENS)
 
 
 def _analyze(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """Shared fixtures: an isolated ATLAS_HOME per test, a tiny real corpus, one finished home a session."""
 
+import atexit
 import os
 import shutil
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +12,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One converted copy of each model for the session and the processes its tests start, not one per test
+# home: SmolLM2's GGUF dequantizes to 517 MB each time, and many tests make a fresh home.
+if "ATLAS_MODEL_CACHE" not in os.environ:
+    os.environ["ATLAS_MODEL_CACHE"] = tempfile.mkdtemp(prefix="latent-atlas-test-models-")
+    atexit.register(shutil.rmtree, os.environ["ATLAS_MODEL_CACHE"], ignore_errors=True)
 warnings.filterwarnings("ignore", message=".*is currently in preview.*")
 
 

@@ -76,3 +76,14 @@ def test_cpu_forward_batches_are_cache_sized_and_gpu_batches_follow_the_budget()
     assert forward_batch_size("cpu", 4096, 4096, 576, 15) == 1  # one long sequence still runs
     assert forward_batch_size("cpu", 16, 128, 576, 15) == batch_size_for_budget(16, 128, 576, 15)  # budget binds
     assert forward_batch_size("cuda", 4096, 128, 576, 15) == batch_size_for_budget(4096, 128, 576, 15)
+
+
+def test_the_model_cache_is_the_homes_unless_one_is_shared(monkeypatch, tmp_path):
+    from latent_atlas.data.paths import model_cache_dir
+
+    monkeypatch.delenv("ATLAS_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path / "home"))
+    assert model_cache_dir() == (tmp_path / "home").resolve() / "models"
+    assert model_cache_dir(tmp_path / "other") == tmp_path / "other" / "models"
+    monkeypatch.setenv("ATLAS_MODEL_CACHE", str(tmp_path / "shared"))
+    assert model_cache_dir() == model_cache_dir(tmp_path / "other") == (tmp_path / "shared").resolve()

@@ -14,8 +14,11 @@ def atlas_home() -> Path:
     return home
 
 
-def model_cache_dir() -> Path:
-    return atlas_home() / "models"
+def model_cache_dir(home: Path | None = None) -> Path:
+    """Where models are kept once converted for use: $ATLAS_MODEL_CACHE when set (one copy for many homes;
+    SmolLM2's GGUF dequantizes to 517 MB), else the home's models/ folder."""
+    shared = os.environ.get("ATLAS_MODEL_CACHE")
+    return Path(shared).resolve() if shared else (Path(home) if home else atlas_home()) / "models"
 
 
 def manifests_dir() -> Path:

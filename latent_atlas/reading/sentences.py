@@ -28,7 +28,7 @@ from latent_atlas.data.corpus import ChunkPlan, tokenize_documents
 from latent_atlas.data.documents import Document
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.models import extract_activations, load_model
-from latent_atlas.data.paths import atlas_home
+from latent_atlas.data.paths import atlas_home, model_cache_dir
 from latent_atlas.data.whitening import Whitening
 from latent_atlas.labels.cache import LabelCache
 
@@ -100,7 +100,7 @@ class SentenceAnalyzer:
         self.centroids.config = replace(self.centroids.config, device=device)
         meta = _activation_meta(tensors / "activations")
         self.layer = int(meta["layer"])
-        self.model = load_model(meta["model"], self.home / "models", torch.device(device))
+        self.model = load_model(meta["model"], model_cache_dir(self.home), torch.device(device))
         self.sequence_length = _sequence_length(self.home / "manifests")
         self.labels = LabelCache(self.home / "labels" / "clusters").all()
         self._exemplars = None

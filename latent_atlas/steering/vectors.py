@@ -249,14 +249,14 @@ class Steerer:
     model cache (home/models, as the pipeline wrote it)."""
 
     def __init__(self, home: str | Path | None = None, device: str = "cpu"):
-        from latent_atlas.data.paths import atlas_home
+        from latent_atlas.data.paths import atlas_home, model_cache_dir
 
         self.home = Path(home).resolve() if home else atlas_home()
         path = self.home / "tensors" / "steering_vectors.npz"
         if not path.exists():
             raise FileNotFoundError(f"{path}: not found; materialize the steering_vectors asset first")
         self.vectors = SteeringVectors.load(path)
-        self.model = load_causal_model(self.vectors.model, self.home / "models", torch.device(device))
+        self.model = load_causal_model(self.vectors.model, model_cache_dir(self.home), torch.device(device))
 
     def steer(self, prompt: str, cluster: int, alpha: float, kind: str = "lda", from_position: int = 0,
               max_new_tokens: int = 24) -> SteeredText:
