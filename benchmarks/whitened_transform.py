@@ -77,5 +77,6 @@ def main() -> None:
         }, args.rounds)
     print_shares(seconds, n)
 
+
 if __name__ == "__main__":
     main()

@@ -245,8 +245,8 @@ class SteeredText:
 class Steerer:
     """Steers the atlas's model in `home` (default $ATLAS_HOME or ./.atlas) with its clusters' vectors.
 
-    Reads tensors/steering_vectors.npz (the `steering_vectors` asset) and the model from the home's
-    model cache (home/models, as the pipeline wrote it)."""
+    Reads tensors/steering_vectors.npz (the `steering_vectors` asset) and the model from the model cache
+    the pipeline wrote (`model_cache_dir`: home/models, or $ATLAS_MODEL_CACHE)."""
 
     def __init__(self, home: str | Path | None = None, device: str = "cpu"):
         from latent_atlas.data.paths import atlas_home, model_cache_dir
