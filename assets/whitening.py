@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from assets.metadata import attended_norms, spectrum_markdown, token_norms_table
-from latent_atlas.data.chunks import DenseChunk, read_chunk, screen_chunks
+from latent_atlas.data.chunks import DenseChunk, StreamedChunk, read_chunk, screen_chunks
 from latent_atlas.data.content import chunk_version, content_version
 from latent_atlas.data.whitening import (Moments, Whitening, covariance_check, held_out_check, held_out_size,
                                          sample_vectors)
@@ -125,23 +125,30 @@ def whitened_activations(context: dg.AssetExecutionContext, activations, whiteni
                                 metadata={"whitening": whitening.method})
 
 
-def _whiten(activations: DenseChunk, whitening: Whitening, activations_version: str | None) -> tuple[DenseChunk, dict]:
+def _whiten(activations: DenseChunk, whitening: Whitening,
+            activations_version: str | None) -> tuple[DenseChunk | StreamedChunk, dict]:
     """The whitened chunk and its page metadata. Its content version is that of what made it (the
     activations' content version and the whitening's state; the code is in every fingerprint), not a
-    hash of its ~600 MB a chunk: the same identity for the same bytes, at ~6% less of the stage."""
+    hash of its ~600 MB a chunk: the same identity for the same bytes, at ~6% less of the stage.
+
+    A transformed chunk is a StreamedChunk, made while the IO manager writes it (never whole in memory);
+    its token norms, known once it is written, are the metadata its `fill` returns."""
     meta = {**activations.meta, "whitening": whitening.method}
+    version = content_version("whitened", activations_version or chunk_version(activations), whitening.state(), meta)
+    metadata = {"shape": str(activations.activations.shape), "whitening": whitening.method, CONTENT_VERSION: version}
+    dim = activations.dim
     if whitening.method == "identity" and activations.storage == "reference":
         # nothing to transform: a reference to the activations' bytes, not a full-size copy
         # (masked positions then keep the input's values; every consumer reads attended positions)
         chunk = dataclasses.replace(activations, meta=meta, path=None)
-        whitened, norms = chunk.activations, attended_norms(chunk.activations, chunk.attention_mask)
-    else:
-        whitened, norms = whitening.transform_chunk_with_norms(activations)
-        chunk = DenseChunk(whitened, activations.attention_mask, activations.token_ids, meta=meta)
-    version = (content_version("whitened", activations_version, whitening.state(), meta) if activations_version
-               else chunk_version(chunk))
-    return chunk, {"shape": str(whitened.shape), "whitening": whitening.method, CONTENT_VERSION: version,
-                   "token_norms": token_norms_table(norms, whitened.shape[-1])}
+        return chunk, {**metadata, "token_norms": token_norms_table(
+            attended_norms(chunk.activations, chunk.attention_mask), dim)}
+
+    def fill(file) -> dict:
+        return {"token_norms": token_norms_table(whitening.transform_chunk_into(activations, file), dim)}
+
+    return StreamedChunk(activations.activations.shape, activations.attention_mask, activations.token_ids,
+                         meta, fill), metadata
 
 
 class WhitenedRange(Mapping):
@@ -173,5 +180,11 @@ class WhitenedRange(Mapping):
             return None
         chunk, metadata = _whiten(read_chunk(self._paths[key]), self._whitening,
                                   partition_content_version(self._context.instance, "activations", key))
-        self._context.add_asset_metadata(metadata, partition_key=key)
-        return chunk
+        if not isinstance(chunk, StreamedChunk):
+            self._context.add_asset_metadata(metadata, partition_key=key)
+            return chunk
+
+        def fill(file, made=chunk.fill) -> dict:  # the partition's page metadata once its norms are known
+            self._context.add_asset_metadata({**metadata, **made(file)}, partition_key=key)
+            return {}
+        return dataclasses.replace(chunk, fill=fill)

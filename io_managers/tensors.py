@@ -17,7 +17,7 @@ import dagster as dg
 
 from io_managers.storage import input_paths, output_path, record_inputs_fingerprint, wants_single_partition
 from latent_atlas.data.atomic import write_atomically
-from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.data.chunks import DenseChunk, StreamedChunk, read_chunk, write_chunk, write_streamed_chunk
 from latent_atlas.data.paths import atlas_home
 
 # The classes this IO manager saves, as their sidecars name them. A sidecar is data, not code:
@@ -66,6 +66,12 @@ class TensorIOManager(dg.ConfigurableIOManager):
             self._handle_range(context, obj)
             return
         key = context.partition_key if context.has_asset_partitions else None
+        if isinstance(obj, StreamedChunk):  # made while written: its fill returns the metadata it gathered
+            path = output_path(self._base(), context, "", key)
+            made = write_streamed_chunk(path, obj)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "shape": str(obj.shape),
+                                         "attended_tokens": obj.n_tokens, "storage": "copy", **made})
+            return
         if isinstance(obj, DenseChunk):
             path = write_chunk(output_path(self._base(), context, "", key), obj.activations, obj.attention_mask,
                                obj.token_ids, obj.meta, obj.activations_ref)
@@ -104,7 +110,11 @@ class TensorIOManager(dg.ConfigurableIOManager):
             if chunk is None:
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            write_chunk(path, chunk.activations, chunk.attention_mask, chunk.token_ids, chunk.meta, chunk.activations_ref)
+            if isinstance(chunk, StreamedChunk):
+                write_streamed_chunk(path, chunk)
+            else:
+                write_chunk(path, chunk.activations, chunk.attention_mask, chunk.token_ids, chunk.meta,
+                            chunk.activations_ref)
             written += 1
         context.add_output_metadata({"path": dg.MetadataValue.path(str(output_path(self._base(), context, "", None))),
                                      "partitions_written": written})

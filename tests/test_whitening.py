@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latent_atlas.data.chunks import DenseChunk, read_chunk, write_chunk
+from latent_atlas.data.chunks import DenseChunk, StreamedChunk, read_chunk, write_chunk, write_streamed_chunk
 from latent_atlas.data.errors import ChunkError
 from latent_atlas.data.whitening import (Moments, Whitening, covariance_check, covariance_error, held_out_check,
                                          held_out_size)
@@ -222,3 +222,40 @@ def test_transform_chunk_whitens_attended_rows_only_across_blocks(seed):
     np.testing.assert_array_equal(out[mask], w.transform(acts[mask]).astype(np.float16))
     assert not out[~mask].any()
     np.testing.assert_array_equal(Whitening.identity(d).transform_chunk(chunk), np.where(mask[..., None], acts, 0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streamed_whitened_chunk_writes_the_same_files_as_the_whole_array(tmp_path, seed):
+    """What the stage stores (the chunk made while written, blocks overlapping their writes) is the
+    directory write_chunk writes from the whole transformed array, byte for byte, norms included; a
+    block without an attended position and a last block shorter than the others included."""
+    rng = np.random.default_rng(seed)
+    d = 24
+    acts = (rng.standard_normal((150, 9, d)) * rng.uniform(0.2, 3, d) + 40).astype(np.float16)
+    mask = rng.random((150, 9)) < 0.7
+    mask[64:128] = False
+    tokens = rng.integers(0, 1000, mask.shape).astype(np.int32)
+    chunk = DenseChunk(acts, mask, tokens, meta={"seed": seed})
+    w = Whitening.fit(Moments.of_chunk(chunk))
+    whole, norms = w.transform_chunk_with_norms(chunk)
+    write_chunk(tmp_path / "whole", whole, mask, tokens, {"seed": seed})
+    made = write_streamed_chunk(tmp_path / "streamed", StreamedChunk(
+        acts.shape, mask, tokens, {"seed": seed}, lambda f: {"norms": w.transform_chunk_into(chunk, f)}))
+    np.testing.assert_array_equal(made["norms"], norms)
+    for name in ("activations.npy", "attention_mask.npy", "token_ids.npy", "meta.json"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_a_streamed_chunk_that_fails_leaves_nothing_on_disk(tmp_path):
+    """An fp16 overflow found in a later block, after earlier blocks were written: ChunkError naming the
+    chunk and the place, and neither the chunk directory nor a temp directory is left behind."""
+    acts = np.ones((130, 3, 4), np.float16)
+    acts[129, 2] = 100
+    write_chunk(tmp_path / "in", acts, np.ones((130, 3), bool), np.zeros((130, 3), int))
+    chunk = read_chunk(tmp_path / "in")
+    too_strong = Whitening(np.zeros(4, np.float32), np.eye(4, dtype=np.float32) * 1000, "zca", 1e-3, np.ones(4))
+    out = tmp_path / "out" / "c"
+    with pytest.raises(ChunkError, match="sequence 129, position 2"):
+        write_streamed_chunk(out, StreamedChunk(acts.shape, chunk.attention_mask, chunk.token_ids, {},
+                                                lambda f: {"norms": too_strong.transform_chunk_into(chunk, f)}))
+    assert list((tmp_path / "out").iterdir()) == []

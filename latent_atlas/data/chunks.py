@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -246,6 +246,43 @@ def write_chunk(
         np.save(tmp / "token_ids.npy", np.ascontiguousarray(token_ids, dtype=np.int32))
         (tmp / "meta.json").write_text(json.dumps(meta or {}, default=_json_default))
     return Path(path)
+
+
+@dataclass(frozen=True)
+class StreamedChunk:
+    """A chunk whose fp16 activations are made while they are written: `fill(file)` writes their
+    C-order bytes block by block into the chunk's activations.npy (after its header) and returns
+    the page metadata it gathered. A new full-size array (whitened_activations: 600 MB a chunk at
+    d=2304) is then never whole in memory, and its writes overlap the making of the next block."""
+
+    shape: tuple[int, int, int]
+    attention_mask: np.ndarray
+    token_ids: np.ndarray
+    meta: dict
+    fill: Callable[[BinaryIO], dict]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def write_streamed_chunk(path: str | Path, chunk: StreamedChunk) -> dict:
+    """Write a StreamedChunk's directory atomically (the same bytes write_chunk writes for the same
+    values); returns what its `fill` returned. An error while filling leaves nothing behind."""
+    expected = int(np.prod(chunk.shape)) * 2
+    with atomic_dir(path) as tmp:
+        with open(tmp / "activations.npy", "wb", buffering=0) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                    "shape": tuple(chunk.shape)})
+            start = f.tell()
+            metadata = chunk.fill(f)
+            if f.tell() - start != expected:
+                raise ChunkError(path, f"streamed activations wrote {f.tell() - start} bytes, expected {expected}")
+        np.save(tmp / "attention_mask.npy", np.ascontiguousarray(chunk.attention_mask, dtype=bool))
+        np.save(tmp / "token_ids.npy", np.ascontiguousarray(chunk.token_ids, dtype=np.int32))
+        (tmp / "meta.json").write_text(json.dumps(chunk.meta or {}, default=_json_default))
+    return metadata
 
 
 def read_chunk(path: str | Path, mmap: bool = True) -> DenseChunk:

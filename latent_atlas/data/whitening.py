@@ -17,8 +17,10 @@ float64 vectors keep a float64 product.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -175,22 +177,54 @@ class Whitening:
 
         Raises ChunkError naming the chunk if a whitened value would overflow fp16 (a vector far
         outside the fitted distribution, or a whitening fitted on other data).
-
-        Only attended rows are touched, through two reused fp32 buffers; torch casts fp16 <-> fp32
-        (~8x numpy's rate here) and numpy's sgemm multiplies (OpenBLAS, the faster fp32 GEMM on the
-        CPUs measured): benchmarks/whitened_transform.py.
         """
         out = np.zeros(chunk.activations.shape, np.float16)
         norms = []
+        for start, mask, rows in self._whitened_blocks(chunk):
+            norms.append(torch.linalg.vector_norm(rows, dim=1).numpy().copy())  # the buffer is reused
+            out[start : start + len(mask)][mask] = rows.to(torch.float16).numpy()
+        return out, np.concatenate([*norms, np.zeros(0, np.float32)])
+
+    def transform_chunk_into(self, chunk: DenseChunk, file: BinaryIO) -> np.ndarray:
+        """Write the bytes of `transform_chunk` (C order) into `file` block by block and return the
+        norms `transform_chunk_with_norms` returns. One writer thread writes a block while the next
+        one is multiplied (two reused fp16 block buffers): the stage's writes, ~15% of it when they
+        followed the transform, overlap the GEMM, and no full-size output array is held (600 MB a
+        chunk at d=2304, whose first touch alone cost ~1.3 s here: benchmarks/whitened_transform.py)."""
+        buffers = [np.empty((_TRANSFORM_SEQUENCES, *chunk.activations.shape[1:]), np.float16) for _ in range(2)]
+        pending, norms = [None, None], []
+        with ThreadPoolExecutor(1, thread_name_prefix="chunk-writer") as writer:
+            for i, (start, mask, rows) in enumerate(self._whitened_blocks(chunk)):
+                if pending[i % 2] is not None:
+                    pending[i % 2].result()  # its previous block is written: the buffer is free
+                block = buffers[i % 2][: len(mask)]
+                block[...] = 0
+                block[mask] = rows.to(torch.float16).numpy()
+                norms.append(torch.linalg.vector_norm(rows, dim=1).numpy().copy())
+                pending[i % 2] = writer.submit(_write_all, file, memoryview(block).cast("B"))
+            for future in pending:
+                if future is not None:
+                    future.result()  # a failed write raises here
+        return np.concatenate([*norms, np.zeros(0, np.float32)])
+
+    def _whitened_blocks(self, chunk: DenseChunk) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+        """(first sequence, mask [n, seq_len], whitened fp32 rows of its attended positions, none when no
+        position is) per block of _TRANSFORM_SEQUENCES sequences; the rows' buffer is reused by the next block.
+
+        Only attended rows are touched, through two reused fp32 buffers; torch casts fp16 <-> fp32
+        (~8x numpy's rate here) and numpy's sgemm multiplies (OpenBLAS, the faster fp32 GEMM on the
+        CPUs measured): benchmarks/whitened_transform.py. Raises ChunkError on an fp16 overflow.
+        """
         rows = _TRANSFORM_SEQUENCES * chunk.activations.shape[1]
         centred = torch.empty((rows, self.dim), dtype=torch.float32)
         product = np.empty((rows, self.dim), np.float32)
         mean = torch.from_numpy(np.asarray(self.mean_, np.float32))
         matrix = np.asarray(self.matrix_, np.float32)
         for start, block in chunk.iter_blocks(_TRANSFORM_SEQUENCES):
-            mask = block.attention_mask
+            mask = np.asarray(block.attention_mask, bool)
             attended = block.activations[mask]
             if not len(attended):
+                yield start, mask, torch.zeros((0, self.dim))
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: only read here
@@ -204,10 +238,7 @@ class Whitening:
                 full = np.zeros(block.activations.shape, np.float32)
                 full[mask] = whitened  # the checked cast names the place as the stage stores it
                 to_float16(full, chunk.path or "chunk being whitened", "whitened activations", start)
-            rows_fp32 = torch.from_numpy(whitened)
-            norms.append(torch.linalg.vector_norm(rows_fp32, dim=1).numpy().copy())  # the buffer is reused
-            out[start : start + block.n_sequences][mask] = rows_fp32.to(torch.float16).numpy()
-        return out, np.concatenate([*norms, np.zeros(0, np.float32)])
+            yield start, mask, torch.from_numpy(whitened)
 
     def state(self) -> dict[str, np.ndarray]:
         """The arrays `save` writes: everything the fitted transform is."""
@@ -221,6 +252,12 @@ class Whitening:
     def load(cls, path: str | Path) -> "Whitening":
         with np.load(path, allow_pickle=False) as f:
             return cls(f["mean"], f["matrix"], str(f["method"]), float(f["eps"]), f["eigenvalues"])
+
+
+def _write_all(file: BinaryIO, view: memoryview) -> None:
+    """file.write until every byte is written (an unbuffered write may write part of a large view)."""
+    while view:
+        view = view[file.write(view):]
 
 
 class _BlockSums:
