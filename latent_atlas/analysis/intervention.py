@@ -44,24 +44,25 @@ class LdaMoments:
     def zeros(cls, n_clusters: int, dim: int) -> "LdaMoments":
         return cls(0.0, np.zeros(dim), np.zeros((dim, dim)), np.zeros(n_clusters), np.zeros((n_clusters, dim)))
 
-    def update(self, x: np.ndarray, memberships: sp.csr_matrix | np.ndarray, scratch: np.ndarray | None = None) -> None:
+    def update(self, x: np.ndarray, memberships: sp.csr_matrix | np.ndarray, overwrite_x: bool = False) -> None:
         """Add tokens x [n, d] with memberships [n, k]; the GEMM runs in x's dtype (fp32 is
-        ~4x faster than fp64 on CPU), accumulation across calls is float64. `scratch`, a reused
-        [>= n, d] array of x's dtype, holds the scaled rows (a fresh one a block costs its page faults)."""
+        ~4x faster than fp64 on CPU), accumulation across calls is float64. With overwrite_x (x is
+        the caller's reused block) the rows are scaled in place: no second block-sized array, whose
+        first touch costs page faults (0.6-1.3 s per 600 MB on this CPU's VM)."""
         m = sp.csr_matrix(memberships, dtype=x.dtype)
         s = np.asarray(m.sum(axis=1)).ravel()
         self.n_tokens += x.shape[0]
         self.sum_x += x.sum(axis=0, dtype=np.float64)
+        self.cluster_weight += np.asarray(m.sum(axis=0), np.float64).ravel()
+        self.cluster_sum += np.asarray(m.T @ x, np.float64)
         # Σ s_i x_i x_iᵀ as one symmetric product of rows scaled by √s_i (s_i >= 0): a syrk does half
         # the multiply-adds of (x·s)ᵀx, the stage's largest GEMM (benchmarks/scale.py, chunk_stats).
         # torch scales on every core (numpy on one); the products are the same IEEE multiplies.
-        rows = np.empty_like(x) if scratch is None else scratch[: len(x)]
+        rows = x if overwrite_x else np.empty_like(x)
         torch.mul(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.sqrt(s))[:, None],
                   out=torch.from_numpy(rows))
         gram = rows.T @ rows
         self.second_moment += (gram + gram.T) / 2  # exactly symmetric, so the stored triangle is lossless
-        self.cluster_weight += np.asarray(m.sum(axis=0), np.float64).ravel()
-        self.cluster_sum += np.asarray(m.T @ x, np.float64)
 
     def merge(self, other: "LdaMoments") -> "LdaMoments":
         return LdaMoments(self.n_tokens + other.n_tokens, self.sum_x + other.sum_x,

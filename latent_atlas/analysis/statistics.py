@@ -159,16 +159,16 @@ class ChunkStatistics:
                                                   sequence_keys, k, config.exemplars),
             heldout=None, fit_sample=None, config=config,  # type: ignore[arg-type]  (filled below)
         )
-        # Two reused blocks (the rows, and the rows scaled for the second moment): fresh ones each block
-        # cost their page faults; torch casts fp16 -> fp32 on every core, ~3x numpy's one-core cast here.
+        # One reused block, scaled in place by the update: fresh ones each block cost their page faults;
+        # torch casts fp16 -> fp32 on every core, ~3x numpy's one-core cast here.
         dtype = np.dtype(config.gemm_dtype)
-        x_block, scratch = (np.empty((config.block_sequences * L, whitened.dim), dtype) for _ in range(2))
+        x_block = np.empty((config.block_sequences * L, whitened.dim), dtype)
         for start, block in whitened.iter_blocks(config.block_sequences):
             lo, hi = np.searchsorted(seq, [start, start + block.n_sequences])
             fit = lo + np.flatnonzero(~is_heldout[lo:hi])
             x = x_block[: len(fit)]
             torch.from_numpy(x).copy_(torch.from_numpy(np.ascontiguousarray(block.activations[seq[fit] - start, pos[fit]])))
-            stats.moments.update(x, m[fit], scratch)
+            stats.moments.update(x, m[fit], overwrite_x=True)
         tokens = _TokenIndex(chunk_id, whitened, m, seq, pos, document_keys[seq], stratum)
         stats.heldout = tokens.sample(np.flatnonzero(is_heldout), stream_salt("heldout_sample", seed), sequence_keys,
                                       config.heldout_sample_size, config.heldout_per_cluster)
