@@ -7,6 +7,10 @@ tail of a quarter of the sequences masked, as the synthetic corpora are), fits a
 then prints attended vectors per second of:
   - the transform before this change (`old_transform_chunk`, kept here as the baseline);
   - Whitening.transform_chunk (what the stage runs: gather, centre, X @ W, checked fp16 cast, scatter);
+  - the stage's transform and write, into a chunk directory on disk (removed after each round): the
+    whole array made, then written (`transform_chunk` + `write_chunk`, before), and made while written
+    (`write_streamed_chunk` of `transform_chunk_into`, the stage now: blocks written by one thread while
+    the next is multiplied, no full-size output array);
   - the bare fp32 GEMM bounds, X @ W of the same attended vectors already in fp32 memory, one call:
     numpy (OpenBLAS sgemm) and torch;
 best of `rounds` interleaved rounds, and the share of the fastest bound each reaches. With --home, the
@@ -17,6 +21,7 @@ Run it plainly and under the AVX2 variables (Makefile test-avx2) to see both CPU
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.whitening_moments import DIM, bench_activations, best_seconds, print_shares  # noqa: E402
 from latent_atlas.compute.cpu import describe  # noqa: E402
-from latent_atlas.data.chunks import read_chunk, to_float16, write_chunk  # noqa: E402
+from latent_atlas.data.chunks import (StreamedChunk, read_chunk, to_float16, write_chunk,  # noqa: E402
+                                      write_streamed_chunk)
 from latent_atlas.data.whitening import Moments, Whitening  # noqa: E402
 
 def old_transform_chunk(whitening: Whitening, chunk) -> np.ndarray:
@@ -69,9 +75,22 @@ def main() -> None:
               f"torch threads {torch.get_num_threads()}; best of {args.rounds}; "
               f"largest difference new vs old {np.abs(new.astype(np.float32) - old).max():.2e} "
               f"(fp16 spacing at |x|<=4: {np.spacing(np.float16(4)):.1e})")
+        out = Path(folder) / "out"
+
+        def made_then_written():
+            write_chunk(out, whitening.transform_chunk(chunk), chunk.attention_mask, chunk.token_ids)
+            shutil.rmtree(out)
+
+        def made_while_written():
+            write_streamed_chunk(out, StreamedChunk(chunk.activations.shape, chunk.attention_mask, chunk.token_ids,
+                                                    {}, lambda f: {"norms": whitening.transform_chunk_into(chunk, f)}))
+            shutil.rmtree(out)
+
         seconds = best_seconds({
             "old transform_chunk": lambda: old_transform_chunk(whitening, chunk),
             "Whitening.transform_chunk": lambda: whitening.transform_chunk(chunk),
+            "transform_chunk, then write_chunk (the stage before)": made_then_written,
+            "write_streamed_chunk of transform_chunk_into (the stage now)": made_while_written,
             "bound: numpy fp32 X @ W": lambda: x @ w,
             "bound: torch fp32 X @ W": lambda: xt @ wt,
         }, args.rounds)

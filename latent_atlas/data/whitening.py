@@ -31,7 +31,8 @@ from latent_atlas.data.tables import save_npz
 # Rows multiplied per block when accumulating moments: a float32 block is ~38 MB at d=2304, and
 # 8192-row blocks measured no faster (8,425 vs 8,518 vectors/s under load; 2048: 7,381).
 _BLOCK_ROWS = 4096
-# Sequences whitened per block of transform_chunk: bounds its fp32 temporaries (~75 MB at d=2304).
+# Sequences whitened per block of transform_chunk: bounds its fp32 temporaries (~75 MB at d=2304)
+# and transform_chunk_into's two fp16 blocks in flight to the writer (~38 MB each).
 _TRANSFORM_SEQUENCES = 64
 # Eigenvalues at or below this fraction of the largest are not directions the data span: a variance
 # that small is float64 cancellation in E[xxᵀ] − μμᵀ, fp16 rounding of the stored activations
@@ -190,7 +191,7 @@ class Whitening:
         norms `transform_chunk_with_norms` returns. One writer thread writes a block while the next
         one is multiplied (two reused fp16 block buffers): the stage's writes, ~15% of it when they
         followed the transform, overlap the GEMM, and no full-size output array is held (600 MB a
-        chunk at d=2304, whose first touch alone cost ~1.3 s here: benchmarks/whitened_transform.py)."""
+        chunk at d=2304, whose pages are first touched each chunk): benchmarks/whitened_transform.py."""
         buffers = [np.empty((_TRANSFORM_SEQUENCES, *chunk.activations.shape[1:]), np.float16) for _ in range(2)]
         pending, norms = [None, None], []
         with ThreadPoolExecutor(1, thread_name_prefix="chunk-writer") as writer:
