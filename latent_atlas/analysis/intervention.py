@@ -48,7 +48,7 @@ class LdaMoments:
         """Add tokens x [n, d] with memberships [n, k]; the GEMM runs in x's dtype (fp32 is
         ~4x faster than fp64 on CPU), accumulation across calls is float64. With overwrite_x (x is
         the caller's reused block) the rows are scaled in place: no second block-sized array, whose
-        first touch costs page faults (0.6-1.3 s per 600 MB on this CPU's VM)."""
+        first touch costs page faults (0.6-1.6 s per 600 MB on this CPU's VM: benchmarks/first_touch.py)."""
         m = sp.csr_matrix(memberships, dtype=x.dtype)
         s = np.asarray(m.sum(axis=1)).ravel()
         self.n_tokens += x.shape[0]
