@@ -26,8 +26,14 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/latent-atlas demo $(ARGS)
 
+# Two pytest workers (pytest-xdist), each taking whole test files (module fixtures are built once):
+# much of the suite waits on subprocesses (Dagster daemon, run workers, Postgres, Chromium), so the
+# second worker fills the cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # The whole suite again with every library's ISA capped at AVX2 from outside: the path of CPUs without
 # AVX-512 or bf16 units, on any machine. torch (its kernels and oneDNN), MKL (torch's GEMM) and numba
@@ -39,4 +45,4 @@ test-avx2: export MKL_ENABLE_INSTRUCTIONS := AVX2
 test-avx2: export NUMBA_CPU_NAME := haswell
 test-avx2: $(INSTALLED)
 	$(BIN)/python -c "from latent_atlas.compute.cpu import describe; print(describe())"
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS) || test $$? -eq 5
+	$(PYTEST) $(ARGS) || test $$? -eq 5

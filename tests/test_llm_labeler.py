@@ -70,7 +70,8 @@ def server():
 
 
 def client_for(server, api_key="test-key", **options) -> OpenAIChatClient:
-    defaults = dict(timeout=0.5, max_retries=3, backoff=0.01)
+    # 1 s: half the 'slow' fault's delay, and room for a reply while another pytest worker holds the cores
+    defaults = dict(timeout=1.0, max_retries=3, backoff=0.01)
     return OpenAIChatClient(server.base_url, "test-model", api_key, **{**defaults, **options})
 
 
