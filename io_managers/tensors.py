@@ -66,20 +66,8 @@ class TensorIOManager(dg.ConfigurableIOManager):
             self._handle_range(context, obj)
             return
         key = context.partition_key if context.has_asset_partitions else None
-        if isinstance(obj, StreamedChunk):  # made while written: its fill returns the metadata it gathered
-            path = output_path(self._base(), context, "", key)
-            made = write_streamed_chunk(path, obj)
-            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "shape": str(obj.shape),
-                                         "attended_tokens": obj.n_tokens, "storage": "copy", **made})
-            return
-        if isinstance(obj, DenseChunk):
-            path = write_chunk(output_path(self._base(), context, "", key), obj.activations, obj.attention_mask,
-                               obj.token_ids, obj.meta, obj.activations_ref)
-            # storage: "reference" when the activations stay where they already lie (no second copy)
-            context.add_output_metadata(
-                {"path": dg.MetadataValue.path(str(path)), "shape": str(obj.activations.shape),
-                 "attended_tokens": obj.n_tokens, "storage": obj.storage}
-            )
+        if isinstance(obj, (DenseChunk, StreamedChunk)):
+            context.add_output_metadata(_write_chunk_dir(output_path(self._base(), context, "", key), obj))
             return
         path = output_path(self._base(), context, ".npz", key)
         kind = f"{type(obj).__module__}:{type(obj).__qualname__}"
@@ -110,11 +98,7 @@ class TensorIOManager(dg.ConfigurableIOManager):
             if chunk is None:
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            if isinstance(chunk, StreamedChunk):
-                write_streamed_chunk(path, chunk)
-            else:
-                write_chunk(path, chunk.activations, chunk.attention_mask, chunk.token_ids, chunk.meta,
-                            chunk.activations_ref)
+            _write_chunk_dir(path, chunk)  # its page metadata: per partition, which an OutputContext cannot take
             written += 1
         context.add_output_metadata({"path": dg.MetadataValue.path(str(output_path(self._base(), context, "", None))),
                                      "partitions_written": written})
@@ -141,3 +125,16 @@ def load_artifact(path: Path):
                          f"({', '.join(sorted(SAVED_TYPES))}); refusing to import it")
     module, _, name = kind.partition(":")
     return getattr(importlib.import_module(module), name).load(path)
+
+
+def _write_chunk_dir(path: Path, chunk: DenseChunk | StreamedChunk) -> dict:
+    """Write a chunk directory at path; returns its page metadata. A StreamedChunk is made while it is
+    written, and its fill returns the metadata it gathered (e.g. token norms). storage: "reference"
+    when the activations stay where they already lie (no second copy)."""
+    if isinstance(chunk, StreamedChunk):
+        made, shape, storage = write_streamed_chunk(path, chunk), chunk.shape, "copy"
+    else:
+        write_chunk(path, chunk.activations, chunk.attention_mask, chunk.token_ids, chunk.meta, chunk.activations_ref)
+        made, shape, storage = {}, chunk.activations.shape, chunk.storage
+    return {"path": dg.MetadataValue.path(str(path)), "shape": str(shape), "attended_tokens": chunk.n_tokens,
+            "storage": storage, **made}
