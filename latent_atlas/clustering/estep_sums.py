@@ -36,14 +36,16 @@ class EStepSums:
     removal_loss: np.ndarray  # [k] float64, sum over points whose top cluster is c of cos(top) - cos(second)
 
 
-def chunk_estep_sums(item: tuple, centers: np.ndarray, config: ClusteringConfig) -> EStepSums:
+def chunk_estep_sums(item: tuple, centers: np.ndarray, config: ClusteringConfig, map_blocks=map) -> EStepSums:
     """E-step of one chunk. item = (source, epoch, chunk index); centers [k, d] float32 unit rows.
 
     Module-level and deterministic so a backend can run it anywhere (threads, processes, Dask).
-    Per block: rows converted once into an fp32 buffer, one GEMM, sparse memberships, and a
-    sparse (nnz * d) accumulation of the weighted sums. The sums are fp32 within a chunk (at most
-    max_points / block_size block sums; a float64 [k, d] add per block cost more than the
-    accumulation itself) and float64 across chunks.
+    Per block (`block_estep`): rows converted once into an fp32 buffer, one GEMM, sparse memberships,
+    and a sparse (nnz * d) accumulation of the weighted sums. The block sums are added in block order,
+    in fp32 within a chunk (at most max_points / block_size of them; a float64 [k, d] add per block
+    cost more than the accumulation itself) and float64 across chunks. `map_blocks` runs the blocks
+    (builtin map: one after the other; benchmarks/learning_block_parallel.py maps them on threads,
+    which gives the same bits, as the reduction keeps block order).
     """
     source, epoch, chunk_index = item
     rows, name = open_rows(source, config.npz_keys)
@@ -56,32 +58,63 @@ def chunk_estep_sums(item: tuple, centers: np.ndarray, config: ClusteringConfig)
     loss = np.zeros(k, np.float64)
     max_cos_sum = weighted_cos_sum = 0.0
     cand, cand_scores = [], []
-    scratch = scratch_space()
     source_t = as_tensor(rows.data)
-    for start in range(0, len(selected), config.block_size):
-        x, inv_norm = load_rows(rows.data, source_t, selected[start:start + config.block_size], scratch, config.device)
-        result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold, scratch,
-                                   learning_dtype(config.learn_precision))
-        max_cosine = result.max_cosine
-        check_finite(result.inv_norm, name)
-        sums += weighted_cluster_sums(x, result, k)
-        mass += torch.bincount(result.clusters, result.values, minlength=k)
-        top, gap = removal_gaps(result, config.temperature, config.threshold)
-        loss += np.bincount(top, weights=gap.astype(np.float64), minlength=k)
-        # numpy's pairwise float64 sums: the same bits whatever torch's thread count (Dask workers differ)
-        max_cos_sum += float(np.sum(max_cosine.cpu().numpy(), dtype=np.float64))
-        weighted_cos_sum += float(np.sum(result.values.cpu().numpy().astype(np.float64) * result.cosines.cpu().numpy()))
-        # each block offers twice its share of the chunk's candidates: the chunk's worst r are
-        # almost always among them, without copying r rows out of every block
-        share = -(-2 * config.reseed_candidates * len(max_cosine) // len(selected))
-        r = min(config.reseed_candidates, share, len(max_cosine))
-        if r:
-            worst = torch.topk(max_cosine, r, largest=False).indices
-            cand.append((x[worst] * result.inv_norm[worst, None]).cpu())
-            cand_scores.append(max_cosine[worst].cpu())
+
+    def block(start: int) -> "BlockSums":
+        return block_estep(rows.data, source_t, selected[start:start + config.block_size], len(selected), centers_t,
+                           config, name)
+
+    for part in map_blocks(block, range(0, len(selected), config.block_size)):
+        sums += part.sums
+        mass += part.mass
+        loss += part.removal_loss
+        max_cos_sum += part.max_cosine_sum
+        weighted_cos_sum += part.weighted_cosine_sum
+        if part.candidates is not None:
+            cand.append(part.candidates)
+            cand_scores.append(part.candidate_scores)
     candidates, scores = _worst_explained(cand, cand_scores, config.reseed_candidates, d)
     return EStepSums(int(chunk_index), int(len(selected)), sums.double().cpu().numpy(), mass.cpu().numpy(),
                      float(max_cos_sum), float(weighted_cos_sum), candidates, scores, loss)
+
+
+@dataclass
+class BlockSums:
+    """One block's share of a chunk's EStepSums (fp32 sums [k, d] on the E-step's device)."""
+
+    sums: torch.Tensor
+    mass: torch.Tensor
+    removal_loss: np.ndarray
+    max_cosine_sum: float
+    weighted_cosine_sum: float
+    candidates: torch.Tensor | None  # [r, d] unit rows of the block's worst explained points, on the CPU
+    candidate_scores: torch.Tensor | None
+
+
+def block_estep(data: np.ndarray, source_t: torch.Tensor, index: np.ndarray, n_selected: int,
+                centers_t: torch.Tensor, config: ClusteringConfig, name: str) -> BlockSums:
+    """The E-step of rows data[index] (one block of a chunk's n_selected sampled rows), with this
+    thread's reused buffers; centers_t [d, k]."""
+    k = centers_t.shape[1]
+    x, inv_norm = load_rows(data, source_t, index, scratch_space(), config.device)
+    result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold,
+                               scratch_space(), learning_dtype(config.learn_precision))
+    max_cosine = result.max_cosine
+    check_finite(result.inv_norm, name)
+    top, gap = removal_gaps(result, config.temperature, config.threshold)
+    # each block offers twice its share of the chunk's candidates: the chunk's worst r are
+    # almost always among them, without copying r rows out of every block
+    r = min(config.reseed_candidates, -(-2 * config.reseed_candidates * len(max_cosine) // n_selected), len(max_cosine))
+    worst = torch.topk(max_cosine, r, largest=False).indices if r else None
+    return BlockSums(
+        weighted_cluster_sums(x, result, k),
+        torch.bincount(result.clusters, result.values, minlength=k),
+        np.bincount(top, weights=gap.astype(np.float64), minlength=k),
+        # numpy's pairwise float64 sums: the same bits whatever torch's thread count (Dask workers differ)
+        float(np.sum(max_cosine.cpu().numpy(), dtype=np.float64)),
+        float(np.sum(result.values.cpu().numpy().astype(np.float64) * result.cosines.cpu().numpy())),
+        None if worst is None else (x[worst] * result.inv_norm[worst, None]).cpu(),
+        None if worst is None else max_cosine[worst].cpu())
 
 
 def removal_gaps(block: SparseBlock, temperature: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
