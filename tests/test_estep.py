@@ -252,3 +252,27 @@ def test_auto_is_resolved_once_into_the_config():
         learning_dtype("auto")  # a worker never picks a precision of its own
     with pytest.raises(ValueError, match="learn_precision"):
         SequentialSoftClustering(4, learn_precision="fp16")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blocks_run_on_threads_give_the_sums_of_blocks_run_in_turn(seed):
+    """chunk_estep_sums reduces its blocks in block order, whatever ran them (a thread pool here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from latent_atlas.clustering.config import ClusteringConfig
+    from latent_atlas.clustering.estep_sums import chunk_estep_sums
+
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((6, 48))
+    rows = (directions[rng.integers(0, 6, 700)] + 0.4 * rng.standard_normal((700, 48))).astype(np.float32)
+    centers = rows[rng.choice(700, 8, replace=False)]
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    config = ClusteringConfig(n_clusters=8, block_size=64, reseed_candidates=16, learn_precision="float32", seed=seed)
+    in_turn = chunk_estep_sums((rows, 0, 0), centers, config)
+    with ThreadPoolExecutor(2) as pool:
+        threaded = chunk_estep_sums((rows, 0, 0), centers, config, pool.map)
+    assert in_turn.n_points == threaded.n_points == 700
+    for field in ("sums", "mass", "removal_loss", "candidates", "candidate_scores"):
+        assert np.array_equal(getattr(in_turn, field), getattr(threaded, field)), field
+    assert (in_turn.max_cosine_sum, in_turn.weighted_cosine_sum) == (threaded.max_cosine_sum, threaded.weighted_cosine_sum)
+    assert in_turn.mass.sum() > 0.9 * 700  # memberships were kept, not an empty reduction

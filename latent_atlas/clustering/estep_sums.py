@@ -44,8 +44,8 @@ def chunk_estep_sums(item: tuple, centers: np.ndarray, config: ClusteringConfig,
     and a sparse (nnz * d) accumulation of the weighted sums. The block sums are added in block order,
     in fp32 within a chunk (at most max_points / block_size of them; a float64 [k, d] add per block
     cost more than the accumulation itself) and float64 across chunks. `map_blocks` runs the blocks
-    (builtin map: one after the other; benchmarks/learning_block_parallel.py maps them on threads,
-    which gives the same bits, as the reduction keeps block order).
+    (builtin map: one after the other; benchmarks/learning_block_parallel.py maps them on threads);
+    the reduction keeps block order, so the sums do not depend on which thread ran a block.
     """
     source, epoch, chunk_index = item
     rows, name = open_rows(source, config.npz_keys)
@@ -60,7 +60,7 @@ def chunk_estep_sums(item: tuple, centers: np.ndarray, config: ClusteringConfig,
     cand, cand_scores = [], []
     source_t = as_tensor(rows.data)
 
-    def block(start: int) -> "BlockSums":
+    def block(start: int) -> BlockSums:
         return block_estep(rows.data, source_t, selected[start:start + config.block_size], len(selected), centers_t,
                            config, name)
 
