@@ -195,9 +195,10 @@ def _chat_client(name: str, home: Path):
     """The chat client for --llm, or None (then the meta-interpretation is the deterministic summary)."""
     if name == "none":
         return None
+    from latent_atlas.data.paths import model_cache_dir
+
     try:
         from latent_atlas.labels.llm import LocalChatClient  # lazily: it loads a second model
-        from latent_atlas.data.paths import model_cache_dir
     except ImportError as exc:
         print(f"latent-atlas analyze: no local LLM client ({exc}); showing the deterministic summary", file=sys.stderr)
         return None

@@ -167,7 +167,7 @@ class ChunkStatistics:
             lo, hi = np.searchsorted(seq, [start, start + block.n_sequences])
             fit = lo + np.flatnonzero(~is_heldout[lo:hi])
             x = x_block[: len(fit)]
-            torch.from_numpy(x).copy_(torch.from_numpy(np.ascontiguousarray(block.activations[seq[fit] - start, pos[fit]])))
+            torch.from_numpy(x).copy_(torch.from_numpy(block.activations[seq[fit] - start, pos[fit]]))  # a gather: a fresh array
             stats.moments.update(x, m[fit], overwrite_x=True)
         tokens = _TokenIndex(chunk_id, whitened, m, seq, pos, document_keys[seq], stratum)
         stats.heldout = tokens.sample(np.flatnonzero(is_heldout), stream_salt("heldout_sample", seed), sequence_keys,
