@@ -27,11 +27,11 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.clustering import load_unit_rows  # noqa: E402
 from latent_atlas.clustering.config import ClusteringConfig  # noqa: E402
 from latent_atlas.clustering.estep_sums import chunk_estep_sums  # noqa: E402
 from latent_atlas.clustering.gemm import use_fp32_gemm  # noqa: E402
 from latent_atlas.compute.cpu import describe  # noqa: E402
-from latent_atlas.data.chunks import read_chunk  # noqa: E402
 from latent_atlas.data.synthetic import write_synthetic_chunks  # noqa: E402
 
 DIM, K = 2304, 512
@@ -49,9 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_synthetic_chunks(Path(tmp), n_chunks=args.chunks, n_sequences=args.sequences, seq_len=128,
                                        dim=DIM, n_clusters=K, seed=0, format="dir")
-        rows = np.concatenate([read_chunk(p).activations[np.asarray(read_chunk(p).attention_mask)] for p in paths])
-        X = rows.astype(np.float32)
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        X = load_unit_rows(paths)
         centers = X[np.random.default_rng(0).choice(len(X), K, replace=False)]
         pool = ThreadPoolExecutor(cores, initializer=torch.set_num_threads, initargs=(1,))  # per thread: OpenMP's
         # thread count is each thread's own setting

@@ -96,9 +96,10 @@ def block_estep(data: np.ndarray, source_t: torch.Tensor, index: np.ndarray, n_s
     """The E-step of rows data[index] (one block of a chunk's n_selected sampled rows), with this
     thread's reused buffers; centers_t [d, k]."""
     k = centers_t.shape[1]
-    x, inv_norm = load_rows(data, source_t, index, scratch_space(), config.device)
-    result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold,
-                               scratch_space(), learning_dtype(config.learn_precision))
+    scratch = scratch_space()
+    x, inv_norm = load_rows(data, source_t, index, scratch, config.device)
+    result = block_memberships(x, inv_norm, centers_t, config.temperature, config.top_m, config.threshold, scratch,
+                               learning_dtype(config.learn_precision))
     max_cosine = result.max_cosine
     check_finite(result.inv_norm, name)
     top, gap = removal_gaps(result, config.temperature, config.threshold)
