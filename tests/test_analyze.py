@@ -185,6 +185,14 @@ def test_meta_interpretation_through_a_client_is_grounded_in_the_table(analyzer)
     (messages,) = client.prompts
     prompt = messages[-1]["content"]
     assert messages[-1]["role"] == "user" and SENTENCE in prompt
-    assert all(f"cluster {r.clusters[0]} " in prompt and repr(r.token) in prompt for r in rows)
+    # every token the table assigns is listed under its cluster; a near-uniform one is named as such
+    lines = prompt.splitlines()
+    assert any(r.assigned for r in rows)
+    for r in rows:
+        if r.assigned:
+            (line,) = [line for line in lines if line.startswith(f"- cluster {r.clusters[0]} ")]
+            assert repr(r.token) in line
+        else:
+            assert "(no cluster: membership near uniform)" in prompt
     with pytest.raises(RuntimeError, match="HTTP 500"):
         analyzer.interpret_with_meta_model(SENTENCE, RecordingClient(Reply("", "HTTP 500")), rows)

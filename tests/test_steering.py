@@ -143,8 +143,10 @@ def test_planted_vector_raises_its_cluster_with_an_interval_above_random(planted
     assert np.median([by[(c, "mean")]["lift_low"] for c in clusters]) > 0.3
     assert np.median([by[(c, "mean")]["specificity_low"] for c in clusters]) > 0.3
     # a random direction between two tokens' activations may point at the cluster itself (here 1 of 8
-    # does); the paired test over the 8 clusters still finds the planted vectors ahead
-    assert summary["mean_vs_random_clusters"] == 8 and summary["mean_vs_random_p"] < 0.01
+    # does): it lifts a little less than the planted vector, or (an Intel AVX-512 CPU's rounding) takes
+    # over every report prompt just as well, a tie the paired test drops; over the other clusters
+    # the test still finds the planted vectors ahead (7 of 7 ahead: p = 1/128)
+    assert summary["mean_vs_random_clusters"] >= 7 and summary["mean_vs_random_p"] < 0.01
 
 
 @pytest.mark.parametrize("seed", range(3))
