@@ -88,10 +88,10 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     top = torch.amax(group_max, dim=1, keepdim=True)
     scale = inv_norm[:, None] / temperature
     # e_c = exp((s_c - s_max) / (T ||x||)) in (0, 1], exactly 1 at the top; p_c = e_c / sum e
-    e = sims.sub_(top).mul_(scale).exp_()
+    e = exp_(sims.sub_(top).mul_(scale))
     denominator = e.sum(dim=1)
     cut = (denominator * threshold).clamp_(1e-38, 1.0)[:, None]  # p_c >= threshold, top always kept
-    group_max.sub_(top).mul_(scale).exp_()  # the same monotone map: group maxima of e
+    exp_(group_max.sub_(top).mul_(scale))  # the same monotone map (the same exp): group maxima of e
     row, group = torch.nonzero(group_max >= cut).unbind(1)  # row-major, groups ascending
     # index_select / take rather than advanced indexing (plain row copies): the post-GEMM step of a
     # 58k-row chunk measured 47 ms instead of 50
@@ -102,8 +102,28 @@ def block_memberships(x: torch.Tensor, inv_norm: torch.Tensor, centers_t: torch.
     rows, clusters, kept = _top_m(rows, clusters, kept, b, top_m)
     max_cosine = top[:, 0].mul_(inv_norm)
     # cos_c = cos_max + T log e_c: recovered from the exponentials, no second copy of the block
-    cosines = kept.log().mul_(temperature).add_(max_cosine.index_select(0, rows))
+    cosines = log(kept).mul_(temperature).add_(max_cosine.index_select(0, rows))
     return SparseBlock(rows, clusters, kept / denominator.index_select(0, rows), cosines, inv_norm, max_cosine)
+
+
+def exp_(t: torch.Tensor) -> torch.Tensor:
+    """t = exp(t) in place, the same bits for an element wherever it sits and whatever the load.
+
+    On the CPU by numpy (one thread, one SIMD routine for every element, tail included): torch's
+    exp_ gave other last bits to some elements of a process's first call while the cores were busy
+    (the same input: 2 and 4 of 45 processes under AVX2 caps on an Intel Xeon; exp_ again in the same
+    process gave the usual bits), so a fit was not reproducible from run to run. ~0.4 ms more a
+    2048 x 512 block (~1% of its GEMM)."""
+    if t.device.type != "cpu":
+        return t.exp_()
+    values = t.numpy()
+    np.exp(values, out=values)
+    return t
+
+
+def log(t: torch.Tensor) -> torch.Tensor:
+    """log(t) as a new tensor, by numpy on the CPU for the reason exp_ gives."""
+    return torch.from_numpy(np.log(t.numpy())) if t.device.type == "cpu" else t.log()
 
 
 def _similarities(x: torch.Tensor, centers_t: torch.Tensor, sims: torch.Tensor, scratch: dict,
