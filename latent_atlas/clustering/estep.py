@@ -112,8 +112,8 @@ def exp_(t: torch.Tensor) -> torch.Tensor:
     On the CPU by numpy (one thread, one SIMD routine for every element, tail included): torch's
     exp_ gave other last bits to some elements of a process's first call while the cores were busy
     (the same input: 2 and 4 of 45 processes under AVX2 caps on an Intel Xeon; exp_ again in the same
-    process gave the usual bits), so a fit was not reproducible from run to run. ~0.4 ms more a
-    2048 x 512 block (~1% of its GEMM)."""
+    process gave the usual bits), so a fit was not reproducible from run to run. It costs ~0.3 ms
+    more a 2048 x 512 block, +1.2% of its GEMM (benchmarks/estep_exp.py)."""
     if t.device.type != "cpu":
         return t.exp_()
     values = t.numpy()
