@@ -7,7 +7,6 @@ Prints the best of 50 of each, the extra time per block and its share of the GEM
 """
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +14,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.clustering import timed  # noqa: E402
 from latent_atlas.clustering.estep import exp_  # noqa: E402
 from latent_atlas.clustering.gemm import fp32_gemm, fp32_mm  # noqa: E402
 from latent_atlas.compute.cpu import describe  # noqa: E402
 
 
 def best(run, rounds: int = 50) -> float:
+    """Best of `rounds` after one warm-up run (buffers, kernels)."""
     run()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return timed(run, rounds)
 
 
 def main() -> None:
